@@ -1,0 +1,186 @@
+//! The HTTP surface (SPEC section 3): `/metrics`, probes and the JSON API, on one port.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::agent::Shared;
+use crate::history::{EventQuery, RawEventQuery};
+use crate::time::{now_nanos, parse_time_or_ago};
+use crate::{metrics, stats};
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone)]
+struct AppState {
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    let registry = Arc::new(metrics::registry(shared.clone()));
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/containers", get(containers))
+        .route("/api/v1/containers/{key}", get(container))
+        .route("/api/v1/events", get(events).delete(clear_events))
+        .route("/api/v1/stats/restarts", get(restart_stats))
+        .route("/api/v1/stats/uptime", get(uptime_stats))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(AppState { shared, registry })
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": msg.to_string() }))).into_response()
+}
+
+/// OpenMetrics for scrapers that ask for it (Prometheus does), the classic text format for
+/// everything else (curl, promtool).
+async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let mut body = String::with_capacity(16 * 1024);
+    let (r, content_type) = if openmetrics {
+        (prometheus_client::encoding::text::encode(&mut body, &s.registry), OPENMETRICS)
+    } else {
+        (prometheus_client::encoding::prometheus_text::encode(&mut body, &s.registry), PROMETHEUS_TEXT)
+    };
+    match r {
+        Ok(()) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "encoding the metrics failed"),
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let r = s.shared.readiness.lock().clone();
+    if r.ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reason": r.reason })),
+        )
+            .into_response()
+    }
+}
+
+async fn containers(State(s): State<AppState>) -> Response {
+    let t = s.shared.tracker.read();
+    let mut list = t.identities(now_nanos());
+    list.sort_by(|a, b| (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container)));
+    Json(json!({ "node": t.node(), "runtime": t.runtime(), "containers": list })).into_response()
+}
+
+async fn container(State(s): State<AppState>, Path(key): Path<String>) -> Response {
+    let found = s.shared.tracker.read().find(&key, now_nanos());
+    match found.len() {
+        0 => error(StatusCode::NOT_FOUND, format!("no tracked container matches {key:?}")),
+        1 => Json(&found[0]).into_response(),
+        n => error(
+            StatusCode::CONFLICT,
+            format!("{key:?} matches {n} containers; give a longer id prefix"),
+        ),
+    }
+}
+
+/// Parses the query string strictly: unknown or repeated parameters are errors, not ignored.
+fn parse_query<T: for<'de> Deserialize<'de>>(raw: Option<String>) -> Result<T, Response> {
+    serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad query: {e}")))
+}
+
+async fn events(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    let raw: RawEventQuery = match parse_query(raw) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let q = match EventQuery::parse(raw, now_nanos()) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let result = s.shared.tracker.read().history().query(&q);
+    Json(result).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClearQuery {
+    before: Option<String>,
+}
+
+/// Compares without an early exit, so response time does not leak the token's prefix.
+fn token_matches(given: &str, want: &str) -> bool {
+    let (g, w) = (given.as_bytes(), want.as_bytes());
+    let mut diff = g.len() ^ w.len();
+    for (i, b) in w.iter().enumerate() {
+        diff |= usize::from(g.get(i).copied().unwrap_or(0) ^ b);
+    }
+    diff == 0
+}
+
+async fn clear_events(State(s): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    let Some(want) = s.shared.admin_token.as_deref() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "clearing the history is disabled; start the agent with --admin-token-file",
+        );
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if !given.is_some_and(|g| token_matches(g, want)) {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let q: ClearQuery = match parse_query(raw) {
+        Ok(q) => q,
+        Err(resp) => return resp,
+    };
+    let Some(before) = q.before else {
+        return error(StatusCode::BAD_REQUEST, "parameter `before`: required (RFC 3339 or a duration such as 7d)");
+    };
+    let before = match parse_time_or_ago(&before, now_nanos()) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("parameter `before`: {e}")),
+    };
+    let cleared = s.shared.tracker.write().history_mut().clear_before(before);
+    tracing::info!(cleared, "history cleared on request");
+    Json(json!({ "cleared": cleared })).into_response()
+}
+
+async fn restart_stats(State(s): State<AppState>) -> Response {
+    Json(stats::restarts(&s.shared.tracker.read(), now_nanos())).into_response()
+}
+
+async fn uptime_stats(State(s): State<AppState>) -> Response {
+    Json(stats::uptime(&s.shared.tracker.read(), now_nanos())).into_response()
+}
+
+#[cfg(test)]
+mod test {
+    use super::token_matches;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(token_matches("s3cret", "s3cret"));
+        assert!(!token_matches("s3cre", "s3cret"));
+        assert!(!token_matches("s3cretX", "s3cret"));
+        assert!(!token_matches("", "s3cret"));
+    }
+}

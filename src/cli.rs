@@ -1,0 +1,201 @@
+//! The command line: `run`, `check`, `stats`, `events` (SPEC section 2), and how the client
+//! subcommands print what a running agent answers.
+
+use std::fmt::Write as _;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::client::{get_json, ClientError};
+use crate::config::{Config, RunArgs};
+use crate::history::{parse_types, HistoryEvent, RawEventQuery};
+use crate::runtime::discovery::{self, Probe};
+use crate::stats::{RestartStats, UptimeStats};
+
+pub const DEFAULT_URL: &str = "http://127.0.0.1:9977";
+
+#[derive(Debug, Parser)]
+#[command(name = "lifecycle-agent", version, about = "Container lifecycle metrics for every node: restarts, uptime and event history from Docker or Podman.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch one runtime and serve metrics and the API.
+    Run(RunArgs),
+    /// Show which runtimes are reachable, with versions; exit 0 if the selected one is.
+    Check(RunArgs),
+    /// Restart and uptime statistics of a running agent.
+    Stats(StatsArgs),
+    /// Search a running agent's event history.
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The agent's base URL.
+    #[arg(long, env = "LIFECYCLE_URL", default_value = DEFAULT_URL)]
+    pub url: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[arg(long, env = "LIFECYCLE_URL", default_value = DEFAULT_URL)]
+    pub url: String,
+    /// Runtime name, container id prefix or Kubernetes container name.
+    #[arg(long)]
+    pub container: Option<String>,
+    #[arg(long)]
+    pub pod: Option<String>,
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Event types, comma-separated (started,died,...).
+    #[arg(long = "type")]
+    pub types: Option<String>,
+    /// RFC 3339 time or a duration meaning "ago" (15m, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which runtimes `check` found, and which one `run` would use.
+pub async fn check(config: &Config) -> (String, bool) {
+    let cands = discovery::candidates(config.runtime, config.socket.as_deref(), |k| std::env::var(k).ok());
+    let mut probes: Vec<Probe> = Vec::with_capacity(cands.len());
+    for c in &cands {
+        probes.push(discovery::probe(c).await);
+    }
+    let mut out = String::new();
+    for p in &probes {
+        let c = &p.candidate;
+        match &p.result {
+            Ok(i) => {
+                let _ = writeln!(out, "ok    {:<7} {} (API {}) at {} [{}]", i.runtime, i.version, i.api_version, c.endpoint, c.origin);
+            }
+            Err(e) => {
+                let _ = writeln!(out, "fail  {:<7} {} [{}]: {e}", c.expected, c.endpoint, c.origin);
+            }
+        }
+    }
+    match probes.iter().find(|p| p.result.is_ok()) {
+        Some(p) => {
+            let info = p.result.as_ref().map(|i| i.runtime.as_str()).unwrap_or_default();
+            let _ = writeln!(out, "would use: {info} at {}", p.candidate.endpoint);
+            (out, true)
+        }
+        None => {
+            out.push_str(&discovery::explain_none_reachable(&probes));
+            out.push('\n');
+            (out, false)
+        }
+    }
+}
+
+fn base(url: &str) -> &str {
+    url.trim_end_matches('/')
+}
+
+pub async fn stats(args: &StatsArgs) -> Result<String, ClientError> {
+    let restarts: RestartStats = get_json(&format!("{}/api/v1/stats/restarts", base(&args.url))).await?;
+    let uptime: UptimeStats = get_json(&format!("{}/api/v1/stats/uptime", base(&args.url))).await?;
+    if args.json {
+        let v = serde_json::json!({ "restarts": restarts, "uptime": uptime });
+        return Ok(format!("{v:#}\n"));
+    }
+    Ok(format_stats(&restarts, &uptime))
+}
+
+pub fn format_stats(r: &RestartStats, u: &UptimeStats) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "node {} ({})", r.node, r.runtime);
+    let _ = writeln!(s, "containers          {} ({} running, {} paused, {} stopped)", u.total_containers, u.running_containers, u.paused_containers, u.stopped_containers);
+    let _ = writeln!(s, "restarts            {} total, {} containers restarted, {:.2} per container", r.total_restarts, r.containers_with_restarts, r.average_restarts_per_container);
+    let _ = writeln!(s, "restarts on node    {} since tracking began, {} in the last hour, {} in the last 24h", r.node_restarts_total, r.restarts_last_1h, r.restarts_last_24h);
+    let _ = writeln!(s, "uptime              {:.0}s total, {:.0}s average", u.total_uptime_seconds, u.average_uptime_seconds);
+    if !r.top_restarting.is_empty() {
+        let _ = writeln!(s, "\nmost restarts:");
+        let _ = writeln!(s, "{:>8}  {:<20} {:<30} CONTAINER", "RESTARTS", "NAMESPACE", "POD");
+        for t in &r.top_restarting {
+            let _ = writeln!(s, "{:>8}  {:<20} {:<30} {}", t.restarts, dash(&t.namespace), dash(&t.pod), t.container);
+        }
+    }
+    s
+}
+
+fn dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsAnswer {
+    events: Vec<HistoryEvent>,
+    truncated: bool,
+}
+
+/// Builds the query string; values are checked here too so typos fail before any request.
+pub fn events_query(a: &EventsArgs) -> Result<String, String> {
+    if let Some(t) = &a.types {
+        parse_types(t).map_err(|e| e.to_string())?;
+    }
+    let raw = RawEventQuery {
+        container: a.container.clone(),
+        namespace: a.namespace.clone(),
+        pod: a.pod.clone(),
+        types: a.types.clone(),
+        since: a.since.clone(),
+        until: a.until.clone(),
+        limit: a.limit.map(|l| l.to_string()),
+    };
+    let pairs: Vec<(&str, &String)> = [
+        ("container", &raw.container),
+        ("namespace", &raw.namespace),
+        ("pod", &raw.pod),
+        ("type", &raw.types),
+        ("since", &raw.since),
+        ("until", &raw.until),
+        ("limit", &raw.limit),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    .collect();
+    serde_urlencoded::to_string(pairs).map_err(|e| e.to_string())
+}
+
+pub async fn events(a: &EventsArgs) -> Result<String, ClientError> {
+    let q = events_query(a).map_err(|reason| ClientError::BadUrl { url: a.url.clone(), reason })?;
+    let url = format!("{}/api/v1/events?{q}", base(&a.url));
+    if a.json {
+        let v: serde_json::Value = get_json(&url).await?;
+        return Ok(format!("{v:#}\n"));
+    }
+    let ans: EventsAnswer = get_json(&url).await?;
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<31} {:<14} {:<30} {:<30} EXIT", "TIME", "TYPE", "CONTAINER", "NAMESPACE/POD");
+    for e in &ans.events {
+        let pod = if e.pod.is_empty() { "-".to_string() } else { format!("{}/{}", e.namespace, e.pod) };
+        let detail = match (e.exit_code, e.health) {
+            (Some(c), _) => c.to_string(),
+            (None, Some(h)) => h.as_str().to_string(),
+            _ => "-".into(),
+        };
+        let _ = writeln!(s, "{:<31} {:<14} {:<30} {:<30} {}", crate::time::format_rfc3339(e.time_nanos), e.kind.as_str(), e.container, pod, detail);
+    }
+    if ans.truncated {
+        let _ = writeln!(s, "(more events match; raise --limit or narrow the search)");
+    }
+    Ok(s)
+}

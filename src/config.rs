@@ -1,0 +1,300 @@
+//! The one configuration: flags, environment variables and the YAML file (SPEC section 2).
+//! Precedence is flag > env > file > default; clap merges the first two, this module the rest.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use crate::runtime::discovery::RuntimeChoice;
+use crate::runtime::ContainerFilter;
+use crate::time::parse_duration;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9977";
+pub const DEFAULT_MAX_HISTORY: usize = 10_000;
+/// Enough for a node's busy week; beyond it the history is a database's job.
+pub const MAX_MAX_HISTORY: usize = 10_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Flags of `run` and `check`. Every field is optional so that an absent flag lets the file
+/// or the default speak.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// Container runtime: auto (first reachable of docker, podman), docker or podman.
+    #[arg(long, env = "LIFECYCLE_RUNTIME", value_enum)]
+    pub runtime: Option<RuntimeChoice>,
+    /// Runtime API socket: PATH, unix://PATH or tcp://HOST:PORT.
+    #[arg(long, env = "LIFECYCLE_SOCKET")]
+    pub socket: Option<String>,
+    /// Address of the metrics and API server.
+    #[arg(long, env = "LIFECYCLE_LISTEN")]
+    pub listen: Option<String>,
+    /// Node name put on every series (the downward API's spec.nodeName in a cluster).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// YAML configuration file; its keys are the flags' names in snake_case.
+    #[arg(long, env = "LIFECYCLE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Track only containers with these labels (KEY or KEY=VALUE, all must match).
+    #[arg(long, env = "LIFECYCLE_CONTAINER_FILTER", value_delimiter = ',')]
+    pub container_filter: Option<Vec<String>>,
+    /// Events kept in the history.
+    #[arg(long, env = "LIFECYCLE_MAX_HISTORY")]
+    pub max_history: Option<usize>,
+    /// Events older than this are dropped from the history (e.g. 7d, 12h).
+    #[arg(long, env = "LIFECYCLE_HISTORY_RETENTION")]
+    pub history_retention: Option<String>,
+    /// File holding the bearer token that enables DELETE /api/v1/events.
+    #[arg(long, env = "LIFECYCLE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "LIFECYCLE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log level or filter (info, debug, lifecycle_agent=debug,warn).
+    #[arg(long, env = "LIFECYCLE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The YAML file. Unknown keys are an error, not a silent no-op.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    runtime: Option<RuntimeChoice>,
+    socket: Option<String>,
+    listen: Option<String>,
+    node_name: Option<String>,
+    container_filter: Option<Vec<String>>,
+    max_history: Option<usize>,
+    history_retention: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+}
+
+/// The resolved, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub runtime: RuntimeChoice,
+    pub socket: Option<String>,
+    pub listen: SocketAddr,
+    pub node_name: String,
+    pub container_filter: ContainerFilter,
+    pub max_history: usize,
+    /// Nanoseconds.
+    pub history_retention: Option<i64>,
+    pub admin_token: Option<String>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+/// A configuration problem, naming where it is and which key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: cannot read it: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: key `{key}`: {message}")]
+    File {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{origin} `{key}`: {message}")]
+    Value {
+        origin: &'static str,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// Reads and parses the YAML file, naming the offending key on error.
+pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    let de = serde_norway::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde names an unknown key in the message itself; the path then points at its parent.
+        let key = match unknown_field(&inner) {
+            Some(k) => k,
+            None if key == "." => "(top level)".to_string(),
+            None => key,
+        };
+        ConfigError::File {
+            path: path.to_path_buf(),
+            key,
+            message: inner,
+        }
+    })
+}
+
+fn unknown_field(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+impl Config {
+    /// Merges flags/env over the file over defaults, then validates.
+    pub fn resolve(args: RunArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(p) => load_file(p)?,
+            None => FileConfig::default(),
+        };
+        let path = args.config.clone().unwrap_or_default();
+        // Blames the flag/env when one was given, else the file's key.
+        let err = |from_flag: bool, key: &'static str, message: String| {
+            if from_flag {
+                ConfigError::Value { origin: "flag/env", key, message }
+            } else {
+                ConfigError::File { path: path.clone(), key: key.to_string(), message }
+            }
+        };
+
+        let listen_flag = args.listen.is_some();
+        let listen_s = args.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_s.parse().map_err(|e| {
+            err(listen_flag, "listen", format!("{listen_s:?} is not an address like 0.0.0.0:9977 ({e})"))
+        })?;
+
+        let max_flag = args.max_history.is_some();
+        let max_history = args.max_history.or(file.max_history).unwrap_or(DEFAULT_MAX_HISTORY);
+        if max_history == 0 || max_history > MAX_MAX_HISTORY {
+            return Err(err(max_flag, "max_history", format!("{max_history} is out of range 1..={MAX_MAX_HISTORY}")));
+        }
+
+        let ret_flag = args.history_retention.is_some();
+        let history_retention = args
+            .history_retention
+            .or(file.history_retention)
+            .map(|s| parse_duration(&s).map_err(|e| err(ret_flag, "history_retention", e.to_string())))
+            .transpose()?;
+
+        let filter_flag = args.container_filter.is_some();
+        let filter_items = args.container_filter.or(file.container_filter).unwrap_or_default();
+        let container_filter = ContainerFilter::parse(&filter_items).map_err(|m| err(filter_flag, "container_filter", m))?;
+
+        let token_flag = args.admin_token_file.is_some();
+        let admin_token = args
+            .admin_token_file
+            .or(file.admin_token_file)
+            .map(|p| read_token(&p).map_err(|m| err(token_flag, "admin_token_file", m)))
+            .transpose()?;
+
+        let node_flag = args.node_name.is_some();
+        let node_name = args.node_name.or(file.node_name).unwrap_or_else(default_node_name);
+        if node_name.trim().is_empty() {
+            return Err(err(node_flag, "node_name", "must not be empty".into()));
+        }
+
+        Ok(Config {
+            runtime: args.runtime.or(file.runtime).unwrap_or_default(),
+            socket: args.socket.or(file.socket).filter(|s| !s.trim().is_empty()),
+            listen,
+            node_name,
+            container_filter,
+            max_history,
+            history_retention,
+            admin_token,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            log_level: args.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+fn read_token(p: &Path) -> Result<String, String> {
+    let t = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let t = t.trim().to_string();
+    if t.len() < 8 {
+        return Err(format!("the token in {} is shorter than 8 characters", p.display()));
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn with_file(f: &tempfile::NamedTempFile) -> RunArgs {
+        RunArgs {
+            config: Some(f.path().to_path_buf()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let f = file("max_history: 50\nlisten: 127.0.0.1:1234\ncontainer_filter: [app=web]\nhistory_retention: 7d\n");
+        let c = Config::resolve(with_file(&f)).unwrap();
+        assert_eq!(c.max_history, 50);
+        assert_eq!(c.listen.port(), 1234);
+        assert_eq!(c.container_filter.labels, vec!["app=web".to_string()]);
+        assert_eq!(c.history_retention, Some(7 * 86_400 * 1_000_000_000));
+        let c = Config::resolve(RunArgs { max_history: Some(9), ..with_file(&f) }).unwrap();
+        assert_eq!(c.max_history, 9);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let f = file("max_histroy: 5\n");
+        let e = Config::resolve(with_file(&f)).unwrap_err().to_string();
+        assert!(e.contains("max_histroy"), "{e}");
+        let f = file("max_history: lots\n");
+        let e = Config::resolve(with_file(&f)).unwrap_err().to_string();
+        assert!(e.contains("max_history"), "{e}");
+        let f = file("history_retention: soon\n");
+        let e = Config::resolve(with_file(&f)).unwrap_err().to_string();
+        assert!(e.contains("history_retention"), "{e}");
+        let f = file("runtime: containerd\n");
+        let e = Config::resolve(with_file(&f)).unwrap_err().to_string();
+        assert!(e.contains("runtime"), "{e}");
+        let e = Config::resolve(RunArgs { listen: Some("nowhere".into()), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let e = Config::resolve(RunArgs { config: Some("/nonexistent/agent.yaml".into()), ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/agent.yaml"), "{e}");
+    }
+
+    #[test]
+    fn short_tokens_are_refused() {
+        let f = file("abc\n");
+        let e = Config::resolve(RunArgs { admin_token_file: Some(f.path().into()), ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("admin_token_file"));
+    }
+}

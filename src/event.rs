@@ -1,0 +1,303 @@
+//! The normalized lifecycle event: what every runtime's own vocabulary is mapped onto
+//! before the tracker and the history see it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle event types (SPEC section 4). The order is the order of the per-kind counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Created,
+    Started,
+    Stopped,
+    Restarted,
+    Died,
+    Killed,
+    Paused,
+    Unpaused,
+    Destroyed,
+    Oom,
+    HealthStatus,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 11] = [
+        EventKind::Created,
+        EventKind::Started,
+        EventKind::Stopped,
+        EventKind::Restarted,
+        EventKind::Died,
+        EventKind::Killed,
+        EventKind::Paused,
+        EventKind::Unpaused,
+        EventKind::Destroyed,
+        EventKind::Oom,
+        EventKind::HealthStatus,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Started => "started",
+            EventKind::Stopped => "stopped",
+            EventKind::Restarted => "restarted",
+            EventKind::Died => "died",
+            EventKind::Killed => "killed",
+            EventKind::Paused => "paused",
+            EventKind::Unpaused => "unpaused",
+            EventKind::Destroyed => "destroyed",
+            EventKind::Oom => "oom",
+            EventKind::HealthStatus => "health_status",
+        }
+    }
+
+    /// Position in [`EventKind::ALL`], used to index fixed-size per-kind counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event type {0:?} (expected one of: created, started, stopped, restarted, died, killed, paused, unpaused, destroyed, oom, health_status)")]
+pub struct UnknownEventKind(pub String);
+
+impl FromStr for EventKind {
+    type Err = UnknownEventKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownEventKind(s.to_string()))
+    }
+}
+
+/// Health check status as the runtimes report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+
+    /// Parses the runtimes' words; `none` and empty mean "no health check".
+    pub fn parse(s: &str) -> Option<Health> {
+        match s.trim() {
+            "starting" => Some(Health::Starting),
+            "healthy" => Some(Health::Healthy),
+            "unhealthy" => Some(Health::Unhealthy),
+            _ => None,
+        }
+    }
+}
+
+/// Which daemon the events come from. Podman behind a Docker-compatible socket is still `podman`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    Docker,
+    Podman,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Docker => "docker",
+            RuntimeKind::Podman => "podman",
+        }
+    }
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Labels the kubelet (through cri-dockerd or CRI-O) puts on every pod container.
+pub mod k8s_labels {
+    pub const NAMESPACE: &str = "io.kubernetes.pod.namespace";
+    pub const POD: &str = "io.kubernetes.pod.name";
+    pub const POD_UID: &str = "io.kubernetes.pod.uid";
+    pub const CONTAINER: &str = "io.kubernetes.container.name";
+    pub const RESTART_COUNT: &str = "annotation.io.kubernetes.container.restartCount";
+    /// cri-dockerd marks the pod sandbox ("pause") container with this label.
+    pub const DOCKER_TYPE: &str = "io.kubernetes.docker.type";
+}
+
+/// The Kubernetes pod container a runtime container belongs to, read from its labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub pod: String,
+    pub uid: String,
+    pub container: String,
+}
+
+/// What the runtime tells about a container in an event or an inspect: enough to place it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerLabels {
+    pub pod: Option<PodRef>,
+    /// The kubelet's restart ordinal of this container (its attempt number).
+    pub k8s_restart_count: Option<u64>,
+    /// A pod sandbox, which SPEC section 4 says is not tracked.
+    pub sandbox: bool,
+}
+
+impl ContainerLabels {
+    /// Reads the Kubernetes labels from any label lookup (event attributes or container labels).
+    pub fn from_lookup<'a>(get: impl Fn(&str) -> Option<&'a str>) -> ContainerLabels {
+        let field = |k: &str| get(k).map(str::to_string).filter(|v| !v.is_empty());
+        let pod = match (
+            field(k8s_labels::NAMESPACE),
+            field(k8s_labels::POD),
+            field(k8s_labels::POD_UID),
+            field(k8s_labels::CONTAINER),
+        ) {
+            (Some(namespace), Some(pod), Some(uid), Some(container)) => Some(PodRef {
+                namespace,
+                pod,
+                uid,
+                container,
+            }),
+            _ => None,
+        };
+        let sandbox = get(k8s_labels::DOCKER_TYPE) == Some("podsandbox")
+            || pod.as_ref().is_some_and(|p| p.container == "POD");
+        let k8s_restart_count = get(k8s_labels::RESTART_COUNT).and_then(|v| v.trim().parse().ok());
+        ContainerLabels {
+            pod,
+            k8s_restart_count,
+            sandbox,
+        }
+    }
+}
+
+/// A lifecycle event in the runtime-neutral form the tracker consumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeEvent {
+    /// Nanoseconds since the Unix epoch, as the runtime stamped the event.
+    pub time_nanos: i64,
+    pub kind: EventKind,
+    /// The runtime's own word for it (`die`, `died`, `health_status: healthy`, ...).
+    pub action: String,
+    pub container_id: String,
+    pub name: String,
+    pub image: String,
+    pub labels: ContainerLabels,
+    pub exit_code: Option<i64>,
+    pub health: Option<Health>,
+}
+
+impl RuntimeEvent {
+    /// Replays overlap live streams at their edges; this key identifies one runtime event.
+    pub fn dedup_key(&self) -> (i64, String, String) {
+        (
+            self.time_nanos,
+            self.container_id.clone(),
+            self.action.clone(),
+        )
+    }
+}
+
+/// Identity of what restarts are counted for (SPEC section 5).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Identity {
+    Pod(PodRef),
+    Container(String),
+}
+
+impl Identity {
+    pub fn of(container_id: &str, labels: &ContainerLabels) -> Identity {
+        match &labels.pod {
+            Some(p) => Identity::Pod(p.clone()),
+            None => Identity::Container(container_id.to_string()),
+        }
+    }
+}
+
+/// Shortens a container id to the 12 characters users know from `docker ps`.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn kinds_round_trip_through_their_names() {
+        for k in EventKind::ALL {
+            assert_eq!(k.as_str().parse::<EventKind>(), Ok(k));
+            assert_eq!(EventKind::ALL[k.index()], k);
+        }
+        assert!("exploded".parse::<EventKind>().is_err());
+    }
+
+    #[test]
+    fn pod_labels_make_a_pod_identity() {
+        let l = labels(&[
+            (k8s_labels::NAMESPACE, "shop"),
+            (k8s_labels::POD, "web-1"),
+            (k8s_labels::POD_UID, "u-1"),
+            (k8s_labels::CONTAINER, "nginx"),
+            (k8s_labels::RESTART_COUNT, "4"),
+        ]);
+        let c = ContainerLabels::from_lookup(|k| l.get(k).map(String::as_str));
+        assert_eq!(c.k8s_restart_count, Some(4));
+        assert!(!c.sandbox);
+        match Identity::of("abc", &c) {
+            Identity::Pod(p) => {
+                assert_eq!((p.namespace.as_str(), p.container.as_str()), ("shop", "nginx"))
+            }
+            other => panic!("expected a pod identity, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn partial_pod_labels_fall_back_to_the_container() {
+        let l = labels(&[(k8s_labels::NAMESPACE, "shop"), (k8s_labels::POD, "web-1")]);
+        let c = ContainerLabels::from_lookup(|k| l.get(k).map(String::as_str));
+        assert_eq!(Identity::of("abc", &c), Identity::Container("abc".into()));
+    }
+
+    #[test]
+    fn sandboxes_are_recognized() {
+        let l = labels(&[(k8s_labels::DOCKER_TYPE, "podsandbox")]);
+        assert!(ContainerLabels::from_lookup(|k| l.get(k).map(String::as_str)).sandbox);
+    }
+
+    #[test]
+    fn health_words_parse() {
+        assert_eq!(Health::parse(" healthy"), Some(Health::Healthy));
+        assert_eq!(Health::parse("none"), None);
+    }
+}

@@ -1,0 +1,30 @@
+//! lifecycle-agent: follows a node's container runtime and turns its lifecycle events into
+//! restart counts, uptime, an event history, Prometheus metrics and a JSON API.
+//!
+//! Data flow, one module each: `runtime` (Docker/Podman streams, reconnect and replay)
+//! -> `event` (the normalized event) -> `tracker` (restart and uptime rules) -> `history`
+//! (the searchable event log) -> `metrics` / `api` / `stats`.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod event;
+pub mod history;
+pub mod metrics;
+pub mod runtime;
+pub mod stats;
+pub mod telemetry;
+pub mod time;
+pub mod tracker;
+
+/// Errors that end the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {0}: {1}")]
+    Listen(std::net::SocketAddr, std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

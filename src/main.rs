@@ -1,0 +1,83 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use lifecycle_agent::cli::{self, Cli, Command};
+use lifecycle_agent::config::{Config, RunArgs};
+use lifecycle_agent::{agent, telemetry};
+
+/// Exit status for configuration errors (SPEC section 2).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lifecycle-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(dispatch(cli.command))
+}
+
+fn config(args: RunArgs) -> Result<Config, ExitCode> {
+    Config::resolve(args).map_err(|e| {
+        eprintln!("lifecycle-agent: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+async fn dispatch(command: Command) -> ExitCode {
+    match command {
+        Command::Run(args) => {
+            let config = match config(args) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if let Err(e) = telemetry::init(config.log_format, &config.log_level) {
+                eprintln!("lifecycle-agent: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            match agent::run(config).await.context("the agent stopped with an error") {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lifecycle-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check(args) => {
+            let config = match config(args) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let (report, ok) = cli::check(&config).await;
+            print!("{report}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Stats(args) => print_or_fail(cli::stats(&args).await),
+        Command::Events(args) => print_or_fail(cli::events(&args).await),
+    }
+}
+
+fn print_or_fail(r: Result<String, lifecycle_agent::client::ClientError>) -> ExitCode {
+    match r {
+        Ok(s) => {
+            print!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lifecycle-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

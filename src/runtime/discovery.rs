@@ -1,0 +1,186 @@
+//! Which runtime socket to use (`--runtime auto|docker|podman`, `--socket`), and the probe
+//! behind `lifecycle-agent check` (the seed's `get_available_runtimes`).
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::docker::DockerSource;
+use super::{ContainerFilter, RuntimeInfo, Source};
+
+/// The runtime the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeChoice {
+    #[default]
+    Auto,
+    Docker,
+    Podman,
+}
+
+/// A socket worth trying, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The runtime this socket is expected to belong to (`/version` has the last word).
+    pub expected: &'static str,
+    pub endpoint: String,
+    /// Where the path came from: `--socket`, `DOCKER_HOST`, `CONTAINER_HOST`, or a usual path.
+    pub origin: &'static str,
+}
+
+/// Bare paths become `unix://` endpoints; `unix://`, `tcp://` and `http://` stay as they are.
+pub fn normalize_endpoint(s: &str) -> String {
+    let s = s.trim();
+    if s.starts_with("unix://") || s.starts_with("tcp://") || s.starts_with("http://") {
+        s.to_string()
+    } else {
+        format!("unix://{s}")
+    }
+}
+
+/// The sockets to try, in order, for a choice. `env` reads environment variables.
+pub fn candidates(
+    choice: RuntimeChoice,
+    socket: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Vec<Candidate> {
+    if let Some(s) = socket {
+        let expected = match choice {
+            RuntimeChoice::Podman => "podman",
+            RuntimeChoice::Docker => "docker",
+            RuntimeChoice::Auto => "docker or podman",
+        };
+        return vec![Candidate {
+            expected,
+            endpoint: normalize_endpoint(s),
+            origin: "--socket",
+        }];
+    }
+    let mut out = Vec::new();
+    if matches!(choice, RuntimeChoice::Auto | RuntimeChoice::Docker) {
+        match env("DOCKER_HOST").filter(|v| !v.is_empty()) {
+            Some(h) => out.push(Candidate {
+                expected: "docker",
+                endpoint: normalize_endpoint(&h),
+                origin: "DOCKER_HOST",
+            }),
+            None => out.push(Candidate {
+                expected: "docker",
+                endpoint: "unix:///var/run/docker.sock".into(),
+                origin: "default Docker socket",
+            }),
+        }
+    }
+    if matches!(choice, RuntimeChoice::Auto | RuntimeChoice::Podman) {
+        if let Some(h) = env("CONTAINER_HOST").filter(|v| !v.is_empty()) {
+            out.push(Candidate {
+                expected: "podman",
+                endpoint: normalize_endpoint(&h),
+                origin: "CONTAINER_HOST",
+            });
+        } else {
+            out.push(Candidate {
+                expected: "podman",
+                endpoint: "unix:///run/podman/podman.sock".into(),
+                origin: "rootful Podman socket",
+            });
+            if let Some(xdg) = env("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+                out.push(Candidate {
+                    expected: "podman",
+                    endpoint: format!("unix://{xdg}/podman/podman.sock"),
+                    origin: "rootless Podman socket ($XDG_RUNTIME_DIR)",
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The result of probing one candidate.
+#[derive(Debug)]
+pub struct Probe {
+    pub candidate: Candidate,
+    pub result: Result<RuntimeInfo, String>,
+}
+
+pub async fn probe(candidate: &Candidate) -> Probe {
+    let mut src = DockerSource::new(&candidate.endpoint, ContainerFilter::default());
+    let result = tokio::time::timeout(std::time::Duration::from_secs(10), src.connect())
+        .await
+        .map_err(|_| "no answer within 10s".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    Probe {
+        candidate: candidate.clone(),
+        result,
+    }
+}
+
+/// Probes candidates in order; the first that answers wins.
+pub async fn select(cands: &[Candidate]) -> Result<(Candidate, RuntimeInfo), Vec<Probe>> {
+    let mut failures = Vec::new();
+    for c in cands {
+        let p = probe(c).await;
+        match p.result {
+            Ok(info) => return Ok((p.candidate, info)),
+            Err(_) => failures.push(p),
+        }
+    }
+    Err(failures)
+}
+
+/// The message a user gets when nothing answered: what was tried and how to point the agent
+/// at a socket.
+pub fn explain_none_reachable(failures: &[Probe]) -> String {
+    let mut s = String::from("no container runtime reachable. Tried:\n");
+    for p in failures {
+        let reason = p.result.as_ref().err().map(String::as_str).unwrap_or("ok");
+        let _ = writeln!(
+            s,
+            "  - {} ({}, {}): {}",
+            p.candidate.endpoint, p.candidate.expected, p.candidate.origin, reason
+        );
+    }
+    s.push_str(
+        "Point the agent at a socket with --socket PATH (or LIFECYCLE_SOCKET, DOCKER_HOST, CONTAINER_HOST), \
+         e.g. --socket /var/run/docker.sock or --runtime podman --socket $XDG_RUNTIME_DIR/podman/podman.sock; \
+         make sure this user may read it (root, or the socket's group).",
+    );
+    s
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn auto_tries_docker_then_podman_rootful_and_rootless() {
+        let c = candidates(RuntimeChoice::Auto, None, env(&[("XDG_RUNTIME_DIR", "/run/user/1000")]));
+        let eps: Vec<_> = c.iter().map(|c| c.endpoint.as_str()).collect();
+        assert_eq!(
+            eps,
+            vec![
+                "unix:///var/run/docker.sock",
+                "unix:///run/podman/podman.sock",
+                "unix:///run/user/1000/podman/podman.sock"
+            ]
+        );
+    }
+
+    #[test]
+    fn environment_and_flag_override_the_usual_paths() {
+        let c = candidates(
+            RuntimeChoice::Auto,
+            None,
+            env(&[("DOCKER_HOST", "tcp://127.0.0.1:2375"), ("CONTAINER_HOST", "/x/p.sock")]),
+        );
+        assert_eq!(c[0].endpoint, "tcp://127.0.0.1:2375");
+        assert_eq!(c[1].endpoint, "unix:///x/p.sock");
+        let c = candidates(RuntimeChoice::Podman, Some("/tmp/s.sock"), env(&[]));
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].endpoint.as_str(), c[0].origin), ("unix:///tmp/s.sock", "--socket"));
+    }
+}

@@ -1,0 +1,153 @@
+//! Runtime event sources: the interface every runtime implements, runtime discovery, the
+//! mapping of runtime action words onto SPEC section 4, and the reconnect/replay loop.
+
+pub mod discovery;
+pub mod docker;
+pub mod snapshot;
+pub mod watch;
+
+use std::future::Future;
+
+use futures_util::stream::BoxStream;
+
+use crate::event::{EventKind, Health, RuntimeEvent, RuntimeKind};
+use snapshot::ContainerSnapshot;
+
+/// What a runtime said about itself on connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeInfo {
+    pub runtime: RuntimeKind,
+    pub version: String,
+    pub api_version: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot reach {endpoint}: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("{endpoint}: {operation} failed: {reason}")]
+    Api {
+        endpoint: String,
+        operation: &'static str,
+        reason: String,
+    },
+    #[error("{endpoint}: the event stream ended")]
+    StreamEnded { endpoint: String },
+    #[error("{endpoint}: no answer to the liveness check within {seconds}s")]
+    Unresponsive { endpoint: String, seconds: u64 },
+}
+
+/// Label filters (`--container-filter KEY[=VALUE]`), applied by the runtime itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerFilter {
+    pub labels: Vec<String>,
+}
+
+impl ContainerFilter {
+    /// Accepts `KEY` or `KEY=VALUE`, as `docker ps --filter label=...` does.
+    pub fn parse(items: &[String]) -> Result<ContainerFilter, String> {
+        let mut labels = Vec::with_capacity(items.len());
+        for item in items {
+            let key = item.split('=').next().unwrap_or_default().trim();
+            if key.is_empty() {
+                return Err(format!("{item:?} has no label key (expected KEY or KEY=VALUE)"));
+            }
+            labels.push(item.trim().to_string());
+        }
+        Ok(ContainerFilter { labels })
+    }
+}
+
+/// One container runtime API. Implementations only translate; the reconnect, replay and
+/// reconciliation policy lives in [`watch`].
+pub trait Source: Send + Sync + 'static {
+    /// Where it connects, for messages.
+    fn endpoint(&self) -> &str;
+
+    /// Connects (negotiating the API version) and says what answered.
+    fn connect(&mut self) -> impl Future<Output = Result<RuntimeInfo, SourceError>> + Send;
+
+    /// Container events from `since` (inclusive) to `until` (the stream ends there), or
+    /// without end. Items that are not lifecycle events come as `None` so callers can tell a
+    /// live stream from a silent one.
+    fn events(
+        &self,
+        since: Option<i64>,
+        until: Option<i64>,
+    ) -> BoxStream<'static, Result<Option<RuntimeEvent>, SourceError>>;
+
+    /// Every container (all states) with what inspect says about it.
+    fn snapshot(&self) -> impl Future<Output = Result<Vec<ContainerSnapshot>, SourceError>> + Send;
+
+    /// A cheap liveness check; idle event streams say nothing for hours.
+    fn ping(&self) -> impl Future<Output = Result<(), SourceError>> + Send;
+}
+
+/// Maps a runtime's action word onto an event type. Docker and Podman (libpod and its Docker
+/// compatibility layer) share most words; the ones that carry no lifecycle change (`init`,
+/// `cleanup`, `exec_*`, `attach`, `rename`, ...) map to `None`.
+pub fn map_action(action: &str) -> Option<(EventKind, Option<Health>)> {
+    if let Some(rest) = action.strip_prefix("health_status") {
+        let status = rest.trim_start_matches(':').trim();
+        return Some((EventKind::HealthStatus, Health::parse(status)));
+    }
+    let kind = match action {
+        "create" => EventKind::Created,
+        "start" => EventKind::Started,
+        "restart" => EventKind::Restarted,
+        "stop" => EventKind::Stopped,
+        "die" | "died" => EventKind::Died,
+        "kill" => EventKind::Killed,
+        "pause" => EventKind::Paused,
+        "unpause" => EventKind::Unpaused,
+        "destroy" | "remove" => EventKind::Destroyed,
+        "oom" => EventKind::Oom,
+        _ => return None,
+    };
+    Some((kind, None))
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn docker_and_podman_words_map_onto_one_vocabulary() {
+        let cases = [
+            ("create", Some(EventKind::Created)),
+            ("start", Some(EventKind::Started)),
+            ("restart", Some(EventKind::Restarted)),
+            ("stop", Some(EventKind::Stopped)),
+            ("die", Some(EventKind::Died)),
+            ("died", Some(EventKind::Died)),
+            ("kill", Some(EventKind::Killed)),
+            ("pause", Some(EventKind::Paused)),
+            ("unpause", Some(EventKind::Unpaused)),
+            ("destroy", Some(EventKind::Destroyed)),
+            ("remove", Some(EventKind::Destroyed)),
+            ("oom", Some(EventKind::Oom)),
+            ("init", None),
+            ("cleanup", None),
+            ("exec_start: sh -c true", None),
+            ("attach", None),
+            ("", None),
+        ];
+        for (action, want) in cases {
+            assert_eq!(map_action(action).map(|(k, _)| k), want, "{action:?}");
+        }
+        assert_eq!(
+            map_action("health_status: unhealthy"),
+            Some((EventKind::HealthStatus, Some(Health::Unhealthy)))
+        );
+        assert_eq!(
+            map_action("health_status"),
+            Some((EventKind::HealthStatus, None))
+        );
+    }
+
+    #[test]
+    fn container_filters_need_a_key() {
+        assert!(ContainerFilter::parse(&["app=web".into(), "tier".into()]).is_ok());
+        assert!(ContainerFilter::parse(&["=web".into()]).is_err());
+    }
+}

@@ -1,0 +1,177 @@
+//! The reconnect/replay loop: subscribe, replay what was missed, reconcile, then follow the
+//! live stream until it breaks; then back off and do it again.
+//!
+//! Order matters. The live stream is opened first (from `t0`, which Docker serves from its
+//! ring, so nothing falls between subscribing and listing), then the bounded replay from the
+//! cursor to `t0` is applied, then list + inspect reconciles what no replay covers. The
+//! reading task only forwards into an unbounded channel: Docker drops events for a subscriber
+//! that stops reading, so it must never wait on the tracker.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{BoxStream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{Source, SourceError};
+use crate::agent::Shared;
+use crate::event::RuntimeEvent;
+use crate::time::now_nanos;
+use crate::tracker::Applied;
+
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_START: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A session that lasted this long was healthy: the next failure starts the backoff afresh.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+/// Events applied under one lock of the tracker.
+const BATCH: usize = 512;
+
+type Item = Result<Option<RuntimeEvent>, SourceError>;
+
+/// Follows one runtime until `shutdown`, reconnecting with backoff.
+pub async fn run<S: Source>(mut source: S, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut delay = BACKOFF_START;
+    loop {
+        let began = Instant::now();
+        let result = tokio::select! {
+            r = session(&mut source, &shared) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        let err = match result {
+            Ok(never) => match never {},
+            Err(e) => e,
+        };
+        shared.set_disconnected(err.to_string());
+        shared.counters.stream_reconnects.inc();
+        if began.elapsed() >= HEALTHY_SESSION {
+            delay = BACKOFF_START;
+        }
+        warn!(endpoint = %source.endpoint(), error = %err, retry_in_ms = delay.as_millis() as u64, "runtime connection lost");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        delay = (delay * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Forwards the live stream; never waits on anything but the daemon.
+async fn forward(mut stream: BoxStream<'static, Item>, tx: mpsc::UnboundedSender<Item>, endpoint: String) {
+    while let Some(item) = stream.next().await {
+        let failed = item.is_err();
+        if tx.send(item).is_err() || failed {
+            return;
+        }
+    }
+    let _ = tx.send(Err(SourceError::StreamEnded { endpoint }));
+}
+
+/// Aborts the reading task when a session ends, so a dead session never keeps a stream open.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One connected session. Returns only with the error that ended it.
+async fn session<S: Source>(source: &mut S, shared: &Shared) -> Result<std::convert::Infallible, SourceError> {
+    shared.set_disconnected(format!("connecting to {}", source.endpoint()));
+    let info = source.connect().await?;
+    info!(endpoint = %source.endpoint(), runtime = %info.runtime, version = %info.version, api_version = %info.api_version, "connected to runtime");
+    shared.tracker.write().set_runtime(info.runtime);
+    *shared.runtime_info.lock() = Some(info);
+
+    let t0 = now_nanos();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _reader = AbortOnDrop(tokio::spawn(forward(
+        source.events(Some(t0), None),
+        tx,
+        source.endpoint().to_string(),
+    )));
+
+    let cursor = shared.tracker.read().cursor();
+    if let Some(cursor) = cursor {
+        replay(source, shared, cursor, t0).await?;
+    }
+    let snapshot = source.snapshot().await?;
+    let report = shared
+        .tracker
+        .write()
+        .reconcile(&snapshot, true, now_nanos());
+    shared.counters.inferred_restarts.add(report.inferred_restarts);
+    info!(containers = snapshot.len(), added = report.added, removed = report.removed, inferred_restarts = report.inferred_restarts, "reconciled with the runtime");
+    shared.set_ready();
+
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.tick().await;
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    return Err(SourceError::StreamEnded { endpoint: source.endpoint().to_string() });
+                }
+                apply_batch(shared, &mut batch)?;
+            }
+            _ = ping.tick() => {
+                match tokio::time::timeout(PING_TIMEOUT, source.ping()).await {
+                    Ok(Ok(())) => debug!("runtime answered the liveness check"),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Err(SourceError::Unresponsive {
+                        endpoint: source.endpoint().to_string(),
+                        seconds: PING_TIMEOUT.as_secs(),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// Applies forwarded items under one lock; the first error ends the session after the
+/// events before it are applied.
+fn apply_batch(shared: &Shared, batch: &mut Vec<Item>) -> Result<(), SourceError> {
+    let now = now_nanos();
+    let mut failure = None;
+    {
+        let mut tracker = shared.tracker.write();
+        for item in batch.drain(..) {
+            match item {
+                Ok(Some(ev)) => shared.counters.count(tracker.apply(&ev, now)),
+                Ok(None) => {}
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    batch.clear();
+    failure.map_or(Ok(()), Err)
+}
+
+/// Applies the runtime's events from `cursor` to `until`. If none of them was seen before,
+/// the runtime no longer holds the cursor's event: events may have been lost in between.
+async fn replay<S: Source>(source: &S, shared: &Shared, cursor: i64, until: i64) -> Result<(), SourceError> {
+    let mut stream = source.events(Some(cursor), Some(until));
+    let mut overlapped = false;
+    let mut replayed = 0u64;
+    while let Some(item) = stream.next().await {
+        let Some(ev) = item? else { continue };
+        let applied = shared.tracker.write().apply(&ev, now_nanos());
+        overlapped |= applied == Applied::Duplicate;
+        replayed += u64::from(applied == Applied::Recorded);
+        shared.counters.count(applied);
+    }
+    if !overlapped {
+        shared.counters.events_possibly_missed.inc();
+        warn!(cursor = %crate::time::format_rfc3339(cursor), "the runtime no longer holds the last event processed: events in between may be lost (reconciling from list + inspect)");
+    }
+    info!(replayed, overlapped, "replayed events missed while disconnected");
+    Ok(())
+}

@@ -1,0 +1,840 @@
+//! Per-identity lifecycle state: where a Docker `die` or a Podman `died` becomes an exit, and
+//! where a start becomes a restart (SPEC section 5).
+//!
+//! Restarts are counted on *starts*, never on the runtimes' `restart` action: Docker emits
+//! `start` then `restart`, Podman `restart` then `start`, and a restart policy may emit no
+//! `restart` at all. A start counts when the identity had started before and the container
+//! was not already running in our state. Events older than what a reconciliation already
+//! reflected (`as_of`) change no state, so a live event, its replay and a list + inspect of
+//! the same moment count once.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+
+use serde::Serialize;
+
+use crate::event::{short_id, EventKind, Health, Identity, RuntimeEvent, RuntimeKind};
+use crate::history::{History, HistoryEvent, HistoryLimits};
+use crate::runtime::snapshot::{ContainerSnapshot, SnapshotState};
+use crate::time::NANOS_PER_SEC;
+
+/// How many recent event keys are remembered to drop replayed duplicates. Docker replays at
+/// most 256 events; Podman's replay is bounded by the cursor, so this covers both edges.
+const DEDUP_CAPACITY: usize = 8192;
+const DAY_NANOS: i64 = 86_400 * NANOS_PER_SEC;
+const HOUR_NANOS: i64 = 3600 * NANOS_PER_SEC;
+
+/// Why the last session of an identity ended (`container_last_terminated_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminationReason {
+    OomKilled,
+    Error,
+    Completed,
+    Killed,
+}
+
+impl TerminationReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminationReason::OomKilled => "oom_killed",
+            TerminationReason::Error => "error",
+            TerminationReason::Completed => "completed",
+            TerminationReason::Killed => "killed",
+        }
+    }
+
+    fn classify(exit_code: Option<i64>, oom: bool, killed: bool) -> TerminationReason {
+        if oom {
+            TerminationReason::OomKilled
+        } else if exit_code == Some(0) {
+            TerminationReason::Completed
+        } else if killed {
+            TerminationReason::Killed
+        } else {
+            TerminationReason::Error
+        }
+    }
+}
+
+/// One runtime container, as far as the tracker needs it.
+#[derive(Debug, Clone)]
+struct ContainerState {
+    identity: Identity,
+    name: String,
+    image: String,
+    image_id: String,
+    running: bool,
+    paused: bool,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    created_at: i64,
+    /// The newest runtime time this state reflects; older events only enter the history.
+    as_of: i64,
+    runtime_restart_count: u64,
+    killed_in_session: bool,
+    oom_in_session: bool,
+    exited: bool,
+}
+
+/// Counters and state of one identity (SPEC section 5).
+#[derive(Debug, Clone)]
+pub struct IdentityState {
+    pub identity: Identity,
+    /// Container ids of this identity still present in the runtime, oldest first.
+    containers: Vec<String>,
+    ever_started: bool,
+    pub restarts: u64,
+    pub oom_kills: u64,
+    /// Uptime of sessions that have ended, in nanoseconds.
+    closed_uptime: i64,
+    pub last_exit_code: Option<i64>,
+    pub last_reason: Option<TerminationReason>,
+    pub health: Option<Health>,
+    pub events: [u64; EventKind::ALL.len()],
+    /// Highest kubelet attempt ordinal seen, to infer restarts that happened unseen.
+    max_attempt: Option<u64>,
+}
+
+/// A read-only view of one identity for metrics and the API, computed at `now`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityView {
+    pub namespace: String,
+    pub pod: String,
+    pub pod_uid: String,
+    pub container: String,
+    pub container_id: String,
+    pub container_ids: Vec<String>,
+    pub name: String,
+    pub image: String,
+    pub image_id: String,
+    pub state: &'static str,
+    pub running: bool,
+    pub paused: bool,
+    pub uptime_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_since_start_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_start_time: Option<String>,
+    #[serde(skip)]
+    pub last_start_nanos: Option<i64>,
+    pub restarts: u64,
+    pub oom_kills: u64,
+    pub last_exit_code: Option<i64>,
+    pub last_terminated_reason: Option<TerminationReason>,
+    pub health: Option<Health>,
+    #[serde(skip)]
+    pub events: [u64; EventKind::ALL.len()],
+}
+
+/// Node-wide counts (`containers_*`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct NodeCounts {
+    pub tracked: u64,
+    pub running: u64,
+    pub paused: u64,
+    pub stopped: u64,
+    pub restarts_total: u64,
+}
+
+/// What happened to one runtime event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Recorded in the history and applied to the state.
+    Recorded,
+    /// Seen before (a replay overlapping what was already processed).
+    Duplicate,
+    /// Not tracked: a pod sandbox.
+    Ignored,
+    /// A repeat of the current health status (Podman reports every check).
+    Unchanged,
+}
+
+/// What a reconciliation changed, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub added: usize,
+    pub removed: usize,
+    pub inferred_restarts: u64,
+}
+
+/// Remembers recently processed event keys (hashed) so a replay never counts twice.
+#[derive(Debug, Default)]
+struct RecentKeys {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl RecentKeys {
+    /// Returns false if the key was already there.
+    fn insert(&mut self, key: u64) -> bool {
+        if !self.set.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > DEDUP_CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+fn key_hash(ev: &RuntimeEvent) -> u64 {
+    let mut h = DefaultHasher::new();
+    ev.dedup_key().hash(&mut h);
+    h.finish()
+}
+
+#[derive(Debug)]
+pub struct Tracker {
+    node: String,
+    runtime: RuntimeKind,
+    containers: HashMap<String, ContainerState>,
+    identities: HashMap<Identity, IdentityState>,
+    node_restarts: u64,
+    /// Times of restarts seen on the node in the last 24 h, for the 1h/24h statistics.
+    restart_times: VecDeque<i64>,
+    recent: RecentKeys,
+    cursor: Option<i64>,
+    history: History,
+    events_processed: u64,
+}
+
+impl Tracker {
+    pub fn new(node: String, runtime: RuntimeKind, limits: HistoryLimits) -> Tracker {
+        Tracker {
+            node,
+            runtime,
+            containers: HashMap::new(),
+            identities: HashMap::new(),
+            node_restarts: 0,
+            restart_times: VecDeque::new(),
+            recent: RecentKeys::default(),
+            cursor: None,
+            history: History::new(limits),
+            events_processed: 0,
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn runtime(&self) -> RuntimeKind {
+        self.runtime
+    }
+
+    /// The runtime changed under the agent (auto-detection after a reconnect).
+    pub fn set_runtime(&mut self, runtime: RuntimeKind) {
+        self.runtime = runtime;
+    }
+
+    /// Time of the newest event processed: where a replay resumes.
+    pub fn cursor(&self) -> Option<i64> {
+        self.cursor
+    }
+
+    pub fn events_processed(&self) -> u64 {
+        self.events_processed
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    pub fn history_mut(&mut self) -> &mut History {
+        &mut self.history
+    }
+
+    /// Applies one runtime event.
+    pub fn apply(&mut self, ev: &RuntimeEvent, now: i64) -> Applied {
+        if ev.labels.sandbox {
+            return Applied::Ignored;
+        }
+        if !self.recent.insert(key_hash(ev)) {
+            return Applied::Duplicate;
+        }
+        self.cursor = Some(self.cursor.map_or(ev.time_nanos, |c| c.max(ev.time_nanos)));
+        if ev.kind == EventKind::Destroyed {
+            self.record(ev);
+            self.remove_container(&ev.container_id);
+            return Applied::Recorded;
+        }
+        self.ensure_container(ev);
+        if ev.kind == EventKind::HealthStatus && !self.health_changed(ev) {
+            return Applied::Unchanged;
+        }
+        self.transition(ev, now);
+        self.record(ev);
+        Applied::Recorded
+    }
+
+    fn health_changed(&mut self, ev: &RuntimeEvent) -> bool {
+        let Some(c) = self.containers.get(&ev.container_id) else {
+            return false;
+        };
+        let Some(id) = self.identities.get_mut(&c.identity) else {
+            return false;
+        };
+        if ev.health.is_none() || id.health == ev.health {
+            return false;
+        }
+        id.health = ev.health;
+        true
+    }
+
+    /// Creates state for a container first met through an event (one created before the
+    /// agent's snapshot, or seen in a replay).
+    fn ensure_container(&mut self, ev: &RuntimeEvent) {
+        if self.containers.contains_key(&ev.container_id) {
+            return;
+        }
+        let identity = Identity::of(&ev.container_id, &ev.labels);
+        let state = ContainerState {
+            identity: identity.clone(),
+            name: ev.name.clone(),
+            image: ev.image.clone(),
+            image_id: String::new(),
+            running: false,
+            paused: false,
+            started_at: None,
+            finished_at: None,
+            created_at: ev.time_nanos,
+            as_of: i64::MIN,
+            runtime_restart_count: 0,
+            killed_in_session: false,
+            oom_in_session: false,
+            exited: false,
+        };
+        self.containers.insert(ev.container_id.clone(), state);
+        let attempt = ev.labels.k8s_restart_count;
+        let fresh = !self.identities.contains_key(&identity);
+        let id = self.identity_entry(&identity);
+        id.containers.push(ev.container_id.clone());
+        if fresh {
+            // First sight through a replayed or live event: the kubelet's ordinal is the best
+            // lower bound of what happened before (SPEC section 5).
+            if ev.kind != EventKind::Created {
+                if let Some(a) = attempt {
+                    id.restarts = a;
+                    id.ever_started = a > 0;
+                }
+            }
+            id.max_attempt = attempt;
+            let inferred = id.restarts;
+            self.node_restarts += inferred;
+        } else {
+            self.note_attempt(&identity, attempt, false);
+        }
+    }
+
+    /// A new kubelet container with ordinal `attempt` for a known identity: attempts between
+    /// the highest seen and this one started and died unseen, one restart each.
+    fn note_attempt(&mut self, identity: &Identity, attempt: Option<u64>, started: bool) -> u64 {
+        let Some(id) = self.identities.get_mut(identity) else {
+            return 0;
+        };
+        let (Some(a), Some(m)) = (attempt, id.max_attempt) else {
+            if attempt.is_some() {
+                id.max_attempt = attempt;
+            }
+            return 0;
+        };
+        if a <= m {
+            return 0;
+        }
+        id.max_attempt = Some(a);
+        let unseen = a - m - 1 + u64::from(started);
+        id.restarts += unseen;
+        if unseen > 0 {
+            id.ever_started = true;
+        }
+        self.node_restarts += unseen;
+        unseen
+    }
+
+    fn identity_entry(&mut self, identity: &Identity) -> &mut IdentityState {
+        self.identities
+            .entry(identity.clone())
+            .or_insert_with(|| IdentityState {
+                identity: identity.clone(),
+                containers: Vec::new(),
+                ever_started: false,
+                restarts: 0,
+                oom_kills: 0,
+                closed_uptime: 0,
+                last_exit_code: None,
+                last_reason: None,
+                health: None,
+                events: [0; EventKind::ALL.len()],
+                max_attempt: None,
+            })
+    }
+
+    fn transition(&mut self, ev: &RuntimeEvent, now: i64) {
+        let Some(c) = self.containers.get_mut(&ev.container_id) else {
+            return;
+        };
+        if ev.time_nanos < c.as_of {
+            // Already reflected by a reconciliation that saw a later state.
+            return;
+        }
+        match ev.kind {
+            EventKind::Started => {
+                if c.running {
+                    return;
+                }
+                c.running = true;
+                c.paused = false;
+                c.exited = false;
+                c.started_at = Some(ev.time_nanos);
+                c.killed_in_session = false;
+                c.oom_in_session = false;
+                let identity = c.identity.clone();
+                self.count_start(&identity, ev.time_nanos, now);
+            }
+            EventKind::Died => {
+                let exit = ev.exit_code;
+                if c.running {
+                    c.running = false;
+                    c.paused = false;
+                    c.exited = true;
+                    c.finished_at = Some(ev.time_nanos);
+                    let session = ev.time_nanos - c.started_at.unwrap_or(ev.time_nanos);
+                    let reason = TerminationReason::classify(exit, c.oom_in_session, c.killed_in_session);
+                    let identity = c.identity.clone();
+                    if let Some(id) = self.identities.get_mut(&identity) {
+                        id.closed_uptime += session.max(0);
+                        id.last_exit_code = exit;
+                        id.last_reason = Some(reason);
+                    }
+                }
+            }
+            EventKind::Killed => c.killed_in_session = true,
+            EventKind::Oom => {
+                if !c.oom_in_session {
+                    c.oom_in_session = true;
+                    let identity = c.identity.clone();
+                    if let Some(id) = self.identities.get_mut(&identity) {
+                        id.oom_kills += 1;
+                    }
+                }
+            }
+            EventKind::Paused => c.paused = c.running,
+            EventKind::Unpaused => c.paused = false,
+            EventKind::Created
+            | EventKind::Stopped
+            | EventKind::Restarted
+            | EventKind::Destroyed
+            | EventKind::HealthStatus => {}
+        }
+    }
+
+    /// A start of an identity: a restart unless it is the first one known.
+    fn count_start(&mut self, identity: &Identity, at: i64, now: i64) {
+        let Some(id) = self.identities.get_mut(identity) else {
+            return;
+        };
+        let restart = id.ever_started;
+        id.ever_started = true;
+        if restart {
+            id.restarts += 1;
+            self.node_restarts += 1;
+            self.push_restart_time(at.min(now));
+        }
+    }
+
+    fn push_restart_time(&mut self, at: i64) {
+        self.restart_times.push_back(at);
+        let newest = self.restart_times.iter().copied().max().unwrap_or(at);
+        while self
+            .restart_times
+            .front()
+            .is_some_and(|&t| t < newest - DAY_NANOS)
+        {
+            self.restart_times.pop_front();
+        }
+    }
+
+    fn record(&mut self, ev: &RuntimeEvent) {
+        let identity = self
+            .containers
+            .get(&ev.container_id)
+            .map(|c| c.identity.clone())
+            .unwrap_or_else(|| Identity::of(&ev.container_id, &ev.labels));
+        if let Some(id) = self.identities.get_mut(&identity) {
+            id.events[ev.kind.index()] += 1;
+        }
+        let (namespace, pod, container) = match &ev.labels.pod {
+            Some(p) => (p.namespace.clone(), p.pod.clone(), p.container.clone()),
+            None => (String::new(), String::new(), ev.name.clone()),
+        };
+        self.events_processed += 1;
+        self.history.push(HistoryEvent {
+            seq: 0,
+            time_nanos: ev.time_nanos,
+            kind: ev.kind,
+            action: ev.action.clone(),
+            runtime: self.runtime,
+            container_id: ev.container_id.clone(),
+            name: ev.name.clone(),
+            image: ev.image.clone(),
+            namespace,
+            pod,
+            container,
+            exit_code: ev.exit_code,
+            health: ev.health,
+        });
+    }
+
+    /// Forgets a container; its identity goes with its last container (SPEC section 5).
+    fn remove_container(&mut self, container_id: &str) -> bool {
+        let Some(c) = self.containers.remove(container_id) else {
+            return false;
+        };
+        if let Some(id) = self.identities.get_mut(&c.identity) {
+            id.containers.retain(|x| x != container_id);
+            if id.containers.is_empty() {
+                self.identities.remove(&c.identity);
+            }
+        }
+        true
+    }
+
+    /// Brings the state in line with a list + inspect of the runtime. `complete` means the
+    /// snapshot lists every container, so missing ones were removed unseen.
+    pub fn reconcile(
+        &mut self,
+        snaps: &[ContainerSnapshot],
+        complete: bool,
+        now: i64,
+    ) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        let mut present = HashSet::with_capacity(snaps.len());
+        for s in snaps.iter().filter(|s| !s.labels.sandbox) {
+            present.insert(s.id.as_str());
+            if self.containers.contains_key(&s.id) {
+                report.inferred_restarts += self.reconcile_known(s, now);
+            } else {
+                report.inferred_restarts += self.adopt(s, now);
+                report.added += 1;
+            }
+        }
+        if complete {
+            let gone: Vec<String> = self
+                .containers
+                .keys()
+                .filter(|id| !present.contains(id.as_str()))
+                .cloned()
+                .collect();
+            for id in gone {
+                if self.remove_container(&id) {
+                    report.removed += 1;
+                }
+            }
+        }
+        report
+    }
+
+    /// A container met first in a snapshot. Returns restarts inferred.
+    fn adopt(&mut self, s: &ContainerSnapshot, now: i64) -> u64 {
+        let identity = Identity::of(&s.id, &s.labels);
+        let running = s.state.is_running();
+        let state = ContainerState {
+            identity: identity.clone(),
+            name: s.name.clone(),
+            image: s.image.clone(),
+            image_id: s.image_id.clone(),
+            running,
+            paused: s.state == SnapshotState::Paused,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            created_at: s.created_at.unwrap_or(now),
+            as_of: [s.started_at, s.finished_at, s.created_at]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(i64::MIN),
+            runtime_restart_count: s.restart_count,
+            killed_in_session: false,
+            oom_in_session: s.oom_killed && !running,
+            exited: s.finished_at.is_some() && !running,
+        };
+        self.containers.insert(s.id.clone(), state);
+        let started = s.started_at.is_some();
+        let fresh = !self.identities.contains_key(&identity);
+        let inferred = if fresh {
+            let id = self.identity_entry(&identity);
+            // The best lower bound the runtime gives (SPEC section 5).
+            id.restarts = s.labels.k8s_restart_count.unwrap_or(s.restart_count);
+            id.max_attempt = s.labels.k8s_restart_count;
+            id.ever_started = started || id.restarts > 0;
+            id.restarts
+        } else if s.labels.k8s_restart_count.is_some() {
+            self.note_attempt(&identity, s.labels.k8s_restart_count, started)
+        } else if started {
+            // Same pod labels without the kubelet's ordinal: one unseen start.
+            let id = self.identity_entry(&identity);
+            let n = u64::from(id.ever_started);
+            id.restarts += n;
+            id.ever_started = true;
+            self.node_restarts += n;
+            n
+        } else {
+            0
+        };
+        if fresh {
+            self.node_restarts += inferred;
+        }
+        let id = self.identity_entry(&identity);
+        id.containers.push(s.id.clone());
+        if s.health.is_some() {
+            id.health = s.health;
+        }
+        if s.finished_at.is_some() && !running {
+            id.last_exit_code = s.exit_code;
+            id.last_reason = Some(TerminationReason::classify(s.exit_code, s.oom_killed, false));
+            if fresh {
+                // Its last session's length is known exactly; earlier ones are not.
+                if let (Some(a), Some(b)) = (s.started_at, s.finished_at) {
+                    id.closed_uptime += (b - a).max(0);
+                }
+            }
+        }
+        if inferred > 0 && !fresh {
+            self.push_restart_time(now);
+        }
+        inferred
+    }
+
+    /// A container the tracker knows: apply what happened unseen. Returns restarts inferred.
+    fn reconcile_known(&mut self, s: &ContainerSnapshot, now: i64) -> u64 {
+        let Some(c) = self.containers.get_mut(&s.id) else {
+            return 0;
+        };
+        let identity = c.identity.clone();
+        let mut ended: Option<(i64, i64)> = None;
+        let mut unseen_starts = 0u64;
+        let newer_start = match (s.started_at, c.started_at) {
+            (Some(new), Some(old)) => new > old,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if newer_start {
+            // The session we knew (if it was still running) ended unseen before this start.
+            if c.running {
+                let end = s
+                    .finished_at
+                    .filter(|&f| Some(f) > c.started_at)
+                    .or(s.started_at)
+                    .unwrap_or(now);
+                ended = Some((c.started_at.unwrap_or(end), end));
+            }
+            let policy = s.restart_count.saturating_sub(c.runtime_restart_count);
+            unseen_starts = policy.max(1);
+            c.started_at = s.started_at;
+            c.running = s.state.is_running();
+            c.killed_in_session = false;
+            c.oom_in_session = false;
+            if !c.running {
+                if let (Some(a), Some(b)) = (s.started_at, s.finished_at) {
+                    if b >= a {
+                        ended = Some(ended.map_or((a, b), |(x, y)| (x, y + (b - a))));
+                    }
+                }
+            }
+        } else if c.running && !s.state.is_running() {
+            let end = s.finished_at.unwrap_or(now);
+            ended = Some((c.started_at.unwrap_or(end), end));
+            c.running = false;
+        }
+        c.paused = s.state == SnapshotState::Paused;
+        c.runtime_restart_count = s.restart_count;
+        c.exited = !c.running && s.finished_at.is_some();
+        if !c.running {
+            c.finished_at = s.finished_at.or(c.finished_at);
+        }
+        let newest = [s.started_at, s.finished_at].into_iter().flatten().max();
+        if let Some(t) = newest {
+            c.as_of = c.as_of.max(t);
+        }
+        let oom_unseen = s.oom_killed && !c.running && !c.oom_in_session && ended.is_some();
+        if oom_unseen {
+            c.oom_in_session = true;
+        }
+        let killed = c.killed_in_session;
+        let Some(id) = self.identities.get_mut(&identity) else {
+            return 0;
+        };
+        if let Some(h) = s.health {
+            id.health = Some(h);
+        }
+        if let Some((a, b)) = ended {
+            id.closed_uptime += (b - a).max(0);
+            id.last_exit_code = s.exit_code;
+            id.last_reason = Some(TerminationReason::classify(s.exit_code, s.oom_killed, killed));
+        }
+        if oom_unseen {
+            id.oom_kills += 1;
+        }
+        let inferred = if id.ever_started {
+            unseen_starts
+        } else {
+            unseen_starts.saturating_sub(1)
+        };
+        if unseen_starts > 0 {
+            id.ever_started = true;
+        }
+        id.restarts += inferred;
+        self.node_restarts += inferred;
+        if inferred > 0 {
+            self.push_restart_time(now);
+        }
+        inferred
+    }
+
+    /// Per-identity views at `now`, for metrics and the API.
+    pub fn identities(&self, now: i64) -> Vec<IdentityView> {
+        self.identities
+            .values()
+            .map(|id| self.view(id, now))
+            .collect()
+    }
+
+    fn view(&self, id: &IdentityState, now: i64) -> IdentityView {
+        let mut uptime = id.closed_uptime;
+        let mut running = false;
+        let mut paused = false;
+        let mut last_start: Option<i64> = None;
+        let mut latest: Option<(&String, &ContainerState)> = None;
+        for cid in &id.containers {
+            let Some(c) = self.containers.get(cid) else {
+                continue;
+            };
+            if c.running {
+                running = true;
+                paused |= c.paused;
+                if let Some(s) = c.started_at {
+                    uptime += (now - s).max(0);
+                }
+            }
+            last_start = last_start.max(c.started_at);
+            let newer = latest.is_none_or(|(_, l)| (c.running, c.created_at) >= (l.running, l.created_at));
+            if newer {
+                latest = Some((cid, c));
+            }
+        }
+        let (cid, name, image, image_id, exited) = match latest {
+            Some((cid, c)) => (cid.clone(), c.name.clone(), c.image.clone(), c.image_id.clone(), c.exited),
+            None => Default::default(),
+        };
+        let (namespace, pod, pod_uid, container) = match &id.identity {
+            Identity::Pod(p) => (p.namespace.clone(), p.pod.clone(), p.uid.clone(), p.container.clone()),
+            Identity::Container(_) => (String::new(), String::new(), String::new(), name.clone()),
+        };
+        let state = if paused {
+            "paused"
+        } else if running {
+            "running"
+        } else if exited {
+            "exited"
+        } else {
+            "created"
+        };
+        IdentityView {
+            namespace,
+            pod,
+            pod_uid,
+            container,
+            container_id: cid,
+            container_ids: id.containers.clone(),
+            name,
+            image,
+            image_id,
+            state,
+            running,
+            paused,
+            uptime_seconds: uptime as f64 / NANOS_PER_SEC as f64,
+            time_since_start_seconds: last_start
+                .filter(|_| running)
+                .map(|s| (now - s).max(0) as f64 / NANOS_PER_SEC as f64),
+            last_start_time: last_start.map(crate::time::format_rfc3339),
+            last_start_nanos: last_start,
+            restarts: id.restarts,
+            oom_kills: id.oom_kills,
+            last_exit_code: id.last_exit_code,
+            last_terminated_reason: id.last_reason,
+            health: id.health,
+            events: id.events,
+        }
+    }
+
+    /// Finds an identity by container id prefix, runtime name or Kubernetes container name.
+    pub fn find(&self, key: &str, now: i64) -> Vec<IdentityView> {
+        if key.is_empty() {
+            return Vec::new();
+        }
+        let by_name: Vec<_> = self
+            .identities
+            .values()
+            .filter(|id| {
+                id.containers.iter().any(|cid| {
+                    self.containers.get(cid).is_some_and(|c| c.name == key)
+                        || short_id(cid) == key
+                        || cid == key
+                })
+            })
+            .map(|id| self.view(id, now))
+            .collect();
+        if !by_name.is_empty() {
+            return by_name;
+        }
+        self.identities
+            .values()
+            .filter(|id| {
+                id.containers.iter().any(|cid| cid.starts_with(key))
+                    || matches!(&id.identity, Identity::Pod(p) if p.container == key)
+            })
+            .map(|id| self.view(id, now))
+            .collect()
+    }
+
+    pub fn node_counts(&self) -> NodeCounts {
+        let mut n = NodeCounts {
+            restarts_total: self.node_restarts,
+            ..Default::default()
+        };
+        for c in self.containers.values() {
+            n.tracked += 1;
+            if c.running {
+                n.running += 1;
+                n.paused += u64::from(c.paused);
+            } else {
+                n.stopped += 1;
+            }
+        }
+        n
+    }
+
+    /// Restarts seen on the node within `window` nanoseconds before `now`.
+    pub fn restarts_within(&self, window: i64, now: i64) -> u64 {
+        self.restart_times
+            .iter()
+            .filter(|&&t| t >= now - window)
+            .count() as u64
+    }
+
+    pub fn restarts_last_hour(&self, now: i64) -> u64 {
+        self.restarts_within(HOUR_NANOS, now)
+    }
+
+    pub fn restarts_last_day(&self, now: i64) -> u64 {
+        self.restarts_within(DAY_NANOS, now)
+    }
+}
+
+#[cfg(test)]
+mod test;

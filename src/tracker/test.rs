@@ -1,0 +1,348 @@
+use super::*;
+use crate::event::{ContainerLabels, PodRef};
+use crate::runtime::snapshot::SnapshotState;
+
+const S: i64 = NANOS_PER_SEC;
+
+fn tracker() -> Tracker {
+    Tracker::new(
+        "node-1".into(),
+        RuntimeKind::Docker,
+        HistoryLimits {
+            max_events: 1000,
+            retention: None,
+        },
+    )
+}
+
+fn ev(t: i64, id: &str, action: &str, kind: EventKind) -> RuntimeEvent {
+    RuntimeEvent {
+        time_nanos: t,
+        kind,
+        action: action.to_string(),
+        container_id: id.to_string(),
+        name: format!("name-{id}"),
+        image: "busybox".into(),
+        labels: ContainerLabels::default(),
+        exit_code: None,
+        health: None,
+    }
+}
+
+fn die(t: i64, id: &str, code: i64) -> RuntimeEvent {
+    RuntimeEvent {
+        exit_code: Some(code),
+        ..ev(t, id, "die", EventKind::Died)
+    }
+}
+
+fn pod_labels(attempt: Option<u64>) -> ContainerLabels {
+    ContainerLabels {
+        pod: Some(PodRef {
+            namespace: "shop".into(),
+            pod: "web-1".into(),
+            uid: "uid-1".into(),
+            container: "nginx".into(),
+        }),
+        k8s_restart_count: attempt,
+        sandbox: false,
+    }
+}
+
+fn snap(id: &str, state: SnapshotState, started: Option<i64>, finished: Option<i64>) -> ContainerSnapshot {
+    ContainerSnapshot {
+        id: id.into(),
+        name: format!("name-{id}"),
+        image: "busybox".into(),
+        image_id: "sha256:1".into(),
+        labels: ContainerLabels::default(),
+        state,
+        started_at: started,
+        finished_at: finished,
+        created_at: Some(0),
+        exit_code: finished.map(|_| 0),
+        oom_killed: false,
+        health: None,
+        restart_count: 0,
+    }
+}
+
+fn apply_all(t: &mut Tracker, events: &[RuntimeEvent]) {
+    for e in events {
+        t.apply(e, e.time_nanos);
+    }
+}
+
+fn only(t: &Tracker, now: i64) -> IdentityView {
+    let v = t.identities(now);
+    assert_eq!(v.len(), 1, "{v:?}");
+    v.into_iter().next().unwrap()
+}
+
+fn run(t: &mut Tracker, id: &str) {
+    apply_all(
+        t,
+        &[
+            ev(S, id, "create", EventKind::Created),
+            ev(2 * S, id, "start", EventKind::Started),
+        ],
+    );
+}
+
+#[test]
+fn docker_restart_counts_once() {
+    let mut t = tracker();
+    run(&mut t, "a");
+    apply_all(
+        &mut t,
+        &[
+            ev(10 * S, "a", "kill", EventKind::Killed),
+            ev(10 * S + 1, "a", "kill", EventKind::Killed),
+            die(10 * S + 2, "a", 143),
+            ev(10 * S + 3, "a", "stop", EventKind::Stopped),
+            ev(10 * S + 4, "a", "start", EventKind::Started),
+            ev(10 * S + 5, "a", "restart", EventKind::Restarted),
+        ],
+    );
+    let v = only(&t, 11 * S);
+    assert_eq!(v.restarts, 1);
+    assert_eq!(v.last_exit_code, Some(143));
+    assert_eq!(v.last_terminated_reason, Some(TerminationReason::Killed));
+    assert_eq!(t.node_counts().restarts_total, 1);
+}
+
+#[test]
+fn podman_restart_with_restart_first_counts_once() {
+    let mut t = tracker();
+    run(&mut t, "a");
+    apply_all(
+        &mut t,
+        &[
+            ev(10 * S, "a", "restart", EventKind::Restarted),
+            ev(10 * S + 1, "a", "stop", EventKind::Stopped),
+            die(10 * S + 2, "a", 0),
+            ev(10 * S + 4, "a", "start", EventKind::Started),
+        ],
+    );
+    assert_eq!(only(&t, 11 * S).restarts, 1);
+}
+
+#[test]
+fn stop_start_counts_one_and_pause_counts_none() {
+    let mut t = tracker();
+    run(&mut t, "a");
+    apply_all(
+        &mut t,
+        &[
+            ev(3 * S, "a", "pause", EventKind::Paused),
+            ev(4 * S, "a", "unpause", EventKind::Unpaused),
+        ],
+    );
+    assert_eq!(only(&t, 5 * S).restarts, 0);
+    apply_all(
+        &mut t,
+        &[die(6 * S, "a", 0), ev(7 * S, "a", "start", EventKind::Started)],
+    );
+    let v = only(&t, 8 * S);
+    assert_eq!(v.restarts, 1);
+    assert_eq!(v.last_terminated_reason, Some(TerminationReason::Completed));
+}
+
+#[test]
+fn restart_policy_counts_each_start_after_the_first() {
+    let mut t = tracker();
+    run(&mut t, "a");
+    for i in 0..3 {
+        let base = (10 + 10 * i) * S;
+        apply_all(
+            &mut t,
+            &[die(base, "a", 3), ev(base + S, "a", "start", EventKind::Started)],
+        );
+    }
+    apply_all(&mut t, &[die(50 * S, "a", 3)]);
+    let v = only(&t, 60 * S);
+    assert_eq!(v.restarts, 3);
+    assert_eq!(v.last_exit_code, Some(3));
+    assert_eq!(v.last_terminated_reason, Some(TerminationReason::Error));
+    assert_eq!(t.restarts_last_hour(60 * S), 3);
+}
+
+#[test]
+fn replayed_events_count_once() {
+    let mut t = tracker();
+    let events = [
+        ev(S, "a", "create", EventKind::Created),
+        ev(2 * S, "a", "start", EventKind::Started),
+        die(3 * S, "a", 1),
+        ev(4 * S, "a", "start", EventKind::Started),
+    ];
+    apply_all(&mut t, &events);
+    for e in &events {
+        assert_eq!(t.apply(e, 5 * S), Applied::Duplicate);
+    }
+    assert_eq!(only(&t, 5 * S).restarts, 1);
+    assert_eq!(t.history().len(), 4);
+    assert_eq!(t.cursor(), Some(4 * S));
+}
+
+#[test]
+fn snapshot_overlapping_live_events_counts_once() {
+    let mut t = tracker();
+    t.reconcile(&[snap("a", SnapshotState::Running, Some(2 * S), None)], true, 3 * S);
+    // Unseen: died and started again; the snapshot shows the new session first.
+    let r = t.reconcile(
+        &[snap("a", SnapshotState::Running, Some(10 * S), Some(9 * S))],
+        true,
+        11 * S,
+    );
+    assert_eq!(r.inferred_restarts, 1);
+    // The same transitions then arrive on the stream: no state change, no recount.
+    apply_all(
+        &mut t,
+        &[die(9 * S + 1, "a", 0), ev(10 * S + 1, "a", "start", EventKind::Started)],
+    );
+    let v = only(&t, 12 * S);
+    assert_eq!(v.restarts, 1);
+    assert!(v.running);
+    // Uptime: 2s..9s closed, then 10s..12s running.
+    assert!((v.uptime_seconds - 9.0).abs() < 1e-6, "{}", v.uptime_seconds);
+}
+
+#[test]
+fn first_sight_starts_from_the_runtime_lower_bound() {
+    let mut t = tracker();
+    let mut s = snap("a", SnapshotState::Running, Some(2 * S), None);
+    s.restart_count = 4;
+    t.reconcile(&[s], true, 3 * S);
+    assert_eq!(only(&t, 3 * S).restarts, 4);
+    let mut k = snap("k", SnapshotState::Running, Some(2 * S), None);
+    k.labels = pod_labels(Some(7));
+    k.restart_count = 0;
+    let mut t = tracker();
+    t.reconcile(&[k], true, 3 * S);
+    assert_eq!(only(&t, 3 * S).restarts, 7);
+    assert_eq!(t.node_counts().restarts_total, 7);
+    assert!(t.history().is_empty(), "inferred restarts are not history");
+}
+
+#[test]
+fn kubelet_replacement_is_one_restart_of_the_same_identity() {
+    let mut t = tracker();
+    let with = |mut e: RuntimeEvent, attempt| {
+        e.labels = pod_labels(Some(attempt));
+        e
+    };
+    apply_all(
+        &mut t,
+        &[
+            with(ev(S, "a", "create", EventKind::Created), 0),
+            with(ev(2 * S, "a", "start", EventKind::Started), 0),
+            with(die(3 * S, "a", 1), 0),
+            with(ev(4 * S, "b", "create", EventKind::Created), 1),
+            with(ev(5 * S, "b", "start", EventKind::Started), 1),
+            with(ev(6 * S, "a", "destroy", EventKind::Destroyed), 0),
+        ],
+    );
+    let v = only(&t, 7 * S);
+    assert_eq!((v.namespace.as_str(), v.pod.as_str(), v.container.as_str()), ("shop", "web-1", "nginx"));
+    assert_eq!(v.restarts, 1);
+    assert_eq!(v.container_ids, vec!["b".to_string()]);
+    // A jump of the kubelet ordinal from 1 to 4: attempts 2 and 3 happened unseen.
+    apply_all(
+        &mut t,
+        &[
+            with(die(8 * S, "b", 1), 1),
+            with(ev(9 * S, "c", "create", EventKind::Created), 4),
+            with(ev(10 * S, "c", "start", EventKind::Started), 4),
+        ],
+    );
+    assert_eq!(only(&t, 11 * S).restarts, 4);
+    apply_all(
+        &mut t,
+        &[
+            with(ev(12 * S, "b", "destroy", EventKind::Destroyed), 1),
+            with(ev(13 * S, "c", "destroy", EventKind::Destroyed), 4),
+        ],
+    );
+    assert!(t.identities(14 * S).is_empty());
+    assert_eq!(t.node_counts().restarts_total, 4);
+}
+
+#[test]
+fn oom_counts_once_with_its_reason() {
+    let mut t = tracker();
+    run(&mut t, "a");
+    apply_all(&mut t, &[ev(3 * S, "a", "oom", EventKind::Oom), die(3 * S + 1, "a", 137)]);
+    let v = only(&t, 4 * S);
+    assert_eq!(v.oom_kills, 1);
+    assert_eq!(v.last_exit_code, Some(137));
+    assert_eq!(v.last_terminated_reason, Some(TerminationReason::OomKilled));
+    // A reconciliation showing the same OOM does not count it again.
+    let mut s = snap("a", SnapshotState::Exited, Some(2 * S), Some(3 * S + 1));
+    s.oom_killed = true;
+    s.exit_code = Some(137);
+    t.reconcile(&[s], true, 5 * S);
+    assert_eq!(only(&t, 5 * S).oom_kills, 1);
+}
+
+#[test]
+fn repeated_health_reports_are_not_events() {
+    let mut t = tracker();
+    run(&mut t, "a");
+    let health = |at, h| RuntimeEvent {
+        health: Some(h),
+        ..ev(at, "a", "health_status", EventKind::HealthStatus)
+    };
+    assert_eq!(t.apply(&health(3 * S, Health::Healthy), 3 * S), Applied::Recorded);
+    assert_eq!(t.apply(&health(4 * S, Health::Healthy), 4 * S), Applied::Unchanged);
+    assert_eq!(t.apply(&health(5 * S, Health::Unhealthy), 5 * S), Applied::Recorded);
+    let v = only(&t, 6 * S);
+    assert_eq!(v.health, Some(Health::Unhealthy));
+    assert_eq!(v.events[EventKind::HealthStatus.index()], 2);
+}
+
+#[test]
+fn uptime_spans_sessions_and_time_since_start_only_while_running() {
+    let mut t = tracker();
+    run(&mut t, "a");
+    apply_all(&mut t, &[die(12 * S, "a", 0)]);
+    let v = only(&t, 15 * S);
+    assert!((v.uptime_seconds - 10.0).abs() < 1e-6);
+    assert_eq!(v.time_since_start_seconds, None);
+    apply_all(&mut t, &[ev(20 * S, "a", "start", EventKind::Started)]);
+    let v = only(&t, 25 * S);
+    assert!((v.uptime_seconds - 15.0).abs() < 1e-6);
+    assert_eq!(v.time_since_start_seconds, Some(5.0));
+}
+
+#[test]
+fn removed_containers_are_forgotten_but_node_restarts_remain() {
+    let mut t = tracker();
+    run(&mut t, "a");
+    apply_all(&mut t, &[die(3 * S, "a", 0), ev(4 * S, "a", "start", EventKind::Started)]);
+    let r = t.reconcile(&[], true, 5 * S);
+    assert_eq!(r.removed, 1);
+    assert!(t.identities(5 * S).is_empty());
+    let n = t.node_counts();
+    assert_eq!((n.tracked, n.restarts_total), (0, 1));
+}
+
+#[test]
+fn sandboxes_are_not_tracked() {
+    let mut t = tracker();
+    let mut e = ev(S, "p", "start", EventKind::Started);
+    e.labels.sandbox = true;
+    assert_eq!(t.apply(&e, S), Applied::Ignored);
+    assert!(t.identities(S).is_empty());
+}
+
+#[test]
+fn restart_policy_restarts_seen_only_by_reconciliation_use_restart_count() {
+    let mut t = tracker();
+    t.reconcile(&[snap("a", SnapshotState::Running, Some(2 * S), None)], true, 3 * S);
+    let mut s = snap("a", SnapshotState::Running, Some(20 * S), Some(19 * S));
+    s.restart_count = 3;
+    let r = t.reconcile(&[s], true, 21 * S);
+    assert_eq!(r.inferred_restarts, 3);
+    assert_eq!(only(&t, 21 * S).restarts, 3);
+}
