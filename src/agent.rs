@@ -125,7 +125,9 @@ pub async fn run(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Listen(config.listen, e))?;
-    let addr = listener.local_addr().map_err(|e| Error::Listen(config.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Listen(config.listen, e))?;
     info!(%addr, node = %config.node_name, "serving metrics and API");
 
     let server = {
@@ -147,7 +149,9 @@ pub async fn run(config: Config) -> Result<()> {
     let watcher = {
         let shared = shared.clone();
         let stop = shutdown.clone();
-        let cands = discovery::candidates(config.runtime, config.socket.as_deref(), |k| std::env::var(k).ok());
+        let cands = discovery::candidates(config.runtime, config.socket.as_deref(), |k| {
+            std::env::var(k).ok()
+        });
         let filter = config.container_filter.clone();
         tokio::spawn(
             async move {
@@ -199,7 +203,11 @@ pub async fn run(config: Config) -> Result<()> {
 /// Probes the candidate sockets until one answers. A node's runtime may come up after the
 /// agent (boot order, daemon upgrades), so this retries instead of exiting; `/readyz` says
 /// what is missing meanwhile.
-async fn discover(cands: &[Candidate], shared: &Shared, stop: &CancellationToken) -> Option<Candidate> {
+async fn discover(
+    cands: &[Candidate],
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> Option<Candidate> {
     let mut delay = Duration::from_millis(500);
     let mut reported = false;
     loop {

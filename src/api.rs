@@ -53,13 +53,22 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
         .is_some_and(|v| v.contains("application/openmetrics-text"));
     let mut body = String::with_capacity(16 * 1024);
     let (r, content_type) = if openmetrics {
-        (prometheus_client::encoding::text::encode(&mut body, &s.registry), OPENMETRICS)
+        (
+            prometheus_client::encoding::text::encode(&mut body, &s.registry),
+            OPENMETRICS,
+        )
     } else {
-        (prometheus_client::encoding::prometheus_text::encode(&mut body, &s.registry), PROMETHEUS_TEXT)
+        (
+            prometheus_client::encoding::prometheus_text::encode(&mut body, &s.registry),
+            PROMETHEUS_TEXT,
+        )
     };
     match r {
         Ok(()) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "encoding the metrics failed"),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding the metrics failed",
+        ),
     }
 }
 
@@ -79,14 +88,19 @@ async fn readyz(State(s): State<AppState>) -> Response {
 async fn containers(State(s): State<AppState>) -> Response {
     let t = s.shared.tracker.read();
     let mut list = t.identities(now_nanos());
-    list.sort_by(|a, b| (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container)));
+    list.sort_by(|a, b| {
+        (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container))
+    });
     Json(json!({ "node": t.node(), "runtime": t.runtime(), "containers": list })).into_response()
 }
 
 async fn container(State(s): State<AppState>, Path(key): Path<String>) -> Response {
     let found = s.shared.tracker.read().find(&key, now_nanos());
     match found.len() {
-        0 => error(StatusCode::NOT_FOUND, format!("no tracked container matches {key:?}")),
+        0 => error(
+            StatusCode::NOT_FOUND,
+            format!("no tracked container matches {key:?}"),
+        ),
         1 => Json(&found[0]).into_response(),
         n => error(
             StatusCode::CONFLICT,
@@ -96,15 +110,14 @@ async fn container(State(s): State<AppState>, Path(key): Path<String>) -> Respon
 }
 
 /// Parses the query string strictly: unknown or repeated parameters are errors, not ignored.
-fn parse_query<T: for<'de> Deserialize<'de>>(raw: Option<String>) -> Result<T, Response> {
-    serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad query: {e}")))
+fn parse_query<T: for<'de> Deserialize<'de>>(raw: Option<String>) -> Result<T, String> {
+    serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| format!("bad query: {e}"))
 }
 
 async fn events(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     let raw: RawEventQuery = match parse_query(raw) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let q = match EventQuery::parse(raw, now_nanos()) {
         Ok(q) => q,
@@ -130,7 +143,11 @@ fn token_matches(given: &str, want: &str) -> bool {
     diff == 0
 }
 
-async fn clear_events(State(s): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+async fn clear_events(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let Some(want) = s.shared.admin_token.as_deref() else {
         return error(
             StatusCode::FORBIDDEN,
@@ -144,16 +161,21 @@ async fn clear_events(State(s): State<AppState>, headers: HeaderMap, RawQuery(ra
         .map(str::trim);
     if !given.is_some_and(|g| token_matches(g, want)) {
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
         return r;
     }
     let q: ClearQuery = match parse_query(raw) {
         Ok(q) => q,
-        Err(resp) => return resp,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let Some(before) = q.before else {
-        return error(StatusCode::BAD_REQUEST, "parameter `before`: required (RFC 3339 or a duration such as 7d)");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "parameter `before`: required (RFC 3339 or a duration such as 7d)",
+        );
     };
     let before = match parse_time_or_ago(&before, now_nanos()) {
         Ok(t) => t,

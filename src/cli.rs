@@ -15,7 +15,11 @@ use crate::stats::{RestartStats, UptimeStats};
 pub const DEFAULT_URL: &str = "http://127.0.0.1:9977";
 
 #[derive(Debug, Parser)]
-#[command(name = "lifecycle-agent", version, about = "Container lifecycle metrics for every node: restarts, uptime and event history from Docker or Podman.")]
+#[command(
+    name = "lifecycle-agent",
+    version,
+    about = "Container lifecycle metrics for every node: restarts, uptime and event history from Docker or Podman."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -70,7 +74,9 @@ pub struct EventsArgs {
 
 /// Which runtimes `check` found, and which one `run` would use.
 pub async fn check(config: &Config) -> (String, bool) {
-    let cands = discovery::candidates(config.runtime, config.socket.as_deref(), |k| std::env::var(k).ok());
+    let cands = discovery::candidates(config.runtime, config.socket.as_deref(), |k| {
+        std::env::var(k).ok()
+    });
     let mut probes: Vec<Probe> = Vec::with_capacity(cands.len());
     for c in &cands {
         probes.push(discovery::probe(c).await);
@@ -80,16 +86,28 @@ pub async fn check(config: &Config) -> (String, bool) {
         let c = &p.candidate;
         match &p.result {
             Ok(i) => {
-                let _ = writeln!(out, "ok    {:<7} {} (API {}) at {} [{}]", i.runtime, i.version, i.api_version, c.endpoint, c.origin);
+                let _ = writeln!(
+                    out,
+                    "ok    {:<7} {} (API {}) at {} [{}]",
+                    i.runtime, i.version, i.api_version, c.endpoint, c.origin
+                );
             }
             Err(e) => {
-                let _ = writeln!(out, "fail  {:<7} {} [{}]: {e}", c.expected, c.endpoint, c.origin);
+                let _ = writeln!(
+                    out,
+                    "fail  {:<7} {} [{}]: {e}",
+                    c.expected, c.endpoint, c.origin
+                );
             }
         }
     }
     match probes.iter().find(|p| p.result.is_ok()) {
         Some(p) => {
-            let info = p.result.as_ref().map(|i| i.runtime.as_str()).unwrap_or_default();
+            let info = p
+                .result
+                .as_ref()
+                .map(|i| i.runtime.as_str())
+                .unwrap_or_default();
             let _ = writeln!(out, "would use: {info} at {}", p.candidate.endpoint);
             (out, true)
         }
@@ -106,7 +124,8 @@ fn base(url: &str) -> &str {
 }
 
 pub async fn stats(args: &StatsArgs) -> Result<String, ClientError> {
-    let restarts: RestartStats = get_json(&format!("{}/api/v1/stats/restarts", base(&args.url))).await?;
+    let restarts: RestartStats =
+        get_json(&format!("{}/api/v1/stats/restarts", base(&args.url))).await?;
     let uptime: UptimeStats = get_json(&format!("{}/api/v1/stats/uptime", base(&args.url))).await?;
     if args.json {
         let v = serde_json::json!({ "restarts": restarts, "uptime": uptime });
@@ -118,15 +137,42 @@ pub async fn stats(args: &StatsArgs) -> Result<String, ClientError> {
 pub fn format_stats(r: &RestartStats, u: &UptimeStats) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "node {} ({})", r.node, r.runtime);
-    let _ = writeln!(s, "containers          {} ({} running, {} paused, {} stopped)", u.total_containers, u.running_containers, u.paused_containers, u.stopped_containers);
-    let _ = writeln!(s, "restarts            {} total, {} containers restarted, {:.2} per container", r.total_restarts, r.containers_with_restarts, r.average_restarts_per_container);
-    let _ = writeln!(s, "restarts on node    {} since tracking began, {} in the last hour, {} in the last 24h", r.node_restarts_total, r.restarts_last_1h, r.restarts_last_24h);
-    let _ = writeln!(s, "uptime              {:.0}s total, {:.0}s average", u.total_uptime_seconds, u.average_uptime_seconds);
+    let _ = writeln!(
+        s,
+        "containers          {} ({} running, {} paused, {} stopped)",
+        u.total_containers, u.running_containers, u.paused_containers, u.stopped_containers
+    );
+    let _ = writeln!(
+        s,
+        "restarts            {} total, {} containers restarted, {:.2} per container",
+        r.total_restarts, r.containers_with_restarts, r.average_restarts_per_container
+    );
+    let _ = writeln!(
+        s,
+        "restarts on node    {} since tracking began, {} in the last hour, {} in the last 24h",
+        r.node_restarts_total, r.restarts_last_1h, r.restarts_last_24h
+    );
+    let _ = writeln!(
+        s,
+        "uptime              {:.0}s total, {:.0}s average",
+        u.total_uptime_seconds, u.average_uptime_seconds
+    );
     if !r.top_restarting.is_empty() {
         let _ = writeln!(s, "\nmost restarts:");
-        let _ = writeln!(s, "{:>8}  {:<20} {:<30} CONTAINER", "RESTARTS", "NAMESPACE", "POD");
+        let _ = writeln!(
+            s,
+            "{:>8}  {:<20} {:<30} CONTAINER",
+            "RESTARTS", "NAMESPACE", "POD"
+        );
         for t in &r.top_restarting {
-            let _ = writeln!(s, "{:>8}  {:<20} {:<30} {}", t.restarts, dash(&t.namespace), dash(&t.pod), t.container);
+            let _ = writeln!(
+                s,
+                "{:>8}  {:<20} {:<30} {}",
+                t.restarts,
+                dash(&t.namespace),
+                dash(&t.pod),
+                t.container
+            );
         }
     }
     s
@@ -176,7 +222,10 @@ pub fn events_query(a: &EventsArgs) -> Result<String, String> {
 }
 
 pub async fn events(a: &EventsArgs) -> Result<String, ClientError> {
-    let q = events_query(a).map_err(|reason| ClientError::BadUrl { url: a.url.clone(), reason })?;
+    let q = events_query(a).map_err(|reason| ClientError::BadUrl {
+        url: a.url.clone(),
+        reason,
+    })?;
     let url = format!("{}/api/v1/events?{q}", base(&a.url));
     if a.json {
         let v: serde_json::Value = get_json(&url).await?;
@@ -184,15 +233,31 @@ pub async fn events(a: &EventsArgs) -> Result<String, ClientError> {
     }
     let ans: EventsAnswer = get_json(&url).await?;
     let mut s = String::new();
-    let _ = writeln!(s, "{:<31} {:<14} {:<30} {:<30} EXIT", "TIME", "TYPE", "CONTAINER", "NAMESPACE/POD");
+    let _ = writeln!(
+        s,
+        "{:<31} {:<14} {:<30} {:<30} EXIT",
+        "TIME", "TYPE", "CONTAINER", "NAMESPACE/POD"
+    );
     for e in &ans.events {
-        let pod = if e.pod.is_empty() { "-".to_string() } else { format!("{}/{}", e.namespace, e.pod) };
+        let pod = if e.pod.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{}/{}", e.namespace, e.pod)
+        };
         let detail = match (e.exit_code, e.health) {
             (Some(c), _) => c.to_string(),
             (None, Some(h)) => h.as_str().to_string(),
             _ => "-".into(),
         };
-        let _ = writeln!(s, "{:<31} {:<14} {:<30} {:<30} {}", crate::time::format_rfc3339(e.time_nanos), e.kind.as_str(), e.container, pod, detail);
+        let _ = writeln!(
+            s,
+            "{:<31} {:<14} {:<30} {:<30} {}",
+            crate::time::format_rfc3339(e.time_nanos),
+            e.kind.as_str(),
+            e.container,
+            pod,
+            detail
+        );
     }
     if ans.truncated {
         let _ = writeln!(s, "(more events match; raise --limit or narrow the search)");

@@ -18,17 +18,23 @@ pub enum ClientError {
     #[error("cannot reach the agent at {url}: {reason} (is `lifecycle-agent run` listening there? use --url)")]
     Unreachable { url: String, reason: String },
     #[error("the agent at {url} answered {status}: {message}")]
-    Status { url: String, status: u16, message: String },
+    Status {
+        url: String,
+        status: u16,
+        message: String,
+    },
     #[error("the agent at {url} sent something that is not the expected JSON: {reason}")]
     BadBody { url: String, reason: String },
 }
 
 /// GETs `url` and parses its JSON body.
 pub async fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T, ClientError> {
-    let uri: hyper::Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| ClientError::BadUrl {
-        url: url.into(),
-        reason: e.to_string(),
-    })?;
+    let uri: hyper::Uri =
+        url.parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| ClientError::BadUrl {
+                url: url.into(),
+                reason: e.to_string(),
+            })?;
     if uri.scheme_str() != Some("http") {
         return Err(ClientError::BadUrl {
             url: url.into(),
@@ -36,11 +42,17 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T, Cl
         });
     }
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let unreachable = |reason: String| ClientError::Unreachable { url: url.into(), reason };
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(REQUEST_TIMEOUT_SECS), client.get(uri))
-        .await
-        .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT_SECS}s")))?
-        .map_err(|e| unreachable(e.to_string()))?;
+    let unreachable = |reason: String| ClientError::Unreachable {
+        url: url.into(),
+        reason,
+    };
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(REQUEST_TIMEOUT_SECS),
+        client.get(uri),
+    )
+    .await
+    .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT_SECS}s")))?
+    .map_err(|e| unreachable(e.to_string()))?;
     let status = resp.status();
     let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY_BYTES)
         .collect()
@@ -52,7 +64,14 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T, Cl
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-        return Err(ClientError::Status { url: url.into(), status: status.as_u16(), message });
+        return Err(ClientError::Status {
+            url: url.into(),
+            status: status.as_u16(),
+            message,
+        });
     }
-    serde_json::from_slice(&body).map_err(|e| ClientError::BadBody { url: url.into(), reason: e.to_string() })
+    serde_json::from_slice(&body).map_err(|e| ClientError::BadBody {
+        url: url.into(),
+        reason: e.to_string(),
+    })
 }

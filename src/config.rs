@@ -169,34 +169,62 @@ impl Config {
         // Blames the flag/env when one was given, else the file's key.
         let err = |from_flag: bool, key: &'static str, message: String| {
             if from_flag {
-                ConfigError::Value { origin: "flag/env", key, message }
+                ConfigError::Value {
+                    origin: "flag/env",
+                    key,
+                    message,
+                }
             } else {
-                ConfigError::File { path: path.clone(), key: key.to_string(), message }
+                ConfigError::File {
+                    path: path.clone(),
+                    key: key.to_string(),
+                    message,
+                }
             }
         };
 
         let listen_flag = args.listen.is_some();
-        let listen_s = args.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen_s = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen: SocketAddr = listen_s.parse().map_err(|e| {
-            err(listen_flag, "listen", format!("{listen_s:?} is not an address like 0.0.0.0:9977 ({e})"))
+            err(
+                listen_flag,
+                "listen",
+                format!("{listen_s:?} is not an address like 0.0.0.0:9977 ({e})"),
+            )
         })?;
 
         let max_flag = args.max_history.is_some();
-        let max_history = args.max_history.or(file.max_history).unwrap_or(DEFAULT_MAX_HISTORY);
+        let max_history = args
+            .max_history
+            .or(file.max_history)
+            .unwrap_or(DEFAULT_MAX_HISTORY);
         if max_history == 0 || max_history > MAX_MAX_HISTORY {
-            return Err(err(max_flag, "max_history", format!("{max_history} is out of range 1..={MAX_MAX_HISTORY}")));
+            return Err(err(
+                max_flag,
+                "max_history",
+                format!("{max_history} is out of range 1..={MAX_MAX_HISTORY}"),
+            ));
         }
 
         let ret_flag = args.history_retention.is_some();
         let history_retention = args
             .history_retention
             .or(file.history_retention)
-            .map(|s| parse_duration(&s).map_err(|e| err(ret_flag, "history_retention", e.to_string())))
+            .map(|s| {
+                parse_duration(&s).map_err(|e| err(ret_flag, "history_retention", e.to_string()))
+            })
             .transpose()?;
 
         let filter_flag = args.container_filter.is_some();
-        let filter_items = args.container_filter.or(file.container_filter).unwrap_or_default();
-        let container_filter = ContainerFilter::parse(&filter_items).map_err(|m| err(filter_flag, "container_filter", m))?;
+        let filter_items = args
+            .container_filter
+            .or(file.container_filter)
+            .unwrap_or_default();
+        let container_filter = ContainerFilter::parse(&filter_items)
+            .map_err(|m| err(filter_flag, "container_filter", m))?;
 
         let token_flag = args.admin_token_file.is_some();
         let admin_token = args
@@ -206,7 +234,10 @@ impl Config {
             .transpose()?;
 
         let node_flag = args.node_name.is_some();
-        let node_name = args.node_name.or(file.node_name).unwrap_or_else(default_node_name);
+        let node_name = args
+            .node_name
+            .or(file.node_name)
+            .unwrap_or_else(default_node_name);
         if node_name.trim().is_empty() {
             return Err(err(node_flag, "node_name", "must not be empty".into()));
         }
@@ -221,7 +252,10 @@ impl Config {
             history_retention,
             admin_token,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
-            log_level: args.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
+            log_level: args
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
         })
     }
 }
@@ -230,7 +264,10 @@ fn read_token(p: &Path) -> Result<String, String> {
     let t = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
     let t = t.trim().to_string();
     if t.len() < 8 {
-        return Err(format!("the token in {} is shorter than 8 characters", p.display()));
+        return Err(format!(
+            "the token in {} is shorter than 8 characters",
+            p.display()
+        ));
     }
     Ok(t)
 }
@@ -261,7 +298,11 @@ mod test {
         assert_eq!(c.listen.port(), 1234);
         assert_eq!(c.container_filter.labels, vec!["app=web".to_string()]);
         assert_eq!(c.history_retention, Some(7 * 86_400 * 1_000_000_000));
-        let c = Config::resolve(RunArgs { max_history: Some(9), ..with_file(&f) }).unwrap();
+        let c = Config::resolve(RunArgs {
+            max_history: Some(9),
+            ..with_file(&f)
+        })
+        .unwrap();
         assert_eq!(c.max_history, 9);
     }
 
@@ -279,22 +320,34 @@ mod test {
         let f = file("runtime: containerd\n");
         let e = Config::resolve(with_file(&f)).unwrap_err().to_string();
         assert!(e.contains("runtime"), "{e}");
-        let e = Config::resolve(RunArgs { listen: Some("nowhere".into()), ..Default::default() }).unwrap_err().to_string();
+        let e = Config::resolve(RunArgs {
+            listen: Some("nowhere".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("listen"), "{e}");
     }
 
     #[test]
     fn a_missing_file_is_an_error_naming_it() {
-        let e = Config::resolve(RunArgs { config: Some("/nonexistent/agent.yaml".into()), ..Default::default() })
-            .unwrap_err()
-            .to_string();
+        let e = Config::resolve(RunArgs {
+            config: Some("/nonexistent/agent.yaml".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("/nonexistent/agent.yaml"), "{e}");
     }
 
     #[test]
     fn short_tokens_are_refused() {
         let f = file("abc\n");
-        let e = Config::resolve(RunArgs { admin_token_file: Some(f.path().into()), ..Default::default() }).unwrap_err();
+        let e = Config::resolve(RunArgs {
+            admin_token_file: Some(f.path().into()),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("admin_token_file"));
     }
 }

@@ -276,7 +276,10 @@ mod test {
         assert!(!c.sandbox);
         match Identity::of("abc", &c) {
             Identity::Pod(p) => {
-                assert_eq!((p.namespace.as_str(), p.container.as_str()), ("shop", "nginx"))
+                assert_eq!(
+                    (p.namespace.as_str(), p.container.as_str()),
+                    ("shop", "nginx")
+                )
             }
             other => panic!("expected a pod identity, got {other:?}"),
         }

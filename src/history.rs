@@ -203,7 +203,8 @@ impl EventQuery {
                 return false;
             }
         }
-        if self.since.is_some_and(|s| e.time_nanos < s) || self.until.is_some_and(|u| e.time_nanos > u)
+        if self.since.is_some_and(|s| e.time_nanos < s)
+            || self.until.is_some_and(|u| e.time_nanos > u)
         {
             return false;
         }
@@ -321,7 +322,11 @@ mod test {
             name: name.to_string(),
             image: "busybox".into(),
             namespace: ns.to_string(),
-            pod: if ns.is_empty() { String::new() } else { format!("{name}-pod") },
+            pod: if ns.is_empty() {
+                String::new()
+            } else {
+                format!("{name}-pod")
+            },
             container: name.to_string(),
             exit_code: None,
             health: None,
@@ -349,7 +354,11 @@ mod test {
     fn queries_filter_and_truncate_newest_first() {
         let mut h = history(100);
         for t in 0..10 {
-            let kind = if t % 2 == 0 { EventKind::Started } else { EventKind::Died };
+            let kind = if t % 2 == 0 {
+                EventKind::Started
+            } else {
+                EventKind::Died
+            };
             h.push(ev(t, kind, if t < 5 { "a" } else { "b" }, "shop"));
         }
         let q = EventQuery {
@@ -359,7 +368,10 @@ mod test {
             ..Default::default()
         };
         let r = h.query(&q);
-        assert_eq!(r.events.iter().map(|e| e.time_nanos).collect::<Vec<_>>(), vec![9, 7]);
+        assert_eq!(
+            r.events.iter().map(|e| e.time_nanos).collect::<Vec<_>>(),
+            vec![9, 7]
+        );
         assert!(r.truncated);
         let q = EventQuery {
             container: Some("a-0123".into()),
@@ -421,8 +433,11 @@ mod test {
             let err = EventQuery::parse(raw(&pairs), now).unwrap_err();
             assert_eq!(err.param, param, "{pairs:?}");
         }
-        let ok = EventQuery::parse(raw(&[("type", "started, died"), ("since", "1h"), ("limit", "5")]), now)
-            .unwrap();
+        let ok = EventQuery::parse(
+            raw(&[("type", "started, died"), ("since", "1h"), ("limit", "5")]),
+            now,
+        )
+        .unwrap();
         assert_eq!(ok.limit, 5);
         assert_eq!(ok.since, Some(now - 3600 * NANOS_PER_SEC));
         assert_eq!(ok.types, Some((1 << 1) | (1 << 4)));

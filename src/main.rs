@@ -43,7 +43,10 @@ async fn dispatch(command: Command) -> ExitCode {
                 eprintln!("lifecycle-agent: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            match agent::run(config).await.context("the agent stopped with an error") {
+            match agent::run(config)
+                .await
+                .context("the agent stopped with an error")
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("lifecycle-agent: {e:#}");

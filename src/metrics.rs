@@ -132,34 +132,111 @@ fn encode_identities(
     views: &[IdentityView],
     base: &[Labels],
 ) -> Result<(), std::fmt::Error> {
-    let each = |f: &dyn Fn(&IdentityView, &Labels) -> Option<f64>| -> Vec<(Labels, ConstGauge<f64>)> {
+    let each =
+        |f: &dyn Fn(&IdentityView, &Labels) -> Option<f64>| -> Vec<(Labels, ConstGauge<f64>)> {
+            views
+                .iter()
+                .zip(base)
+                .filter_map(|(v, b)| f(v, b).map(|x| gauge(b.clone(), x)))
+                .collect()
+        };
+    let b2f = |b: bool| if b { 1.0 } else { 0.0 };
+    family(
+        enc,
+        "container_running",
+        "1 while the container runs (paused counts as running), else 0.",
+        None,
+        MetricType::Gauge,
+        each(&|v, _| Some(b2f(v.running))),
+    )?;
+    family(
+        enc,
+        "container_paused",
+        "1 while the container is paused, else 0.",
+        None,
+        MetricType::Gauge,
+        each(&|v, _| Some(b2f(v.paused))),
+    )?;
+    family(
+        enc,
+        "container_uptime",
+        "Time the identity has been running, all sessions known to the agent (paused included).",
+        Some(Unit::Seconds),
+        MetricType::Counter,
         views
             .iter()
             .zip(base)
-            .filter_map(|(v, b)| f(v, b).map(|x| gauge(b.clone(), x)))
-            .collect()
-    };
-    let b2f = |b: bool| if b { 1.0 } else { 0.0 };
-    family(enc, "container_running", "1 while the container runs (paused counts as running), else 0.", None, MetricType::Gauge,
-        each(&|v, _| Some(b2f(v.running))))?;
-    family(enc, "container_paused", "1 while the container is paused, else 0.", None, MetricType::Gauge,
-        each(&|v, _| Some(b2f(v.paused))))?;
-    family(enc, "container_uptime", "Time the identity has been running, all sessions known to the agent (paused included).", Some(Unit::Seconds), MetricType::Counter,
-        views.iter().zip(base).map(|(v, b)| (b.clone(), ConstCounter::new(v.uptime_seconds))).collect())?;
-    family(enc, "container_time_since_start", "Time since the last start; only while running.", Some(Unit::Seconds), MetricType::Gauge,
-        each(&|v, _| v.time_since_start_seconds))?;
-    family(enc, "container_last_start_time", "Unix time of the last start.", Some(Unit::Seconds), MetricType::Gauge,
-        each(&|v, _| v.last_start_nanos.map(|t| t as f64 / NANOS_PER_SEC as f64)))?;
+            .map(|(v, b)| (b.clone(), ConstCounter::new(v.uptime_seconds)))
+            .collect(),
+    )?;
+    family(
+        enc,
+        "container_time_since_start",
+        "Time since the last start; only while running.",
+        Some(Unit::Seconds),
+        MetricType::Gauge,
+        each(&|v, _| v.time_since_start_seconds),
+    )?;
+    family(
+        enc,
+        "container_last_start_time",
+        "Unix time of the last start.",
+        Some(Unit::Seconds),
+        MetricType::Gauge,
+        each(&|v, _| v.last_start_nanos.map(|t| t as f64 / NANOS_PER_SEC as f64)),
+    )?;
     family(enc, "container_restarts", "Restarts of the identity (a start after an earlier start), including restarts inferred from the runtime.", None, MetricType::Counter,
         views.iter().zip(base).map(|(v, b)| counter(b.clone(), v.restarts)).collect())?;
-    family(enc, "container_last_exit_code", "Exit code of the last exit.", None, MetricType::Gauge,
-        each(&|v, _| v.last_exit_code.map(|c| c as f64)))?;
-    family(enc, "container_last_terminated_reason", "Why the last session ended (reason label); always 1.", None, MetricType::Gauge,
-        views.iter().zip(base).filter_map(|(v, b)| v.last_terminated_reason.map(|r| gauge(with(b, &[("reason", r.as_str())]), 1.0))).collect())?;
-    family(enc, "container_oom_kills", "OOM kills of the identity.", None, MetricType::Counter,
-        views.iter().zip(base).map(|(v, b)| counter(b.clone(), v.oom_kills)).collect())?;
-    family(enc, "container_health_status", "Health check status (status label); always 1; absent without a health check.", None, MetricType::Gauge,
-        views.iter().zip(base).filter_map(|(v, b)| v.health.map(|h| gauge(with(b, &[("status", h.as_str())]), 1.0))).collect())?;
+    family(
+        enc,
+        "container_last_exit_code",
+        "Exit code of the last exit.",
+        None,
+        MetricType::Gauge,
+        each(&|v, _| v.last_exit_code.map(|c| c as f64)),
+    )?;
+    family(
+        enc,
+        "container_last_terminated_reason",
+        "Why the last session ended (reason label); always 1.",
+        None,
+        MetricType::Gauge,
+        views
+            .iter()
+            .zip(base)
+            .filter_map(|(v, b)| {
+                v.last_terminated_reason
+                    .map(|r| gauge(with(b, &[("reason", r.as_str())]), 1.0))
+            })
+            .collect(),
+    )?;
+    family(
+        enc,
+        "container_oom_kills",
+        "OOM kills of the identity.",
+        None,
+        MetricType::Counter,
+        views
+            .iter()
+            .zip(base)
+            .map(|(v, b)| counter(b.clone(), v.oom_kills))
+            .collect(),
+    )?;
+    family(
+        enc,
+        "container_health_status",
+        "Health check status (status label); always 1; absent without a health check.",
+        None,
+        MetricType::Gauge,
+        views
+            .iter()
+            .zip(base)
+            .filter_map(|(v, b)| {
+                v.health
+                    .map(|h| gauge(with(b, &[("status", h.as_str())]), 1.0))
+            })
+            .collect(),
+    )?;
     let mut events = Vec::new();
     for (v, b) in views.iter().zip(base) {
         for kind in EventKind::ALL {
@@ -169,36 +246,116 @@ fn encode_identities(
             }
         }
     }
-    family(enc, "container_events", "Lifecycle events observed, by event type; only types seen.", None, MetricType::Counter, events)?;
-    family(enc, "container_info", "Runtime details of the identity's current container; always 1.", None, MetricType::Gauge,
-        views.iter().zip(base).map(|(v, b)| gauge(with(b, &[
-            ("container_id", cut_label_value(&v.container_id)),
-            ("name", cut_label_value(&v.name)),
-            ("image", cut_label_value(&v.image)),
-            ("image_id", cut_label_value(&v.image_id)),
-        ]), 1.0)).collect())?;
+    family(
+        enc,
+        "container_events",
+        "Lifecycle events observed, by event type; only types seen.",
+        None,
+        MetricType::Counter,
+        events,
+    )?;
+    family(
+        enc,
+        "container_info",
+        "Runtime details of the identity's current container; always 1.",
+        None,
+        MetricType::Gauge,
+        views
+            .iter()
+            .zip(base)
+            .map(|(v, b)| {
+                gauge(
+                    with(
+                        b,
+                        &[
+                            ("container_id", cut_label_value(&v.container_id)),
+                            ("name", cut_label_value(&v.name)),
+                            ("image", cut_label_value(&v.image)),
+                            ("image_id", cut_label_value(&v.image_id)),
+                        ],
+                    ),
+                    1.0,
+                )
+            })
+            .collect(),
+    )?;
     Ok(())
 }
 
-fn encode_node(enc: &mut DescriptorEncoder, l: &Labels, c: &NodeCounts) -> Result<(), std::fmt::Error> {
+fn encode_node(
+    enc: &mut DescriptorEncoder,
+    l: &Labels,
+    c: &NodeCounts,
+) -> Result<(), std::fmt::Error> {
     let g = |v: u64| vec![gauge(l.clone(), v as f64)];
-    family(enc, "containers_tracked", "Containers the runtime holds on the node (all states).", None, MetricType::Gauge, g(c.tracked))?;
-    family(enc, "containers_running", "Running containers on the node, paused included.", None, MetricType::Gauge, g(c.running))?;
-    family(enc, "containers_paused", "Paused containers on the node.", None, MetricType::Gauge, g(c.paused))?;
-    family(enc, "containers_stopped", "Created, exited or dead containers on the node.", None, MetricType::Gauge, g(c.stopped))?;
-    family(enc, "containers_restarts", "Every restart seen on the node, including containers since removed.", None, MetricType::Counter,
-        vec![counter(l.clone(), c.restarts_total)])
+    family(
+        enc,
+        "containers_tracked",
+        "Containers the runtime holds on the node (all states).",
+        None,
+        MetricType::Gauge,
+        g(c.tracked),
+    )?;
+    family(
+        enc,
+        "containers_running",
+        "Running containers on the node, paused included.",
+        None,
+        MetricType::Gauge,
+        g(c.running),
+    )?;
+    family(
+        enc,
+        "containers_paused",
+        "Paused containers on the node.",
+        None,
+        MetricType::Gauge,
+        g(c.paused),
+    )?;
+    family(
+        enc,
+        "containers_stopped",
+        "Created, exited or dead containers on the node.",
+        None,
+        MetricType::Gauge,
+        g(c.stopped),
+    )?;
+    family(
+        enc,
+        "containers_restarts",
+        "Every restart seen on the node, including containers since removed.",
+        None,
+        MetricType::Counter,
+        vec![counter(l.clone(), c.restarts_total)],
+    )
 }
 
 impl LifecycleCollector {
-    fn encode_self(&self, enc: &mut DescriptorEncoder, l: &Labels, history_len: usize) -> Result<(), std::fmt::Error> {
+    fn encode_self(
+        &self,
+        enc: &mut DescriptorEncoder,
+        l: &Labels,
+        history_len: usize,
+    ) -> Result<(), std::fmt::Error> {
         let c = &self.shared.counters;
         let version = env!("CARGO_PKG_VERSION");
-        family(enc, "lifecycle_agent_build_info", "Build of the running agent; always 1.", None, MetricType::Gauge,
-            vec![gauge(with(l, &[("version", version)]), 1.0)])?;
+        family(
+            enc,
+            "lifecycle_agent_build_info",
+            "Build of the running agent; always 1.",
+            None,
+            MetricType::Gauge,
+            vec![gauge(with(l, &[("version", version)]), 1.0)],
+        )?;
         let connected = if self.shared.is_connected() { 1.0 } else { 0.0 };
-        family(enc, "lifecycle_agent_runtime_connected", "1 while the runtime's event stream is connected and synced.", None, MetricType::Gauge,
-            vec![gauge(l.clone(), connected)])?;
+        family(
+            enc,
+            "lifecycle_agent_runtime_connected",
+            "1 while the runtime's event stream is connected and synced.",
+            None,
+            MetricType::Gauge,
+            vec![gauge(l.clone(), connected)],
+        )?;
         let counters = [
             ("lifecycle_agent_events_processed", "Runtime events recorded.", c.events_processed.get()),
             ("lifecycle_agent_events_duplicate", "Replayed events dropped because they were already processed.", c.events_duplicate.get()),
@@ -207,10 +364,23 @@ impl LifecycleCollector {
             ("lifecycle_agent_restarts_inferred", "Restarts counted from the runtime's state rather than from an observed event.", c.inferred_restarts.get()),
         ];
         for (name, help, v) in counters {
-            family(enc, name, help, None, MetricType::Counter, vec![counter(l.clone(), v)])?;
+            family(
+                enc,
+                name,
+                help,
+                None,
+                MetricType::Counter,
+                vec![counter(l.clone(), v)],
+            )?;
         }
-        family(enc, "lifecycle_agent_history_events", "Events held in the history.", None, MetricType::Gauge,
-            vec![gauge(l.clone(), history_len as f64)])
+        family(
+            enc,
+            "lifecycle_agent_history_events",
+            "Events held in the history.",
+            None,
+            MetricType::Gauge,
+            vec![gauge(l.clone(), history_len as f64)],
+        )
     }
 }
 

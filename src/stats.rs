@@ -47,10 +47,24 @@ pub struct UptimeStats {
 
 pub fn restarts(t: &Tracker, now: i64) -> RestartStats {
     let views = t.identities(now);
-    restarts_of(t.node(), t.runtime().as_str(), &views, t.node_counts().restarts_total, t.restarts_last_hour(now), t.restarts_last_day(now))
+    restarts_of(
+        t.node(),
+        t.runtime().as_str(),
+        &views,
+        t.node_counts().restarts_total,
+        t.restarts_last_hour(now),
+        t.restarts_last_day(now),
+    )
 }
 
-fn restarts_of(node: &str, runtime: &str, views: &[IdentityView], node_total: u64, last_1h: u64, last_24h: u64) -> RestartStats {
+fn restarts_of(
+    node: &str,
+    runtime: &str,
+    views: &[IdentityView],
+    node_total: u64,
+    last_1h: u64,
+    last_24h: u64,
+) -> RestartStats {
     let total_restarts: u64 = views.iter().map(|v| v.restarts).sum();
     let mut top: Vec<Restarter> = views
         .iter()
@@ -64,7 +78,11 @@ fn restarts_of(node: &str, runtime: &str, views: &[IdentityView], node_total: u6
         })
         .collect();
     let with_restarts = top.len();
-    top.sort_by(|a, b| b.restarts.cmp(&a.restarts).then_with(|| a.container.cmp(&b.container)));
+    top.sort_by(|a, b| {
+        b.restarts
+            .cmp(&a.restarts)
+            .then_with(|| a.container.cmp(&b.container))
+    });
     top.truncate(TOP_RESTARTING);
     RestartStats {
         node: node.to_string(),
@@ -72,7 +90,11 @@ fn restarts_of(node: &str, runtime: &str, views: &[IdentityView], node_total: u6
         total_containers: views.len(),
         total_restarts,
         containers_with_restarts: with_restarts,
-        average_restarts_per_container: if views.is_empty() { 0.0 } else { total_restarts as f64 / views.len() as f64 },
+        average_restarts_per_container: if views.is_empty() {
+            0.0
+        } else {
+            total_restarts as f64 / views.len() as f64
+        },
         node_restarts_total: node_total,
         restarts_last_1h: last_1h,
         restarts_last_24h: last_24h,
@@ -97,7 +119,11 @@ pub fn uptime(t: &Tracker, now: i64) -> UptimeStats {
         running_containers: running,
         paused_containers: paused,
         stopped_containers: views.len() - running,
-        average_uptime_seconds: if views.is_empty() { 0.0 } else { total / views.len() as f64 },
+        average_uptime_seconds: if views.is_empty() {
+            0.0
+        } else {
+            total / views.len() as f64
+        },
         states,
     }
 }
@@ -125,26 +151,52 @@ mod test {
 
     #[test]
     fn seed_keys_and_values() {
-        let mut t = Tracker::new("n".into(), RuntimeKind::Docker, HistoryLimits { max_events: 100, retention: None });
+        let mut t = Tracker::new(
+            "n".into(),
+            RuntimeKind::Docker,
+            HistoryLimits {
+                max_events: 100,
+                retention: None,
+            },
+        );
         for (i, id) in ["a", "b"].iter().enumerate() {
             let o = i as i64 * 100 * S;
-            for e in [ev(o + S, id, EventKind::Created), ev(o + 2 * S, id, EventKind::Started)] {
+            for e in [
+                ev(o + S, id, EventKind::Created),
+                ev(o + 2 * S, id, EventKind::Started),
+            ] {
                 t.apply(&e, e.time_nanos);
             }
         }
-        for e in [ev(10 * S, "a", EventKind::Died), ev(11 * S, "a", EventKind::Started), ev(12 * S, "a", EventKind::Died), ev(13 * S, "a", EventKind::Started)] {
+        for e in [
+            ev(10 * S, "a", EventKind::Died),
+            ev(11 * S, "a", EventKind::Started),
+            ev(12 * S, "a", EventKind::Died),
+            ev(13 * S, "a", EventKind::Started),
+        ] {
             t.apply(&e, e.time_nanos);
         }
         let now = 200 * S;
         let r = restarts(&t, now);
-        assert_eq!((r.total_containers, r.total_restarts, r.containers_with_restarts), (2, 2, 1));
+        assert_eq!(
+            (
+                r.total_containers,
+                r.total_restarts,
+                r.containers_with_restarts
+            ),
+            (2, 2, 1)
+        );
         assert_eq!(r.average_restarts_per_container, 1.0);
         assert_eq!(r.restarts_last_1h, 2);
         assert_eq!(r.top_restarting[0].container, "a");
         let u = uptime(&t, now);
         assert_eq!(u.running_containers, 2);
         // a: 2..10 and 11..12 closed (9s), 13..200 open; b: 102..200.
-        assert!((u.total_uptime_seconds - (9.0 + 187.0 + 98.0)).abs() < 1e-6, "{}", u.total_uptime_seconds);
+        assert!(
+            (u.total_uptime_seconds - (9.0 + 187.0 + 98.0)).abs() < 1e-6,
+            "{}",
+            u.total_uptime_seconds
+        );
         let json = serde_json::to_value(&u).unwrap();
         for key in ["total_uptime_seconds", "running_containers"] {
             assert!(json.get(key).is_some(), "{key}");

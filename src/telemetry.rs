@@ -5,7 +5,9 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 #[derive(Debug, thiserror::Error)]
-#[error("log level {level:?} is not a level or filter (info, debug, lifecycle_agent=debug): {reason}")]
+#[error(
+    "log level {level:?} is not a level or filter (info, debug, lifecycle_agent=debug): {reason}"
+)]
 pub struct BadLogLevel {
     pub level: String,
     pub reason: String,
@@ -21,7 +23,11 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), BadLogLevel> {
         .with_writer(std::io::stderr);
     let r = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
     };
     // A subscriber already set (tests) is not an error worth stopping for.
     let _ = r;

@@ -404,7 +404,8 @@ impl Tracker {
                     c.exited = true;
                     c.finished_at = Some(ev.time_nanos);
                     let session = ev.time_nanos - c.started_at.unwrap_or(ev.time_nanos);
-                    let reason = TerminationReason::classify(exit, c.oom_in_session, c.killed_in_session);
+                    let reason =
+                        TerminationReason::classify(exit, c.oom_in_session, c.killed_in_session);
                     let identity = c.identity.clone();
                     if let Some(id) = self.identities.get_mut(&identity) {
                         id.closed_uptime += session.max(0);
@@ -596,7 +597,11 @@ impl Tracker {
         }
         if s.finished_at.is_some() && !running {
             id.last_exit_code = s.exit_code;
-            id.last_reason = Some(TerminationReason::classify(s.exit_code, s.oom_killed, false));
+            id.last_reason = Some(TerminationReason::classify(
+                s.exit_code,
+                s.oom_killed,
+                false,
+            ));
             if fresh {
                 // Its last session's length is known exactly; earlier ones are not.
                 if let (Some(a), Some(b)) = (s.started_at, s.finished_at) {
@@ -675,7 +680,11 @@ impl Tracker {
         if let Some((a, b)) = ended {
             id.closed_uptime += (b - a).max(0);
             id.last_exit_code = s.exit_code;
-            id.last_reason = Some(TerminationReason::classify(s.exit_code, s.oom_killed, killed));
+            id.last_reason = Some(TerminationReason::classify(
+                s.exit_code,
+                s.oom_killed,
+                killed,
+            ));
         }
         if oom_unseen {
             id.oom_kills += 1;
@@ -722,17 +731,29 @@ impl Tracker {
                 }
             }
             last_start = last_start.max(c.started_at);
-            let newer = latest.is_none_or(|(_, l)| (c.running, c.created_at) >= (l.running, l.created_at));
+            let newer =
+                latest.is_none_or(|(_, l)| (c.running, c.created_at) >= (l.running, l.created_at));
             if newer {
                 latest = Some((cid, c));
             }
         }
         let (cid, name, image, image_id, exited) = match latest {
-            Some((cid, c)) => (cid.clone(), c.name.clone(), c.image.clone(), c.image_id.clone(), c.exited),
+            Some((cid, c)) => (
+                cid.clone(),
+                c.name.clone(),
+                c.image.clone(),
+                c.image_id.clone(),
+                c.exited,
+            ),
             None => Default::default(),
         };
         let (namespace, pod, pod_uid, container) = match &id.identity {
-            Identity::Pod(p) => (p.namespace.clone(), p.pod.clone(), p.uid.clone(), p.container.clone()),
+            Identity::Pod(p) => (
+                p.namespace.clone(),
+                p.pod.clone(),
+                p.uid.clone(),
+                p.container.clone(),
+            ),
             Identity::Container(_) => (String::new(), String::new(), String::new(), name.clone()),
         };
         let state = if paused {

@@ -153,12 +153,20 @@ mod test {
     use super::*;
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
     fn auto_tries_docker_then_podman_rootful_and_rootless() {
-        let c = candidates(RuntimeChoice::Auto, None, env(&[("XDG_RUNTIME_DIR", "/run/user/1000")]));
+        let c = candidates(
+            RuntimeChoice::Auto,
+            None,
+            env(&[("XDG_RUNTIME_DIR", "/run/user/1000")]),
+        );
         let eps: Vec<_> = c.iter().map(|c| c.endpoint.as_str()).collect();
         assert_eq!(
             eps,
@@ -175,12 +183,18 @@ mod test {
         let c = candidates(
             RuntimeChoice::Auto,
             None,
-            env(&[("DOCKER_HOST", "tcp://127.0.0.1:2375"), ("CONTAINER_HOST", "/x/p.sock")]),
+            env(&[
+                ("DOCKER_HOST", "tcp://127.0.0.1:2375"),
+                ("CONTAINER_HOST", "/x/p.sock"),
+            ]),
         );
         assert_eq!(c[0].endpoint, "tcp://127.0.0.1:2375");
         assert_eq!(c[1].endpoint, "unix:///x/p.sock");
         let c = candidates(RuntimeChoice::Podman, Some("/tmp/s.sock"), env(&[]));
         assert_eq!(c.len(), 1);
-        assert_eq!((c[0].endpoint.as_str(), c[0].origin), ("unix:///tmp/s.sock", "--socket"));
+        assert_eq!(
+            (c[0].endpoint.as_str(), c[0].origin),
+            ("unix:///tmp/s.sock", "--socket")
+        );
     }
 }

@@ -229,15 +229,12 @@ fn to_snapshot(i: ContainerInspectResponse, id: &str) -> ContainerSnapshot {
         .status
         .map(|s| s.to_string())
         .unwrap_or_else(|| "created".to_string());
-    let health = state
-        .health
-        .and_then(|h| h.status)
-        .and_then(|s| match s {
-            HealthStatusEnum::STARTING => Some(Health::Starting),
-            HealthStatusEnum::HEALTHY => Some(Health::Healthy),
-            HealthStatusEnum::UNHEALTHY => Some(Health::Unhealthy),
-            _ => None,
-        });
+    let health = state.health.and_then(|h| h.status).and_then(|s| match s {
+        HealthStatusEnum::STARTING => Some(Health::Starting),
+        HealthStatusEnum::HEALTHY => Some(Health::Healthy),
+        HealthStatusEnum::UNHEALTHY => Some(Health::Unhealthy),
+        _ => None,
+    });
     ContainerSnapshot {
         id: i.id.unwrap_or_else(|| id.to_string()),
         name: i
@@ -250,7 +247,11 @@ fn to_snapshot(i: ContainerInspectResponse, id: &str) -> ContainerSnapshot {
         state: SnapshotState::parse(&status),
         started_at: state.started_at.as_deref().and_then(parse_rfc3339),
         finished_at: state.finished_at.as_deref().and_then(parse_rfc3339),
-        created_at: i.created.map(|c| c.to_string()).as_deref().and_then(parse_rfc3339),
+        created_at: i
+            .created
+            .map(|c| c.to_string())
+            .as_deref()
+            .and_then(parse_rfc3339),
         exit_code: state.exit_code,
         oom_killed: state.oom_killed.unwrap_or(false),
         health,
@@ -312,7 +313,10 @@ mod test {
         assert!(to_runtime_event(msg("exec_create: sh", &[])).is_none());
         let mut m = msg("start", &[]);
         m.time_nano = None;
-        assert_eq!(to_runtime_event(m).unwrap().time_nanos, 1_795_666_363 * NANOS_PER_SEC);
+        assert_eq!(
+            to_runtime_event(m).unwrap().time_nanos,
+            1_795_666_363 * NANOS_PER_SEC
+        );
     }
 
     #[test]

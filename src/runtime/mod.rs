@@ -50,7 +50,9 @@ impl ContainerFilter {
         for item in items {
             let key = item.split('=').next().unwrap_or_default().trim();
             if key.is_empty() {
-                return Err(format!("{item:?} has no label key (expected KEY or KEY=VALUE)"));
+                return Err(format!(
+                    "{item:?} has no label key (expected KEY or KEY=VALUE)"
+                ));
             }
             labels.push(item.trim().to_string());
         }

@@ -60,7 +60,11 @@ pub async fn run<S: Source>(mut source: S, shared: Arc<Shared>, shutdown: Cancel
 }
 
 /// Forwards the live stream; never waits on anything but the daemon.
-async fn forward(mut stream: BoxStream<'static, Item>, tx: mpsc::UnboundedSender<Item>, endpoint: String) {
+async fn forward(
+    mut stream: BoxStream<'static, Item>,
+    tx: mpsc::UnboundedSender<Item>,
+    endpoint: String,
+) {
     while let Some(item) = stream.next().await {
         let failed = item.is_err();
         if tx.send(item).is_err() || failed {
@@ -80,7 +84,10 @@ impl Drop for AbortOnDrop {
 }
 
 /// One connected session. Returns only with the error that ended it.
-async fn session<S: Source>(source: &mut S, shared: &Shared) -> Result<std::convert::Infallible, SourceError> {
+async fn session<S: Source>(
+    source: &mut S,
+    shared: &Shared,
+) -> Result<std::convert::Infallible, SourceError> {
     shared.set_disconnected(format!("connecting to {}", source.endpoint()));
     let info = source.connect().await?;
     info!(endpoint = %source.endpoint(), runtime = %info.runtime, version = %info.version, api_version = %info.api_version, "connected to runtime");
@@ -104,8 +111,17 @@ async fn session<S: Source>(source: &mut S, shared: &Shared) -> Result<std::conv
         .tracker
         .write()
         .reconcile(&snapshot, true, now_nanos());
-    shared.counters.inferred_restarts.add(report.inferred_restarts);
-    info!(containers = snapshot.len(), added = report.added, removed = report.removed, inferred_restarts = report.inferred_restarts, "reconciled with the runtime");
+    shared
+        .counters
+        .inferred_restarts
+        .add(report.inferred_restarts);
+    info!(
+        containers = snapshot.len(),
+        added = report.added,
+        removed = report.removed,
+        inferred_restarts = report.inferred_restarts,
+        "reconciled with the runtime"
+    );
     shared.set_ready();
 
     let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -157,7 +173,12 @@ fn apply_batch(shared: &Shared, batch: &mut Vec<Item>) -> Result<(), SourceError
 
 /// Applies the runtime's events from `cursor` to `until`. If none of them was seen before,
 /// the runtime no longer holds the cursor's event: events may have been lost in between.
-async fn replay<S: Source>(source: &S, shared: &Shared, cursor: i64, until: i64) -> Result<(), SourceError> {
+async fn replay<S: Source>(
+    source: &S,
+    shared: &Shared,
+    cursor: i64,
+    until: i64,
+) -> Result<(), SourceError> {
     let mut stream = source.events(Some(cursor), Some(until));
     let mut overlapped = false;
     let mut replayed = 0u64;
@@ -172,6 +193,9 @@ async fn replay<S: Source>(source: &S, shared: &Shared, cursor: i64, until: i64)
         shared.counters.events_possibly_missed.inc();
         warn!(cursor = %crate::time::format_rfc3339(cursor), "the runtime no longer holds the last event processed: events in between may be lost (reconciling from list + inspect)");
     }
-    info!(replayed, overlapped, "replayed events missed while disconnected");
+    info!(
+        replayed,
+        overlapped, "replayed events missed while disconnected"
+    );
     Ok(())
 }

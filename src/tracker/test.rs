@@ -49,7 +49,12 @@ fn pod_labels(attempt: Option<u64>) -> ContainerLabels {
     }
 }
 
-fn snap(id: &str, state: SnapshotState, started: Option<i64>, finished: Option<i64>) -> ContainerSnapshot {
+fn snap(
+    id: &str,
+    state: SnapshotState,
+    started: Option<i64>,
+    finished: Option<i64>,
+) -> ContainerSnapshot {
     ContainerSnapshot {
         id: id.into(),
         name: format!("name-{id}"),
@@ -141,7 +146,10 @@ fn stop_start_counts_one_and_pause_counts_none() {
     assert_eq!(only(&t, 5 * S).restarts, 0);
     apply_all(
         &mut t,
-        &[die(6 * S, "a", 0), ev(7 * S, "a", "start", EventKind::Started)],
+        &[
+            die(6 * S, "a", 0),
+            ev(7 * S, "a", "start", EventKind::Started),
+        ],
     );
     let v = only(&t, 8 * S);
     assert_eq!(v.restarts, 1);
@@ -156,7 +164,10 @@ fn restart_policy_counts_each_start_after_the_first() {
         let base = (10 + 10 * i) * S;
         apply_all(
             &mut t,
-            &[die(base, "a", 3), ev(base + S, "a", "start", EventKind::Started)],
+            &[
+                die(base, "a", 3),
+                ev(base + S, "a", "start", EventKind::Started),
+            ],
         );
     }
     apply_all(&mut t, &[die(50 * S, "a", 3)]);
@@ -188,7 +199,11 @@ fn replayed_events_count_once() {
 #[test]
 fn snapshot_overlapping_live_events_counts_once() {
     let mut t = tracker();
-    t.reconcile(&[snap("a", SnapshotState::Running, Some(2 * S), None)], true, 3 * S);
+    t.reconcile(
+        &[snap("a", SnapshotState::Running, Some(2 * S), None)],
+        true,
+        3 * S,
+    );
     // Unseen: died and started again; the snapshot shows the new session first.
     let r = t.reconcile(
         &[snap("a", SnapshotState::Running, Some(10 * S), Some(9 * S))],
@@ -199,13 +214,20 @@ fn snapshot_overlapping_live_events_counts_once() {
     // The same transitions then arrive on the stream: no state change, no recount.
     apply_all(
         &mut t,
-        &[die(9 * S + 1, "a", 0), ev(10 * S + 1, "a", "start", EventKind::Started)],
+        &[
+            die(9 * S + 1, "a", 0),
+            ev(10 * S + 1, "a", "start", EventKind::Started),
+        ],
     );
     let v = only(&t, 12 * S);
     assert_eq!(v.restarts, 1);
     assert!(v.running);
     // Uptime: 2s..9s closed, then 10s..12s running.
-    assert!((v.uptime_seconds - 9.0).abs() < 1e-6, "{}", v.uptime_seconds);
+    assert!(
+        (v.uptime_seconds - 9.0).abs() < 1e-6,
+        "{}",
+        v.uptime_seconds
+    );
 }
 
 #[test]
@@ -244,7 +266,10 @@ fn kubelet_replacement_is_one_restart_of_the_same_identity() {
         ],
     );
     let v = only(&t, 7 * S);
-    assert_eq!((v.namespace.as_str(), v.pod.as_str(), v.container.as_str()), ("shop", "web-1", "nginx"));
+    assert_eq!(
+        (v.namespace.as_str(), v.pod.as_str(), v.container.as_str()),
+        ("shop", "web-1", "nginx")
+    );
     assert_eq!(v.restarts, 1);
     assert_eq!(v.container_ids, vec!["b".to_string()]);
     // A jump of the kubelet ordinal from 1 to 4: attempts 2 and 3 happened unseen.
@@ -272,7 +297,13 @@ fn kubelet_replacement_is_one_restart_of_the_same_identity() {
 fn oom_counts_once_with_its_reason() {
     let mut t = tracker();
     run(&mut t, "a");
-    apply_all(&mut t, &[ev(3 * S, "a", "oom", EventKind::Oom), die(3 * S + 1, "a", 137)]);
+    apply_all(
+        &mut t,
+        &[
+            ev(3 * S, "a", "oom", EventKind::Oom),
+            die(3 * S + 1, "a", 137),
+        ],
+    );
     let v = only(&t, 4 * S);
     assert_eq!(v.oom_kills, 1);
     assert_eq!(v.last_exit_code, Some(137));
@@ -293,9 +324,18 @@ fn repeated_health_reports_are_not_events() {
         health: Some(h),
         ..ev(at, "a", "health_status", EventKind::HealthStatus)
     };
-    assert_eq!(t.apply(&health(3 * S, Health::Healthy), 3 * S), Applied::Recorded);
-    assert_eq!(t.apply(&health(4 * S, Health::Healthy), 4 * S), Applied::Unchanged);
-    assert_eq!(t.apply(&health(5 * S, Health::Unhealthy), 5 * S), Applied::Recorded);
+    assert_eq!(
+        t.apply(&health(3 * S, Health::Healthy), 3 * S),
+        Applied::Recorded
+    );
+    assert_eq!(
+        t.apply(&health(4 * S, Health::Healthy), 4 * S),
+        Applied::Unchanged
+    );
+    assert_eq!(
+        t.apply(&health(5 * S, Health::Unhealthy), 5 * S),
+        Applied::Recorded
+    );
     let v = only(&t, 6 * S);
     assert_eq!(v.health, Some(Health::Unhealthy));
     assert_eq!(v.events[EventKind::HealthStatus.index()], 2);
@@ -319,7 +359,13 @@ fn uptime_spans_sessions_and_time_since_start_only_while_running() {
 fn removed_containers_are_forgotten_but_node_restarts_remain() {
     let mut t = tracker();
     run(&mut t, "a");
-    apply_all(&mut t, &[die(3 * S, "a", 0), ev(4 * S, "a", "start", EventKind::Started)]);
+    apply_all(
+        &mut t,
+        &[
+            die(3 * S, "a", 0),
+            ev(4 * S, "a", "start", EventKind::Started),
+        ],
+    );
     let r = t.reconcile(&[], true, 5 * S);
     assert_eq!(r.removed, 1);
     assert!(t.identities(5 * S).is_empty());
@@ -339,7 +385,11 @@ fn sandboxes_are_not_tracked() {
 #[test]
 fn restart_policy_restarts_seen_only_by_reconciliation_use_restart_count() {
     let mut t = tracker();
-    t.reconcile(&[snap("a", SnapshotState::Running, Some(2 * S), None)], true, 3 * S);
+    t.reconcile(
+        &[snap("a", SnapshotState::Running, Some(2 * S), None)],
+        true,
+        3 * S,
+    );
     let mut s = snap("a", SnapshotState::Running, Some(20 * S), Some(19 * S));
     s.restart_count = 3;
     let r = t.reconcile(&[s], true, 21 * S);

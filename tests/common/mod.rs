@@ -1,0 +1,535 @@
+//! The test harness: private container daemons, the agent as a child process, and small
+//! clients for its HTTP surface. Nothing here touches the machine's own Docker: every daemon
+//! gets its own socket, data root, exec root and containerd namespace, and a watchdog that
+//! stops it when the test process goes away.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const IMAGE: &str = "lat-busybox:1";
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// In CI a missing runtime fails the run; elsewhere the runtime tests are skipped loudly.
+pub fn require(tool: &str) -> bool {
+    if which(tool).is_some() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
+        panic!("{tool} is not installed; CI must run the runtime tests (run the README's test command as root to install it)");
+    }
+    eprintln!(
+        "SKIPPED: {tool} is not installed (the README's test command installs it when run as root)"
+    );
+    false
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Polls `f` until it returns `Some` or the deadline passes; panics with `what` on timeout.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "lat-{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A private `dockerd`. Restartable (kill -9 and start again on the same data).
+pub struct DockerDaemon {
+    pub dir: PathBuf,
+    namespace: String,
+    watchdog: Mutex<Option<Child>>,
+}
+
+impl DockerDaemon {
+    /// Starts a daemon of its own (for tests that kill it).
+    pub fn start_private() -> Option<Arc<DockerDaemon>> {
+        if !require("dockerd") || !require("docker") {
+            return None;
+        }
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        // Short paths: containerd's sockets live under the exec root (108-byte limit).
+        let dir = PathBuf::from(format!("/tmp/lat-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create daemon dir");
+        let d = Arc::new(DockerDaemon {
+            dir,
+            namespace: format!("lat{}x{n}", std::process::id()),
+            watchdog: Mutex::new(None),
+        });
+        d.launch();
+        d.import_image();
+        Some(d)
+    }
+
+    /// One daemon shared by the tests of a binary that do not kill it.
+    pub fn shared() -> Option<Arc<DockerDaemon>> {
+        static D: OnceLock<Option<Arc<DockerDaemon>>> = OnceLock::new();
+        D.get_or_init(DockerDaemon::start_private).clone()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("docker.sock")
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    fn pidfile(&self) -> PathBuf {
+        self.dir.join("docker.pid")
+    }
+
+    /// Starts dockerd under a shell watchdog that stops it (and removes its files) when this
+    /// test process exits, whatever way it exits.
+    pub fn launch(&self) {
+        let _ = std::fs::remove_file(self.pidfile());
+        let _ = std::fs::remove_file(self.socket());
+        // dockerd kills its containerd with itself (pdeathsig), but the dead one can stay a
+        // zombie where PID 1 does not reap: its stale pid file would make dockerd wait for it.
+        let _ = std::fs::remove_file(self.dir.join("exec/containerd/containerd.pid"));
+        let d = self.dir.display();
+        let ns = &self.namespace;
+        let script = format!(
+            r#"dockerd --data-root {d}/data --exec-root {d}/exec --pidfile {d}/docker.pid -H unix://{d}/docker.sock \
+ --bridge=none --iptables=false --ip-masq=false --containerd-namespace {ns} --containerd-plugins-namespace {ns}p \
+ >>{d}/dockerd.log 2>&1 &
+dpid=$!
+while kill -0 {parent} 2>/dev/null && kill -0 $dpid 2>/dev/null; do sleep 1; done
+if kill -0 $dpid 2>/dev/null; then
+  kill -TERM $dpid; i=0
+  while kill -0 $dpid 2>/dev/null && [ $i -lt 30 ]; do sleep 1; i=$((i+1)); done
+  kill -KILL $dpid 2>/dev/null
+  grep -o ' {d}/[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  rm -rf {d}
+fi"#,
+            parent = std::process::id()
+        );
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the dockerd watchdog");
+        *self.watchdog.lock().unwrap() = Some(child);
+        let sock = self.socket();
+        wait_for(
+            "the private dockerd to answer /_ping",
+            Duration::from_secs(60),
+            || {
+                let (status, _) = unix_get(&sock, "/_ping").ok()?;
+                (status == 200).then_some(())
+            },
+        );
+    }
+
+    /// SIGKILLs the daemon, as a crash would; its containers' shims survive it.
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(self.pidfile()).expect("dockerd pid file");
+        let pid = pid.trim().to_string();
+        let ok = Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill -9 dockerd");
+        wait_for("dockerd to die", Duration::from_secs(20), || {
+            // A killed child stays a zombie until its watchdog shell reaps it.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            matches!(state, None | Some("Z") | Some("X")).then_some(())
+        });
+        if let Some(mut w) = self.watchdog.lock().unwrap().take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(self.host())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the docker CLI")
+    }
+
+    /// Runs docker and insists on success; returns stdout.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let o = self.docker(args);
+        assert!(
+            o.status.success(),
+            "docker {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// Imports a busybox image (no registry here): every applet as a symlink.
+    fn import_image(&self) {
+        let root = self.dir.join("rootfs");
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).expect("rootfs");
+        let busybox = which("busybox").expect("busybox-static is needed for the test image");
+        std::fs::copy(&busybox, bin.join("busybox")).expect("copy busybox");
+        let list = Command::new(&busybox)
+            .arg("--list")
+            .output()
+            .expect("busybox --list");
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" {
+                let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+            }
+        }
+        let cmd = format!(
+            "tar -C {} -c . | docker -H {} import - {IMAGE}",
+            root.display(),
+            self.host()
+        );
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .output()
+            .expect("import");
+        assert!(
+            ok.status.success(),
+            "image import: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    }
+}
+
+/// A test container, removed when dropped.
+pub struct Ctr<'a> {
+    pub daemon: &'a DockerDaemon,
+    pub name: String,
+}
+
+impl Drop for Ctr<'_> {
+    fn drop(&mut self) {
+        let _ = self.daemon.docker(&["rm", "-f", &self.name]);
+    }
+}
+
+/// A shell loop that exits promptly on SIGTERM (busybox `sleep` as PID 1 would ignore it).
+pub const LOOP: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
+
+impl DockerDaemon {
+    /// `docker run -d` with a unique name; `opts` go before the image.
+    pub fn run<'a>(&'a self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'a> {
+        let name = unique(prefix);
+        let mut args = vec!["run", "-d", "--network", "none", "--name", &name];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&[IMAGE, "/bin/sh", "-c", script]);
+        self.docker_ok(&args);
+        Ctr { daemon: self, name }
+    }
+
+    /// `docker create` with a unique name.
+    pub fn create<'a>(&'a self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'a> {
+        let name = unique(prefix);
+        let mut args = vec!["create", "--network", "none", "--name", &name];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&[IMAGE, "/bin/sh", "-c", script]);
+        self.docker_ok(&args);
+        Ctr { daemon: self, name }
+    }
+}
+
+/// The agent as a child process, stopped with SIGTERM when dropped.
+pub struct Agent {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lifecycle-agent")
+}
+
+impl Agent {
+    pub fn start(socket: &Path, extra: &[&str]) -> Agent {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
+        let logf = std::fs::File::create(&log).expect("agent log");
+        let mut args = vec![
+            "run".to_string(),
+            "--runtime".into(),
+            "docker".into(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--node-name".into(),
+            "test-node".into(),
+            "--log-level".into(),
+            "lifecycle_agent=debug".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(agent_bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("log"))
+            .stderr(logf)
+            .spawn()
+            .expect("spawn the agent");
+        let agent = Agent { child, port, log };
+        agent.wait_ready();
+        agent
+    }
+
+    pub fn wait_ready(&self) {
+        wait_for(
+            &format!("agent /readyz (log: {})", self.log.display()),
+            Duration::from_secs(30),
+            || (self.get("/readyz").0 == 200).then_some(()),
+        );
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http(self.port, "GET", path, &[]).unwrap_or((0, String::new()))
+    }
+
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
+
+    /// Waits until the series selected by `labels` has value `want`.
+    pub fn wait_metric(&self, name: &str, labels: &[(&str, &str)], want: f64) {
+        let mut last = None;
+        let ok = wait_for_result(Duration::from_secs(30), || {
+            last = metric(&self.metrics(), name, labels);
+            last == Some(want)
+        });
+        assert!(
+            ok,
+            "{name}{labels:?}: wanted {want}, last seen {last:?} (log: {})",
+            self.log.display()
+        );
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().expect("agent exit");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+        // Kept for a failing test, whose message names it.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+fn wait_for_result(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Finds the value of the first sample of `name` whose labels include all of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples(text, name)
+        .into_iter()
+        .find(|(ls, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| ls.iter().any(|(a, b)| a == k && b == v))
+        })
+        .map(|(_, v)| v)
+}
+
+/// Every sample of `name`: its labels (unescaped) and value.
+pub fn samples(text: &str, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
+            let (ls, end) = parse_labels(r);
+            (ls, r[end..].trim())
+        } else if rest.starts_with(' ') {
+            (Vec::new(), rest.trim())
+        } else {
+            continue;
+        };
+        let value = value.split_whitespace().next().unwrap_or("");
+        if let Ok(v) = value.parse::<f64>() {
+            out.push((labels, v));
+        }
+    }
+    out
+}
+
+/// Parses `k="v",...}` with the exposition format's escapes; returns the labels and the
+/// index just past the closing brace.
+fn parse_labels(s: &str) -> (Vec<(String, String)>, usize) {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut out = Vec::new();
+    while i < b.len() && b[i] != b'}' {
+        let k0 = i;
+        while b[i] != b'=' {
+            i += 1;
+        }
+        let key = s[k0..i].to_string();
+        i += 2; // ="
+        let mut val = Vec::new();
+        while b[i] != b'"' {
+            if b[i] == b'\\' {
+                i += 1;
+                val.push(match b[i] {
+                    b'n' => b'\n',
+                    c => c,
+                });
+            } else {
+                val.push(b[i]);
+            }
+            i += 1;
+        }
+        i += 1;
+        if i < b.len() && b[i] == b',' {
+            i += 1;
+        }
+        out.push((key, String::from_utf8_lossy(&val).into_owned()));
+    }
+    (out, i + 1)
+}
+
+/// A minimal HTTP/1.1 client for the agent (loopback only).
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    read_response(&mut s)
+}
+
+fn read_response(s: &mut impl Read) -> std::io::Result<(u16, String)> {
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// GET over a unix socket (the daemons' API), for readiness checks.
+pub fn unix_get(sock: &Path, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = std::os::unix::net::UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n").as_bytes())?;
+    read_response(&mut s)
+}

@@ -1,0 +1,601 @@
+//! The lifecycle matrix against a real, private dockerd: every test runs its own agent that
+//! tracks only the containers labelled for that test, so tests share one daemon safely.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{http, wait_for, Agent, DockerDaemon, LOOP};
+use serde_json::Value;
+
+struct Case {
+    daemon: std::sync::Arc<DockerDaemon>,
+    label: String,
+}
+
+impl Case {
+    fn new(name: &str) -> Option<Case> {
+        let daemon = DockerDaemon::shared()?;
+        Some(Case {
+            daemon,
+            label: format!("lat.test={}", common::unique(name)),
+        })
+    }
+
+    fn agent(&self, extra: &[&str]) -> Agent {
+        let mut args = vec!["--container-filter", &self.label];
+        args.extend_from_slice(extra);
+        Agent::start(&self.daemon.socket(), &args)
+    }
+
+    fn opts<'a>(&'a self, more: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec!["--label", self.label.as_str()];
+        v.extend_from_slice(more);
+        v
+    }
+}
+
+fn c(name: &str) -> Vec<(&str, &str)> {
+    vec![("container", name)]
+}
+
+fn history(agent: &Agent, query: &str) -> Vec<Value> {
+    agent.json(&format!("/api/v1/events?{query}"))["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn types_of(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .rev()
+        .map(|e| e["type"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn docker_restart_counts_exactly_one() {
+    let Some(case) = Case::new("restart") else {
+        return;
+    };
+    let agent = case.agent(&[]);
+    let ctr = case.daemon.run("restart", &case.opts(&[]), LOOP);
+    agent.wait_metric("container_running", &c(&ctr.name), 1.0);
+    agent.wait_metric("container_restarts_total", &c(&ctr.name), 0.0);
+    case.daemon.docker_ok(&["restart", "-t", "5", &ctr.name]);
+    agent.wait_metric("container_restarts_total", &c(&ctr.name), 1.0);
+    agent.wait_metric("container_running", &c(&ctr.name), 1.0);
+    // The restart's own events are all in the history, each once.
+    let ev = wait_for("the restarted event", Duration::from_secs(10), || {
+        let ev = history(&agent, &format!("container={}", ctr.name));
+        types_of(&ev)
+            .contains(&"restarted".to_string())
+            .then_some(ev)
+    });
+    let t = types_of(&ev);
+    assert_eq!(t.iter().filter(|x| *x == "started").count(), 2, "{t:?}");
+    assert_eq!(t.iter().filter(|x| *x == "died").count(), 1, "{t:?}");
+    assert_eq!(t.iter().filter(|x| *x == "restarted").count(), 1, "{t:?}");
+    let m = agent.metrics();
+    assert_eq!(
+        common::metric(&m, "containers_restarts_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        common::metric(
+            &m,
+            "container_events_total",
+            &[("container", &ctr.name), ("event", "started")]
+        ),
+        Some(2.0)
+    );
+}
+
+#[test]
+fn stop_then_start_counts_one_and_pause_counts_none() {
+    let Some(case) = Case::new("stopstart") else {
+        return;
+    };
+    let agent = case.agent(&[]);
+    let ctr = case.daemon.run("stopstart", &case.opts(&[]), LOOP);
+    agent.wait_metric("container_running", &c(&ctr.name), 1.0);
+    case.daemon.docker_ok(&["pause", &ctr.name]);
+    agent.wait_metric("container_paused", &c(&ctr.name), 1.0);
+    agent.wait_metric("containers_paused", &[], 1.0);
+    // Paused still counts as running.
+    agent.wait_metric("container_running", &c(&ctr.name), 1.0);
+    case.daemon.docker_ok(&["unpause", &ctr.name]);
+    agent.wait_metric("container_paused", &c(&ctr.name), 0.0);
+    agent.wait_metric("container_restarts_total", &c(&ctr.name), 0.0);
+    case.daemon.docker_ok(&["stop", "-t", "5", &ctr.name]);
+    agent.wait_metric("container_running", &c(&ctr.name), 0.0);
+    agent.wait_metric(
+        "container_last_terminated_reason",
+        &[("container", &ctr.name), ("reason", "completed")],
+        1.0,
+    );
+    assert_eq!(
+        common::metric(
+            &agent.metrics(),
+            "container_time_since_start_seconds",
+            &c(&ctr.name)
+        ),
+        None
+    );
+    case.daemon.docker_ok(&["start", &ctr.name]);
+    agent.wait_metric("container_running", &c(&ctr.name), 1.0);
+    agent.wait_metric("container_restarts_total", &c(&ctr.name), 1.0);
+    let m = agent.metrics();
+    assert!(common::metric(&m, "container_time_since_start_seconds", &c(&ctr.name)).is_some());
+    assert!(
+        common::metric(&m, "container_uptime_seconds_total", &c(&ctr.name))
+            .is_some_and(|u| u > 0.0)
+    );
+}
+
+#[test]
+fn restart_policy_on_failure_counts_each_restart_and_node_total_survives_removal() {
+    let Some(case) = Case::new("policy") else {
+        return;
+    };
+    let agent = case.agent(&[]);
+    let ctr = case.daemon.run(
+        "policy",
+        &case.opts(&["--restart", "on-failure:3"]),
+        "exit 3",
+    );
+    agent.wait_metric("container_restarts_total", &c(&ctr.name), 3.0);
+    agent.wait_metric("container_last_exit_code", &c(&ctr.name), 3.0);
+    agent.wait_metric("container_running", &c(&ctr.name), 0.0);
+    agent.wait_metric(
+        "container_last_terminated_reason",
+        &[("container", &ctr.name), ("reason", "error")],
+        1.0,
+    );
+    let inspect = case.daemon.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.RestartCount}} {{.State.Status}}",
+        &ctr.name,
+    ]);
+    assert_eq!(inspect, "3 exited");
+    agent.wait_metric("containers_restarts_total", &[], 3.0);
+    let stats = agent.json("/api/v1/stats/restarts");
+    assert_eq!(stats["total_restarts"], 3);
+    assert_eq!(stats["restarts_last_1h"], 3);
+    drop(ctr);
+    wait_for(
+        "the removed container's series to disappear",
+        Duration::from_secs(20),
+        || {
+            common::samples(&agent.metrics(), "container_restarts_total")
+                .is_empty()
+                .then_some(())
+        },
+    );
+    // The node keeps every restart it saw.
+    agent.wait_metric("containers_restarts_total", &[], 3.0);
+    agent.wait_metric("containers_tracked", &[], 0.0);
+}
+
+#[test]
+fn oom_kill_counts_once_with_exit_code_137() {
+    let Some(case) = Case::new("oom") else { return };
+    let agent = case.agent(&[]);
+    let ctr = case.daemon.run(
+        "oom",
+        &case.opts(&["--memory", "16m", "--memory-swap", "16m"]),
+        "dd if=/dev/zero of=/dev/null bs=64M count=1",
+    );
+    agent.wait_metric("container_oom_kills_total", &c(&ctr.name), 1.0);
+    agent.wait_metric("container_last_exit_code", &c(&ctr.name), 137.0);
+    agent.wait_metric(
+        "container_last_terminated_reason",
+        &[("container", &ctr.name), ("reason", "oom_killed")],
+        1.0,
+    );
+    let ev = history(&agent, &format!("container={}&type=oom", ctr.name));
+    assert_eq!(ev.len(), 1, "{ev:?}");
+}
+
+#[test]
+fn failing_health_check_is_unhealthy_and_in_the_history() {
+    let Some(case) = Case::new("health") else {
+        return;
+    };
+    let agent = case.agent(&[]);
+    let ctr = case.daemon.run(
+        "health",
+        &case.opts(&[
+            "--health-cmd",
+            "exit 1",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+            "--health-timeout",
+            "5s",
+        ]),
+        LOOP,
+    );
+    agent.wait_metric(
+        "container_health_status",
+        &[("container", &ctr.name), ("status", "unhealthy")],
+        1.0,
+    );
+    let ev = history(
+        &agent,
+        &format!("container={}&type=health_status", ctr.name),
+    );
+    assert!(
+        ev.iter().any(|e| e["health"] == "unhealthy"),
+        "no unhealthy transition in {ev:?}"
+    );
+    // Docker reports transitions only: a steady unhealthy state is one event, not one per check.
+    let count = common::metric(
+        &agent.metrics(),
+        "container_events_total",
+        &[("container", &ctr.name), ("event", "health_status")],
+    );
+    assert_eq!(count, Some(ev.len() as f64));
+}
+
+fn pod_labels<'a>(case: &'a Case, pod: &'a str, uid: &'a str, attempt: &'a str) -> Vec<&'a str> {
+    case.opts(&[
+        "--label",
+        "io.kubernetes.pod.namespace=shop",
+        "--label",
+        pod,
+        "--label",
+        uid,
+        "--label",
+        "io.kubernetes.container.name=web",
+        "--label",
+        attempt,
+    ])
+}
+
+#[test]
+fn kubelet_style_replacement_is_one_restart_of_the_same_identity() {
+    let Some(case) = Case::new("kubelet") else {
+        return;
+    };
+    let agent = case.agent(&[]);
+    let pod = format!("io.kubernetes.pod.name={}", common::unique("pod"));
+    let uid = format!("io.kubernetes.pod.uid={}", common::unique("uid"));
+    let pod_name = pod
+        .trim_start_matches("io.kubernetes.pod.name=")
+        .to_string();
+    let id = [
+        ("namespace", "shop"),
+        ("pod", pod_name.as_str()),
+        ("container", "web"),
+    ];
+    let first = case.daemon.run(
+        "k8s",
+        &pod_labels(
+            &case,
+            &pod,
+            &uid,
+            "annotation.io.kubernetes.container.restartCount=0",
+        ),
+        "exit 1",
+    );
+    agent.wait_metric("container_running", &id, 0.0);
+    agent.wait_metric("container_restarts_total", &id, 0.0);
+    let second = case.daemon.run(
+        "k8s",
+        &pod_labels(
+            &case,
+            &pod,
+            &uid,
+            "annotation.io.kubernetes.container.restartCount=1",
+        ),
+        LOOP,
+    );
+    agent.wait_metric("container_running", &id, 1.0);
+    agent.wait_metric("container_restarts_total", &id, 1.0);
+    // The kubelet removes the old container later: still one identity, one restart.
+    drop(first);
+    agent.wait_metric("containers_tracked", &[], 1.0);
+    agent.wait_metric("container_restarts_total", &id, 1.0);
+    assert_eq!(
+        common::samples(&agent.metrics(), "container_restarts_total").len(),
+        1
+    );
+    let ev = history(
+        &agent,
+        &format!("pod={pod_name}&namespace=shop&type=started"),
+    );
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert!(ev
+        .iter()
+        .all(|e| e["container"] == "web" && e["pod"] == pod_name.as_str()));
+    drop(second);
+    wait_for(
+        "the pod identity to be forgotten",
+        Duration::from_secs(20),
+        || {
+            common::samples(&agent.metrics(), "container_restarts_total")
+                .is_empty()
+                .then_some(())
+        },
+    );
+    agent.wait_metric("containers_restarts_total", &[], 1.0);
+}
+
+#[test]
+fn events_api_filters_and_names_bad_parameters() {
+    let Some(case) = Case::new("api") else { return };
+    let agent = case.agent(&[]);
+    let a = case.daemon.run("api-a", &case.opts(&[]), "exit 0");
+    let b = case.daemon.run("api-b", &case.opts(&[]), LOOP);
+    agent.wait_metric("container_running", &c(&b.name), 1.0);
+    agent.wait_metric("container_last_exit_code", &c(&a.name), 0.0);
+    case.daemon.docker_ok(&["kill", &b.name]);
+    agent.wait_metric("container_running", &c(&b.name), 0.0);
+
+    let by_a = history(&agent, &format!("container={}", a.name));
+    assert_eq!(
+        types_of(&by_a),
+        vec!["created", "started", "died"],
+        "{by_a:?}"
+    );
+    let by_id = history(
+        &agent,
+        &format!(
+            "container={}",
+            &by_a[0]["container_id"].as_str().unwrap()[..12]
+        ),
+    );
+    assert_eq!(by_id.len(), 3);
+    let typed = history(&agent, "type=killed,died");
+    assert_eq!(typed.len(), 3, "{typed:?}");
+    assert!(typed
+        .iter()
+        .all(|e| e["type"] == "killed" || e["type"] == "died"));
+    let killed = history(&agent, &format!("container={}&type=killed", b.name));
+    assert_eq!(killed.len(), 1);
+    let died_b = history(&agent, &format!("container={}&type=died", b.name));
+    assert_eq!(died_b[0]["exit_code"], 137);
+    // Newest first, limit and truncation.
+    let all = agent.json("/api/v1/events?limit=2");
+    assert_eq!(all["events"].as_array().unwrap().len(), 2);
+    assert_eq!(all["truncated"], true);
+    let newest = all["events"][0]["time_unix_nano"].as_i64().unwrap();
+    let older = all["events"][1]["time_unix_nano"].as_i64().unwrap();
+    assert!(newest >= older);
+    // since/until bracket one event by its exact time.
+    let t = &by_a[1]["time"];
+    let t = t.as_str().unwrap().replace(':', "%3A");
+    let one = history(&agent, &format!("since={t}&until={t}"));
+    assert_eq!(types_of(&one), vec!["started"]);
+    assert!(history(&agent, "since=1h").len() >= 6);
+    assert!(history(&agent, "until=1h").is_empty());
+    // Pod and namespace filters match nothing here (plain containers).
+    assert!(history(&agent, "namespace=shop").is_empty());
+    assert!(history(&agent, "pod=web").is_empty());
+
+    for (query, param) in [
+        ("limit=0", "limit"),
+        ("limit=10001", "limit"),
+        ("limit=many", "limit"),
+        ("type=started,exploded", "type"),
+        ("since=yesterday", "since"),
+        ("until=soon", "until"),
+        ("since=1m&until=1h", "since"),
+        ("colour=red", "colour"),
+    ] {
+        let (status, body) = agent.get(&format!("/api/v1/events?{query}"));
+        assert_eq!(status, 400, "{query}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            v["error"].as_str().unwrap().contains(param),
+            "{query}: {body}"
+        );
+    }
+}
+
+#[test]
+fn containers_and_stats_endpoints() {
+    let Some(case) = Case::new("stats") else {
+        return;
+    };
+    let agent = case.agent(&[]);
+    let a = case.daemon.run("stats-a", &case.opts(&[]), LOOP);
+    let b = case.daemon.create("stats-b", &case.opts(&[]), LOOP);
+    agent.wait_metric("container_running", &c(&a.name), 1.0);
+    agent.wait_metric("containers_tracked", &[], 2.0);
+    agent.wait_metric("containers_stopped", &[], 1.0);
+    let list = agent.json("/api/v1/containers");
+    assert_eq!(list["containers"].as_array().unwrap().len(), 2);
+    assert_eq!(list["node"], "test-node");
+    let one = agent.json(&format!("/api/v1/containers/{}", a.name));
+    assert_eq!(one["state"], "running");
+    assert_eq!(one["restarts"], 0);
+    let by_prefix = agent.json(&format!(
+        "/api/v1/containers/{}",
+        &one["container_id"].as_str().unwrap()[..10]
+    ));
+    assert_eq!(by_prefix["name"], a.name.as_str());
+    assert_eq!(
+        agent.json(&format!("/api/v1/containers/{}", b.name))["state"],
+        "created"
+    );
+    assert_eq!(agent.get("/api/v1/containers/no-such-container").0, 404);
+
+    case.daemon.docker_ok(&["restart", "-t", "5", &a.name]);
+    agent.wait_metric("container_restarts_total", &c(&a.name), 1.0);
+    let r = agent.json("/api/v1/stats/restarts");
+    for key in [
+        "total_containers",
+        "total_restarts",
+        "containers_with_restarts",
+        "average_restarts_per_container",
+        "restarts_last_1h",
+        "restarts_last_24h",
+        "top_restarting",
+    ] {
+        assert!(r.get(key).is_some(), "stats/restarts lacks {key}: {r}");
+    }
+    assert_eq!(
+        (r["total_containers"].as_u64(), r["total_restarts"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(r["containers_with_restarts"], 1);
+    assert_eq!(r["average_restarts_per_container"], 0.5);
+    assert_eq!(r["top_restarting"][0]["container"], a.name.as_str());
+    let u = agent.json("/api/v1/stats/uptime");
+    for key in [
+        "total_uptime_seconds",
+        "running_containers",
+        "average_uptime_seconds",
+        "states",
+    ] {
+        assert!(u.get(key).is_some(), "stats/uptime lacks {key}: {u}");
+    }
+    assert_eq!(u["running_containers"], 1);
+    assert!(u["total_uptime_seconds"].as_f64().unwrap() > 0.0);
+
+    // The CLI reads the same numbers.
+    let out = std::process::Command::new(common::agent_bin())
+        .args([
+            "stats",
+            "--json",
+            "--url",
+            &format!("http://127.0.0.1:{}", agent.port),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["restarts"]["total_restarts"], 1);
+    let out = std::process::Command::new(common::agent_bin())
+        .args([
+            "events",
+            "--container",
+            &a.name,
+            "--type",
+            "restarted",
+            "--url",
+            &format!("http://127.0.0.1:{}", agent.port),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.lines().count() == 2 && text.contains("restarted"),
+        "{text}"
+    );
+}
+
+#[test]
+fn clearing_the_history_needs_the_admin_token() {
+    let Some(case) = Case::new("admin") else {
+        return;
+    };
+    let plain = case.agent(&[]);
+    let (status, body) = http(plain.port, "DELETE", "/api/v1/events?before=1h", &[]).unwrap();
+    assert_eq!(status, 403, "{body}");
+
+    let token = std::env::temp_dir().join(common::unique("token"));
+    std::fs::write(&token, "correct-horse-battery\n").unwrap();
+    let agent = case.agent(&["--admin-token-file", token.to_str().unwrap()]);
+    let ctr = case.daemon.run("admin", &case.opts(&[]), "exit 0");
+    agent.wait_metric("container_last_exit_code", &c(&ctr.name), 0.0);
+    let (status, _) = http(agent.port, "DELETE", "/api/v1/events?before=0s", &[]).unwrap();
+    assert_eq!(status, 401);
+    let (status, _) = http(
+        agent.port,
+        "DELETE",
+        "/api/v1/events?before=0s",
+        &[("Authorization", "Bearer wrong-token")],
+    )
+    .unwrap();
+    assert_eq!(status, 401);
+    let auth = [("Authorization", "Bearer correct-horse-battery")];
+    let (status, body) = http(agent.port, "DELETE", "/api/v1/events", &auth).unwrap();
+    assert_eq!(status, 400);
+    assert!(body.contains("before"), "{body}");
+    let (status, body) = http(agent.port, "DELETE", "/api/v1/events?before=1h", &auth).unwrap();
+    assert_eq!((status, body.trim()), (200, r#"{"cleared":0}"#));
+    let (status, body) = http(agent.port, "DELETE", "/api/v1/events?before=0s", &auth).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let cleared: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(cleared["cleared"], 3, "create, start, die");
+    assert!(history(&agent, "").is_empty());
+    let _ = std::fs::remove_file(token);
+}
+
+#[test]
+fn metrics_follow_the_exposition_formats() {
+    let Some(case) = Case::new("format") else {
+        return;
+    };
+    let agent = case.agent(&[]);
+    let ctr = case.daemon.run("format", &case.opts(&[]), LOOP);
+    agent.wait_metric("container_running", &c(&ctr.name), 1.0);
+    let (status, body) = http(
+        agent.port,
+        "GET",
+        "/metrics",
+        &[("Accept", "application/openmetrics-text; version=1.0.0")],
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+    assert!(body.contains("# TYPE container_restarts counter"));
+    let text = agent.metrics();
+    assert!(
+        text.contains("# TYPE container_restarts_total counter"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"));
+    for name in [
+        "lifecycle_agent_build_info",
+        "lifecycle_agent_runtime_connected",
+        "lifecycle_agent_events_processed_total",
+        "lifecycle_agent_stream_reconnects_total",
+        "lifecycle_agent_events_possibly_missed_total",
+    ] {
+        assert!(
+            common::metric(&text, name, &[("node", "test-node")]).is_some(),
+            "{name} missing"
+        );
+    }
+    assert_eq!(
+        common::metric(&text, "lifecycle_agent_runtime_connected", &[]),
+        Some(1.0)
+    );
+    if let Some(promtool) = common::which("promtool") {
+        let mut child = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let msg = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool check metrics: {msg}");
+    }
+}
