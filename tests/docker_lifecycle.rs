@@ -575,27 +575,44 @@ fn metrics_follow_the_exposition_formats() {
         common::metric(&text, "lifecycle_agent_runtime_connected", &[]),
         Some(1.0)
     );
-    if let Some(promtool) = common::which("promtool") {
-        let mut child = std::process::Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let msg = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "promtool check metrics: {msg}");
-    }
+    common::promtool_check(&text);
+}
+
+#[test]
+fn hostile_label_values_survive_a_scrape_unchanged_or_cut() {
+    let Some(case) = Case::new("hostile") else {
+        return;
+    };
+    let agent = case.agent(&[]);
+    let nasty = "we\"ird\\pod\nname-é-😀";
+    let long = "x".repeat(1500);
+    let ns = format!("io.kubernetes.pod.namespace={nasty}");
+    let pod = format!("io.kubernetes.pod.name={long}");
+    let uid = format!("io.kubernetes.pod.uid={}", common::unique("uid"));
+    let ctr = case.daemon.run(
+        "hostile",
+        &case.opts(&[
+            "--label",
+            &ns,
+            "--label",
+            &pod,
+            "--label",
+            &uid,
+            "--label",
+            "io.kubernetes.container.name=c",
+        ]),
+        LOOP,
+    );
+    let cut = &long[..1024];
+    agent.wait_metric(
+        "container_running",
+        &[("namespace", nasty), ("pod", cut), ("container", "c")],
+        1.0,
+    );
+    // The API keeps the full values.
+    let ev = history(&agent, "type=started");
+    assert_eq!(ev[0]["namespace"], nasty);
+    assert_eq!(ev[0]["pod"].as_str().map(str::len), Some(1500));
+    common::promtool_check(&agent.metrics());
+    drop(ctr);
 }
