@@ -270,6 +270,8 @@ pub struct Agent {
     child: Child,
     pub port: u16,
     pub log: PathBuf,
+    /// A state dir this handle created (and removes), when the test did not give one.
+    owned_state: Option<PathBuf>,
 }
 
 pub fn free_port() -> u16 {
@@ -284,7 +286,24 @@ pub fn agent_bin() -> &'static str {
 }
 
 impl Agent {
+    /// Starts an agent with a fresh state dir of its own.
     pub fn start(socket: &Path, extra: &[&str]) -> Agent {
+        let state = std::env::temp_dir().join(unique("state"));
+        let mut agent = Agent::spawn(socket, Some(&state), extra);
+        agent.owned_state = Some(state);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts an agent on a given state dir (kept after it stops), and waits until ready.
+    pub fn start_with_state(socket: &Path, state: &Path, extra: &[&str]) -> Agent {
+        let agent = Agent::spawn(socket, Some(state), extra);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts an agent without waiting for it.
+    pub fn spawn(socket: &Path, state: Option<&Path>, extra: &[&str]) -> Agent {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
         let logf = std::fs::File::create(&log).expect("agent log");
@@ -301,6 +320,10 @@ impl Agent {
             "--log-level".into(),
             "lifecycle_agent=debug".into(),
         ];
+        match state {
+            Some(dir) => args.extend(["--state-dir".to_string(), dir.display().to_string()]),
+            None => args.push("--ephemeral".into()),
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(agent_bin())
             .args(&args)
@@ -309,9 +332,18 @@ impl Agent {
             .stderr(logf)
             .spawn()
             .expect("spawn the agent");
-        let agent = Agent { child, port, log };
-        agent.wait_ready();
-        agent
+        Agent {
+            child,
+            port,
+            log,
+            owned_state: None,
+        }
+    }
+
+    /// SIGKILL, as an OOM kill or a node crash would.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn wait_ready(&self) {
@@ -387,6 +419,9 @@ impl Drop for Agent {
         // Kept for a failing test, whose message names it.
         if !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.log);
+            if let Some(dir) = &self.owned_state {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
     }
 }
