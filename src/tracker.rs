@@ -184,7 +184,7 @@ impl RecentKeys {
 
 fn key_hash(ev: &RuntimeEvent) -> u64 {
     let mut h = DefaultHasher::new();
-    ev.dedup_key().hash(&mut h);
+    (ev.time_nanos, ev.container_id.as_str(), ev.action.as_str()).hash(&mut h);
     h.finish()
 }
 
@@ -392,12 +392,14 @@ impl Tracker {
             return Applied::Duplicate;
         }
         self.advance_cursor(ev.time_nanos, key);
-        let identity = self
-            .containers
-            .get(&ev.container_id)
-            .map(|c| c.identity.clone())
-            .unwrap_or_else(|| Identity::of(&ev.container_id, &ev.labels));
-        self.touch(&ev.container_id, &identity);
+        if self.journal.is_some() {
+            let identity = self
+                .containers
+                .get(&ev.container_id)
+                .map(|c| c.identity.clone())
+                .unwrap_or_else(|| Identity::of(&ev.container_id, &ev.labels));
+            self.touch(&ev.container_id, &identity);
+        }
         if ev.kind == EventKind::Destroyed {
             self.record(ev);
             self.remove_container(&ev.container_id);
@@ -600,9 +602,11 @@ impl Tracker {
         }
     }
 
+    /// Keeps the last 24 h of restart times. Times arrive nearly in order (replays and
+    /// inferences can be slightly older), so pruning from the front against the newest is enough.
     fn push_restart_time(&mut self, at: i64) {
+        let newest = self.restart_times.back().map_or(at, |&b| b.max(at));
         self.restart_times.push_back(at);
-        let newest = self.restart_times.iter().copied().max().unwrap_or(at);
         while self
             .restart_times
             .front()
@@ -613,12 +617,13 @@ impl Tracker {
     }
 
     fn record(&mut self, ev: &RuntimeEvent) {
-        let identity = self
-            .containers
-            .get(&ev.container_id)
-            .map(|c| c.identity.clone())
-            .unwrap_or_else(|| Identity::of(&ev.container_id, &ev.labels));
-        if let Some(id) = self.identities.get_mut(&identity) {
+        let counted = match self.containers.get(&ev.container_id) {
+            Some(c) => self.identities.get_mut(&c.identity),
+            None => self
+                .identities
+                .get_mut(&Identity::of(&ev.container_id, &ev.labels)),
+        };
+        if let Some(id) = counted {
             id.events[ev.kind.index()] += 1;
         }
         let (namespace, pod, container) = match &ev.labels.pod {
