@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{wait_for, Agent, DockerDaemon, LOOP};
+use common::{wait_for, Agent, DockerDaemon, Runtime, LOOP};
 
 #[test]
 fn survives_a_daemon_crash_and_counts_actions_during_reconnect_once() {

@@ -338,6 +338,15 @@ fn looks_like_infra(name: &str, pod_id: &str) -> bool {
         .is_some_and(|p| !p.is_empty() && pod_id.starts_with(p))
 }
 
+/// The same judgement without the pod id: `<12 hex digits>-infra`.
+fn looks_like_default_infra(name: &str) -> bool {
+    name.strip_suffix("-infra").is_some_and(|p| {
+        p.len() == 12
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// Which containers are pod infra containers, learned from list, inspect and events.
 #[derive(Debug, Default)]
 struct InfraCache {
@@ -567,11 +576,14 @@ impl StreamCtx {
         };
         let pod = pod_of(&raw);
         let mut ev = to_runtime_event(raw)?;
-        if let Some(pod) = pod {
-            if self.is_infra(&ev.container_id, &pod, &ev.name).await {
-                ev.labels.sandbox = true;
-            }
-        }
+        // Only some actions carry `podId` (a `died` written by the cleanup process does not),
+        // so what was learned about a container holds for all its events.
+        let known = self.infra.lock().known.get(&ev.container_id).copied();
+        ev.labels.sandbox = match (known, pod) {
+            (Some(infra), _) => infra,
+            (None, Some(pod)) => self.is_infra(&ev.container_id, &pod, &ev.name).await,
+            (None, None) => looks_like_default_infra(&ev.name),
+        };
         if ev.kind == EventKind::Destroyed {
             self.infra.lock().known.remove(&ev.container_id);
         }
@@ -875,6 +887,8 @@ mod test {
         assert!(!looks_like_infra("web-infra", pod));
         assert!(!looks_like_infra("-infra", pod));
         assert!(!looks_like_infra("bcf91392c675", pod));
+        assert!(looks_like_default_infra("bcf91392c675-infra"));
+        assert!(!looks_like_default_infra("shop-infra"));
     }
 
     #[test]
