@@ -101,6 +101,33 @@ fn health_checks_count_status_changes_not_checks() {
 }
 
 #[test]
+fn an_oom_kill_is_exit_137_without_an_oom_event() {
+    let Some(pm) = PodmanService::shared() else {
+        return;
+    };
+    let l = label("oom");
+    let agent = Agent::start_on("podman", &pm.socket(), &["--container-filter", &l]);
+    let ctr = pm.run(
+        "oom",
+        &["--label", &l, "--memory", "16m", "--memory-swap", "16m"],
+        "dd if=/dev/zero of=/dev/null bs=64M count=1",
+    );
+    agent.wait_metric("container_last_exit_code", &c(&ctr.name), 137.0);
+    // What the README promises: Podman tells nothing of the OOM kill.
+    agent.wait_metric(
+        "container_last_terminated_reason",
+        &[("container", &ctr.name), ("reason", "error")],
+        1.0,
+    );
+    agent.wait_metric("container_oom_kills_total", &c(&ctr.name), 0.0);
+    assert_eq!(
+        pm.cli_ok(&["inspect", "-f", "{{.State.OOMKilled}}", &ctr.name]),
+        "false"
+    );
+    assert!(history(&agent, &format!("container={}&type=oom", ctr.name)).is_empty());
+}
+
+#[test]
 fn pod_infra_containers_are_not_tracked_and_members_are() {
     let Some(pm) = PodmanService::start_private() else {
         return;
