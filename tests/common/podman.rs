@@ -141,6 +141,11 @@ if ! kill -0 {parent} 2>/dev/null; then
   kill -KILL $spid 2>/dev/null
   timeout 60 {podman} pod rm -af -t 0 >/dev/null 2>&1
   timeout 60 {podman} rm -af -t 0 >/dev/null 2>&1
+  # An exec session's conmon (health checks, exec) can outlive its removed container.
+  for p in /proc/[0-9]*; do
+    case "$(readlink $p/exe 2>/dev/null)" in */conmon) ;; *) continue ;; esac
+    if tr '\0' ' ' <$p/cmdline 2>/dev/null | grep -qF '{d}/'; then kill -KILL ${{p#/proc/}} 2>/dev/null; fi
+  done
   grep -o ' {d}/[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
   rm -rf {d}
 fi"#,
