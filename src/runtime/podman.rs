@@ -543,7 +543,9 @@ struct StreamCtx {
 impl StreamCtx {
     /// Whether `container_id` (a member of `pod_id`) is its pod's infra container. Asked
     /// once per container, by inspect; when the container is already gone (a replay of old
-    /// events), Podman's default infra name decides.
+    /// events), Podman's default infra name decides. The reading task waits for this one
+    /// local request: unlike Docker, Podman serves events from its log and drops nothing for
+    /// a reader that pauses.
     async fn is_infra(&self, container_id: &str, pod_id: &str, name: &str) -> bool {
         if let Some(&known) = self.infra.lock().known.get(container_id) {
             return known;

@@ -2,8 +2,10 @@
 //! live stream until it breaks; then back off and do it again.
 //!
 //! Order matters. The live stream is opened first (from `t0`, which Docker serves from its
-//! ring, so nothing falls between subscribing and listing), then the bounded replay from the
-//! cursor to `t0` is applied, then list + inspect reconciles what no replay covers. The
+//! ring and Podman from its event log, so nothing falls between subscribing and listing),
+//! then the bounded replay from the cursor to `t0` is applied, then list + inspect reconciles
+//! what no replay covers. Sources make `since` inclusive whatever their runtime does, so a
+//! replay that reaches the cursor brings its event back: an overlap, proof of no gap. The
 //! reading task only forwards into an unbounded channel: Docker drops events for a subscriber
 //! that stops reading, so it must never wait on the tracker.
 
