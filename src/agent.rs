@@ -13,8 +13,7 @@ use crate::config::Config;
 use crate::event::RuntimeKind;
 use crate::history::HistoryLimits;
 use crate::runtime::discovery::{self, Candidate};
-use crate::runtime::docker::DockerSource;
-use crate::runtime::{watch, RuntimeInfo};
+use crate::runtime::{watch, AnySource, RuntimeInfo};
 use crate::store::Store;
 use crate::time::now_nanos;
 use crate::tracker::{Applied, Delta, Tracker};
@@ -167,12 +166,16 @@ pub async fn run(config: Config) -> Result<()> {
             std::env::var(k).ok()
         });
         let filter = config.container_filter.clone();
+        let choice = config.runtime;
         tokio::spawn(
             async move {
-                let Some(candidate) = discover(&cands, &shared, &stop).await else {
+                let Some((candidate, info)) = discover(&cands, &shared, &stop).await else {
                     return;
                 };
-                let source = DockerSource::new(&candidate.endpoint, filter);
+                if !discovery::matches_choice(choice, info.runtime) {
+                    warn!(endpoint = %candidate.endpoint, runtime = %info.runtime, asked = ?choice, "the socket belongs to another runtime than asked for; following what answers there");
+                }
+                let source = AnySource::for_runtime(info.runtime, &candidate.endpoint, filter);
                 watch::run(source, shared, stop).await;
             }
             .instrument(info_span!("runtime")),
@@ -294,21 +297,21 @@ async fn flush_once(store: &Arc<Store>, shared: &Shared, pending: &mut Option<De
     }
 }
 
-/// Probes the candidate sockets until one answers. A node's runtime may come up after the
-/// agent (boot order, daemon upgrades), so this retries instead of exiting; `/readyz` says
-/// what is missing meanwhile.
+/// Probes the candidate sockets until one answers, and says what answered (which source to
+/// use). A node's runtime may come up after the agent (boot order, daemon upgrades), so this
+/// retries instead of exiting; `/readyz` says what is missing meanwhile.
 async fn discover(
     cands: &[Candidate],
     shared: &Shared,
     stop: &CancellationToken,
-) -> Option<Candidate> {
+) -> Option<(Candidate, RuntimeInfo)> {
     let mut delay = Duration::from_millis(500);
     let mut reported = false;
     loop {
         match discovery::select(cands).await {
             Ok((c, info)) => {
                 info!(endpoint = %c.endpoint, origin = c.origin, runtime = %info.runtime, version = %info.version, "runtime selected");
-                return Some(c);
+                return Some((c, info));
             }
             Err(failures) => {
                 let msg = discovery::explain_none_reachable(&failures);

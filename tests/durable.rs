@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{unique, wait_for, Agent, DockerDaemon, LOOP};
+use common::{unique, wait_for, Agent, DockerDaemon, Runtime, LOOP};
 use serde_json::Value;
 
 /// `docker events` for one label, recorded to a file: what the runtime really did.
@@ -118,11 +118,12 @@ fn assert_counts_match(agent: &Agent, rec: &Recorder, names: &[String]) {
     for n in names {
         let want = starts.get(n).copied().unwrap_or(0).saturating_sub(1) as f64;
         agent.wait_metric("container_restarts_total", &[("container", n)], want);
-        let started = history(agent, &format!("container={n}&type=started")).len() as u64;
-        assert_eq!(
-            Some(&started),
-            starts.get(n),
-            "{n}: started events in the history vs docker events"
+        // A start counted from inspect may have its event still on the way: wait for it.
+        let want = starts.get(n).copied().unwrap_or(0) as usize;
+        wait_for(
+            &format!("{n}: {want} started events in the history, as docker saw"),
+            Duration::from_secs(20),
+            || (history(agent, &format!("container={n}&type=started")).len() == want).then_some(()),
         );
     }
 }
