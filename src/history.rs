@@ -5,7 +5,7 @@
 //! engine; persistence (the durable-state work) appends the same records to disk and loads
 //! them back into this ring on start, so nothing here depends on where the events live.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -237,11 +237,26 @@ pub struct HistoryLimits {
 
 #[derive(Debug)]
 pub struct History {
+    /// Ascending by `seq` (pushes increase it; removals keep the order).
     events: VecDeque<HistoryEvent>,
     limits: HistoryLimits,
     next_seq: u64,
     journal: Option<HistoryDelta>,
+    /// Sequence numbers of each container's events, so a `container` query reads that
+    /// container's events instead of scanning the whole history.
+    by_container: HashMap<String, Postings>,
 }
+
+/// One container's events in the history.
+#[derive(Debug)]
+struct Postings {
+    name: String,
+    k8s_container: String,
+    seqs: VecDeque<u64>,
+}
+
+/// Above this share of the history, a `container` query scans instead of using postings.
+const INDEX_SHARE: usize = 8;
 
 /// History changes since the last flush: new events, then removals (a store applies them in
 /// that order, so an event added and evicted within one batch ends up absent).
@@ -273,7 +288,52 @@ impl History {
             limits,
             next_seq: 1,
             journal: None,
+            by_container: HashMap::new(),
         }
+    }
+
+    fn index(&mut self, e: &HistoryEvent) {
+        match self.by_container.get_mut(&e.container_id) {
+            Some(p) => {
+                p.seqs.push_back(e.seq);
+                if p.name != e.name {
+                    p.name.clone_from(&e.name);
+                }
+            }
+            None => {
+                self.by_container.insert(
+                    e.container_id.clone(),
+                    Postings {
+                        name: e.name.clone(),
+                        k8s_container: e.container.clone(),
+                        seqs: VecDeque::from([e.seq]),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Forgets the oldest event of a container (evictions are always its oldest).
+    fn unindex_oldest(&mut self, e: &HistoryEvent) {
+        if let Some(p) = self.by_container.get_mut(&e.container_id) {
+            if p.seqs.front() == Some(&e.seq) {
+                p.seqs.pop_front();
+            } else {
+                p.seqs.retain(|s| *s != e.seq);
+            }
+            if p.seqs.is_empty() {
+                self.by_container.remove(&e.container_id);
+            }
+        }
+    }
+
+    fn reindex(&mut self) {
+        self.by_container.clear();
+        let events = std::mem::take(&mut self.events);
+        for e in &events {
+            self.index(e);
+        }
+        self.events = events;
     }
 
     pub fn enable_journal(&mut self) {
@@ -297,6 +357,7 @@ impl History {
         let last = events.last().map_or(0, |e| e.seq);
         self.next_seq = next_seq.max(last + 1).max(1);
         self.events = events.into();
+        self.reindex();
         self.evict_to(self.limits.max_events.max(1));
     }
 
@@ -306,6 +367,7 @@ impl History {
                 if let Some(j) = &mut self.journal {
                     j.evicted_through = j.evicted_through.max(old.seq);
                 }
+                self.unindex_oldest(&old);
             }
         }
     }
@@ -326,6 +388,7 @@ impl History {
         if let Some(j) = &mut self.journal {
             j.events.push(event.clone());
         }
+        self.index(&event);
         self.events.push_back(event);
         &self.events[self.events.len() - 1]
     }
@@ -354,13 +417,52 @@ impl History {
             }),
             None => self.events.retain(|e| e.time_nanos >= before),
         }
-        n - self.events.len()
+        let removed = n - self.events.len();
+        if removed > 0 {
+            self.reindex();
+        }
+        removed
     }
 
     pub fn query(&self, q: &EventQuery) -> QueryResult {
+        match q.container.as_deref().and_then(|c| self.candidates(c)) {
+            Some(seqs) => self.collect(seqs.into_iter().filter_map(|s| self.get(s)), q),
+            None => self.collect(self.events.iter().rev(), q),
+        }
+    }
+
+    /// The sequence numbers (newest first) of the containers a `container` filter selects,
+    /// or `None` when they are too many for the postings to beat a scan.
+    fn candidates(&self, c: &str) -> Option<Vec<u64>> {
+        let mut total = 0;
+        let mut lists = Vec::new();
+        for (id, p) in &self.by_container {
+            if p.name == c || p.k8s_container == c || id.starts_with(c) {
+                total += p.seqs.len();
+                lists.push(&p.seqs);
+            }
+        }
+        if total * INDEX_SHARE > self.events.len() {
+            return None;
+        }
+        let mut seqs: Vec<u64> = lists.into_iter().flatten().copied().collect();
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        Some(seqs)
+    }
+
+    fn get(&self, seq: u64) -> Option<&HistoryEvent> {
+        let i = self.events.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        self.events.get(i)
+    }
+
+    fn collect<'a>(
+        &self,
+        it: impl Iterator<Item = &'a HistoryEvent>,
+        q: &EventQuery,
+    ) -> QueryResult {
         let mut events = Vec::with_capacity(q.limit.min(self.events.len()).min(1024));
         let mut truncated = false;
-        for e in self.events.iter().rev().filter(|e| q.matches(e)) {
+        for e in it.filter(|e| q.matches(e)) {
             if events.len() == q.limit {
                 truncated = true;
                 break;
@@ -454,6 +556,41 @@ mod test {
             ..Default::default()
         };
         assert!(h.query(&q).events.is_empty());
+    }
+
+    #[test]
+    fn container_queries_through_the_index_equal_a_scan() {
+        let mut h = history(500);
+        for t in 0..2000 {
+            let name = format!("c{}", t % 37);
+            h.push(ev(
+                t,
+                EventKind::ALL[(t % 11) as usize],
+                &name,
+                if t % 2 == 0 { "shop" } else { "" },
+            ));
+            if t == 1500 {
+                h.clear_before(1200);
+            }
+        }
+        for c in ["c3", "c30", "c3-0123", "c", "nothing"] {
+            for limit in [1, 5, 100, 10_000] {
+                let q = EventQuery {
+                    container: Some(c.into()),
+                    limit,
+                    ..Default::default()
+                };
+                let indexed = h.query(&q);
+                let scanned = h.collect(h.events.iter().rev(), &q);
+                assert_eq!(indexed.events, scanned.events, "{c} {limit}");
+                assert_eq!(indexed.truncated, scanned.truncated, "{c} {limit}");
+            }
+        }
+        let mut total: usize = h.by_container.values().map(|p| p.seqs.len()).sum();
+        assert_eq!(total, h.len());
+        h.restore(h.events.iter().cloned().collect(), 0);
+        total = h.by_container.values().map(|p| p.seqs.len()).sum();
+        assert_eq!(total, h.len());
     }
 
     #[test]

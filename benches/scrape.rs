@@ -1,0 +1,150 @@
+//! `/metrics` encoding at 100, 1 000 and 10 000 tracked containers, and history queries over
+//! 100 000 stored events.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use lifecycle_agent::agent::Shared;
+use lifecycle_agent::config::{Config, RunArgs};
+use lifecycle_agent::event::{ContainerLabels, EventKind, PodRef, RuntimeEvent};
+use lifecycle_agent::history::{parse_types, EventQuery};
+use lifecycle_agent::metrics;
+
+const T0: i64 = 1_700_000_000_000_000_000;
+
+fn shared(max_history: usize) -> Arc<Shared> {
+    let config = Config::resolve(RunArgs {
+        ephemeral: Some(true),
+        max_history: Some(max_history),
+        node_name: Some("node-1".into()),
+        ..Default::default()
+    })
+    .expect("config");
+    Arc::new(Shared::new(&config))
+}
+
+fn pod_event(i: usize, t: i64, kind: EventKind) -> RuntimeEvent {
+    RuntimeEvent {
+        time_nanos: t,
+        kind,
+        action: kind.as_str().to_string(),
+        container_id: format!("{i:064x}"),
+        name: format!("k8s_web_shop-{i}_default_uid-{i}_0"),
+        image: "registry.example.com/shop/web:1.2.3".into(),
+        labels: ContainerLabels {
+            pod: Some(PodRef {
+                namespace: format!("team-{}", i % 50),
+                pod: format!("shop-{i}-7d9f8b6c5d-x2x4z"),
+                uid: format!("uid-{i}"),
+                container: "web".into(),
+            }),
+            k8s_restart_count: Some(0),
+            sandbox: false,
+        },
+        exit_code: (kind == EventKind::Died).then_some(1),
+        health: None,
+    }
+}
+
+/// `n` running pod containers, each restarted once (so every family has a series).
+fn populated(n: usize, history: usize) -> Arc<Shared> {
+    let s = shared(history.max(1));
+    {
+        let mut t = s.tracker.write();
+        let mut at = T0;
+        for i in 0..n {
+            for kind in [
+                EventKind::Created,
+                EventKind::Started,
+                EventKind::Died,
+                EventKind::Started,
+            ] {
+                at += 1_000;
+                t.apply(&pod_event(i, at, kind), at);
+            }
+        }
+        // Fill the history to `history` events with pause/unpause churn.
+        let mut i = 0;
+        while t.history().len() < history {
+            at += 1_000;
+            let kind = if (i / n.max(1)) % 2 == 0 {
+                EventKind::Paused
+            } else {
+                EventKind::Unpaused
+            };
+            t.apply(&pod_event(i % n.max(1), at, kind), at);
+            i += 1;
+        }
+    }
+    s
+}
+
+fn encode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("metrics_encode");
+    g.sample_size(20);
+    for n in [100usize, 1_000, 10_000] {
+        let s = populated(n, 0);
+        let registry = metrics::registry(s.clone());
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                let mut out = String::with_capacity(1 << 20);
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+                    .expect("encode");
+                out
+            })
+        });
+    }
+    g.finish();
+}
+
+fn query(c: &mut Criterion) {
+    let s = populated(1_000, 100_000);
+    let t = s.tracker.read();
+    assert_eq!(t.history().len(), 100_000);
+    let newest = t
+        .history()
+        .iter()
+        .last()
+        .map(|e| e.time_nanos)
+        .unwrap_or(T0);
+    let mut g = c.benchmark_group("history_query_100k");
+    let cases = [
+        (
+            "by_container",
+            EventQuery {
+                container: Some("k8s_web_shop-17_default_uid-17_0".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "by_type",
+            EventQuery {
+                types: Some(parse_types("died").expect("type")),
+                ..Default::default()
+            },
+        ),
+        (
+            "by_time_window",
+            EventQuery {
+                since: Some(newest - 50_000_000),
+                until: Some(newest - 40_000_000),
+                ..Default::default()
+            },
+        ),
+        (
+            "by_namespace_and_type",
+            EventQuery {
+                namespace: Some("team-7".into()),
+                types: Some(parse_types("paused").expect("type")),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, q) in cases {
+        g.bench_function(name, |b| b.iter(|| t.history().query(&q)));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, encode, query);
+criterion_main!(benches);
