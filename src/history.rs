@@ -5,7 +5,8 @@
 //! engine; persistence (the durable-state work) appends the same records to disk and loads
 //! them back into this ring on start, so nothing here depends on where the events live.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -16,6 +17,10 @@ use crate::time::{format_rfc3339, parse_time_or_ago, TimeError};
 pub const MAX_QUERY_LIMIT: usize = 10_000;
 pub const DEFAULT_QUERY_LIMIT: usize = 100;
 
+/// Shared text: the history holds 100 000 events of a few hundred containers, so each
+/// container's strings are stored once and shared ([`Interner`]).
+pub type Text = Arc<str>;
+
 /// One observed (or replayed) lifecycle event, as the API returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct HistoryEvent {
@@ -24,14 +29,14 @@ pub struct HistoryEvent {
     pub time_nanos: i64,
     #[serde(rename = "type")]
     pub kind: EventKind,
-    pub action: String,
+    pub action: Text,
     pub runtime: RuntimeKind,
-    pub container_id: String,
-    pub name: String,
-    pub image: String,
-    pub namespace: String,
-    pub pod: String,
-    pub container: String,
+    pub container_id: Text,
+    pub name: Text,
+    pub image: Text,
+    pub namespace: Text,
+    pub pod: Text,
+    pub container: Text,
     pub exit_code: Option<i64>,
     pub health: Option<Health>,
 }
@@ -208,14 +213,14 @@ impl EventQuery {
         {
             return false;
         }
-        if self.namespace.as_ref().is_some_and(|n| *n != e.namespace)
-            || self.pod.as_ref().is_some_and(|p| *p != e.pod)
+        if self.namespace.as_ref().is_some_and(|n| **n != *e.namespace)
+            || self.pod.as_ref().is_some_and(|p| **p != *e.pod)
         {
             return false;
         }
         match &self.container {
             None => true,
-            Some(c) => *c == e.name || *c == e.container || e.container_id.starts_with(c.as_str()),
+            Some(c) => **c == *e.name || **c == *e.container || e.container_id.starts_with(c.as_str()),
         }
     }
 }
@@ -244,14 +249,46 @@ pub struct History {
     journal: Option<HistoryDelta>,
     /// Sequence numbers of each container's events, so a `container` query reads that
     /// container's events instead of scanning the whole history.
-    by_container: HashMap<String, Postings>,
+    by_container: HashMap<Text, Postings>,
+    interner: Interner,
+}
+
+/// Deduplicates the history's strings. Entries nobody else holds any more are dropped once
+/// the set has doubled since the last sweep, so container churn cannot grow it without bound.
+#[derive(Debug, Default)]
+pub struct Interner {
+    set: HashSet<Text>,
+    swept_at: usize,
+}
+
+impl Interner {
+    pub fn intern(&mut self, s: &str) -> Text {
+        if let Some(t) = self.set.get(s) {
+            return t.clone();
+        }
+        if self.set.len() >= 2 * self.swept_at + 1024 {
+            self.set.retain(|t| Arc::strong_count(t) > 1);
+            self.swept_at = self.set.len();
+        }
+        let t: Text = Arc::from(s);
+        self.set.insert(t.clone());
+        t
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
 }
 
 /// One container's events in the history.
 #[derive(Debug)]
 struct Postings {
-    name: String,
-    k8s_container: String,
+    name: Text,
+    k8s_container: Text,
     seqs: VecDeque<u64>,
 }
 
@@ -289,6 +326,26 @@ impl History {
             next_seq: 1,
             journal: None,
             by_container: HashMap::new(),
+            interner: Interner::default(),
+        }
+    }
+
+    /// The shared copy of `s` (see [`Text`]).
+    pub fn intern(&mut self, s: &str) -> Text {
+        self.interner.intern(s)
+    }
+
+    fn intern_event(&mut self, e: &mut HistoryEvent) {
+        for f in [
+            &mut e.action,
+            &mut e.container_id,
+            &mut e.name,
+            &mut e.image,
+            &mut e.namespace,
+            &mut e.pod,
+            &mut e.container,
+        ] {
+            *f = self.interner.intern(f);
         }
     }
 
@@ -297,7 +354,7 @@ impl History {
             Some(p) => {
                 p.seqs.push_back(e.seq);
                 if p.name != e.name {
-                    p.name.clone_from(&e.name);
+                    p.name = e.name.clone();
                 }
             }
             None => {
@@ -353,7 +410,10 @@ impl History {
 
     /// Loads saved events (oldest first) keeping their sequence numbers, then applies the
     /// size bound, so a lowered `--max-history` takes effect on start.
-    pub fn restore(&mut self, events: Vec<HistoryEvent>, next_seq: u64) {
+    pub fn restore(&mut self, mut events: Vec<HistoryEvent>, next_seq: u64) {
+        for e in &mut events {
+            self.intern_event(e);
+        }
         let last = events.last().map_or(0, |e| e.seq);
         self.next_seq = next_seq.max(last + 1).max(1);
         self.events = events.into();
@@ -389,6 +449,13 @@ impl History {
             j.events.push(event.clone());
         }
         self.index(&event);
+        // Grow by doubling but never past the bound: a full history of 100 000 events then
+        // holds exactly that many slots instead of the next power of two.
+        let max = self.limits.max_events.max(1);
+        if self.events.len() == self.events.capacity() && self.events.capacity() < max {
+            let more = self.events.capacity().max(16).min(max - self.events.len());
+            self.events.reserve_exact(more);
+        }
         self.events.push_back(event);
         &self.events[self.events.len() - 1]
     }
@@ -437,7 +504,7 @@ impl History {
         let mut total = 0;
         let mut lists = Vec::new();
         for (id, p) in &self.by_container {
-            if p.name == c || p.k8s_container == c || id.starts_with(c) {
+            if &*p.name == c || &*p.k8s_container == c || id.starts_with(c) {
                 total += p.seqs.len();
                 lists.push(&p.seqs);
             }
@@ -487,18 +554,18 @@ mod test {
             seq: 0,
             time_nanos: t,
             kind,
-            action: kind.as_str().to_string(),
+            action: kind.as_str().into(),
             runtime: RuntimeKind::Docker,
-            container_id: format!("{name}-0123456789abcdef"),
-            name: name.to_string(),
+            container_id: format!("{name}-0123456789abcdef").into(),
+            name: name.into(),
             image: "busybox".into(),
-            namespace: ns.to_string(),
+            namespace: ns.into(),
             pod: if ns.is_empty() {
-                String::new()
+                "".into()
             } else {
-                format!("{name}-pod")
+                format!("{name}-pod").into()
             },
-            container: name.to_string(),
+            container: name.into(),
             exit_code: None,
             health: None,
         }

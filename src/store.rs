@@ -16,7 +16,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{EventKind, Health, Identity, RuntimeKind};
-use crate::history::HistoryEvent;
+use crate::history::{HistoryEvent, Text};
 use crate::tracker::{ContainerState, Delta, IdentityState, Saved, TrackerMeta};
 
 /// Bumped whenever a persisted type changes shape. An older file is moved aside and the
@@ -54,14 +54,14 @@ struct StoredEvent {
     seq: u64,
     time_nanos: i64,
     kind: EventKind,
-    action: String,
+    action: Text,
     runtime: RuntimeKind,
-    container_id: String,
-    name: String,
-    image: String,
-    namespace: String,
-    pod: String,
-    container: String,
+    container_id: Text,
+    name: Text,
+    image: Text,
+    namespace: Text,
+    pod: Text,
+    container: Text,
     exit_code: Option<i64>,
     health: Option<Health>,
 }

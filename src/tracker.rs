@@ -627,25 +627,27 @@ impl Tracker {
             id.events[ev.kind.index()] += 1;
         }
         let (namespace, pod, container) = match &ev.labels.pod {
-            Some(p) => (p.namespace.clone(), p.pod.clone(), p.container.clone()),
-            None => (String::new(), String::new(), ev.name.clone()),
+            Some(p) => (p.namespace.as_str(), p.pod.as_str(), p.container.as_str()),
+            None => ("", "", ev.name.as_str()),
         };
         self.events_processed += 1;
-        self.history.push(HistoryEvent {
+        let h = &mut self.history;
+        let event = HistoryEvent {
             seq: 0,
             time_nanos: ev.time_nanos,
             kind: ev.kind,
-            action: ev.action.clone(),
+            action: h.intern(&ev.action),
             runtime: self.runtime,
-            container_id: ev.container_id.clone(),
-            name: ev.name.clone(),
-            image: ev.image.clone(),
-            namespace,
-            pod,
-            container,
+            container_id: h.intern(&ev.container_id),
+            name: h.intern(&ev.name),
+            image: h.intern(&ev.image),
+            namespace: h.intern(namespace),
+            pod: h.intern(pod),
+            container: h.intern(container),
             exit_code: ev.exit_code,
             health: ev.health,
-        });
+        };
+        h.push(event);
     }
 
     /// Forgets a container; its identity goes with its last container (SPEC section 5).

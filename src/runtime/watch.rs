@@ -165,7 +165,12 @@ fn apply_batch(shared: &Shared, batch: &mut Vec<Item>) -> Result<(), SourceError
         let mut tracker = shared.tracker.write();
         for item in batch.drain(..) {
             match item {
-                Ok(Some(ev)) => shared.counters.count(tracker.apply(&ev, now)),
+                Ok(Some(ev)) => {
+                    let applied = tracker.apply(&ev, now);
+                    // One line per event for lag measurements (bench/); off unless asked for.
+                    debug!(target: "lifecycle_agent::events", time_nanos = ev.time_nanos, container_id = %ev.container_id, action = %ev.action, ?applied, "event applied");
+                    shared.counters.count(applied);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     failure = Some(e);
