@@ -48,7 +48,10 @@ fn labels(i: usize) -> serde_json::Value {
 }
 
 fn name(i: usize) -> String {
-    format!("k8s_web_shop-{i}-7d9f8b6c5d-x2x4z_team-{}_0b6f4c2e_0", i % 50)
+    format!(
+        "k8s_web_shop-{i}-7d9f8b6c5d-x2x4z_team-{}_0b6f4c2e_0",
+        i % 50
+    )
 }
 
 fn inspect(i: usize) -> serde_json::Value {
@@ -108,7 +111,11 @@ async fn handle(State(a): State<Arc<Args>>, req: Request) -> Response {
                 }
             }
         }
-        return (StatusCode::NOT_FOUND, axum::Json(json!({"message": "no such container"}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"message": "no such container"})),
+        )
+            .into_response();
     }
     if path.ends_with("/events") {
         // Replays (bounded by `until`) have nothing: the synthetic daemon has no past.
@@ -120,8 +127,8 @@ async fn handle(State(a): State<Arc<Args>>, req: Request) -> Response {
         tokio::spawn(async move {
             let start = std::time::Instant::now();
             for k in 0..total {
-                if rate > 0 {
-                    let due = std::time::Duration::from_nanos(k as u64 * 1_000_000_000 / rate);
+                if let Some(ns) = (k as u64 * 1_000_000_000).checked_div(rate) {
+                    let due = std::time::Duration::from_nanos(ns);
                     if let Some(wait) = due.checked_sub(start.elapsed()) {
                         tokio::time::sleep(wait).await;
                     }
@@ -130,7 +137,10 @@ async fn handle(State(a): State<Arc<Args>>, req: Request) -> Response {
                     return;
                 }
             }
-            eprintln!("synthetic_docker: streamed {total} events in {:?}", start.elapsed());
+            eprintln!(
+                "synthetic_docker: streamed {total} events in {:?}",
+                start.elapsed()
+            );
             // Keep the stream open, idle, like a quiet daemon.
             tx.closed().await;
         });
@@ -140,7 +150,11 @@ async fn handle(State(a): State<Arc<Args>>, req: Request) -> Response {
             .body(Body::from_stream(stream))
             .unwrap_or_default();
     }
-    (StatusCode::NOT_FOUND, format!("synthetic_docker: {path} is not implemented")).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        format!("synthetic_docker: {path} is not implemented"),
+    )
+        .into_response()
 }
 
 fn tokio_stream_from(
@@ -154,7 +168,12 @@ async fn main() -> std::io::Result<()> {
     let a = Args::parse();
     let _ = std::fs::remove_file(&a.socket);
     let listener = tokio::net::UnixListener::bind(&a.socket)?;
-    eprintln!("synthetic_docker: {} containers, {} events on {}", a.containers, a.events, a.socket.display());
+    eprintln!(
+        "synthetic_docker: {} containers, {} events on {}",
+        a.containers,
+        a.events,
+        a.socket.display()
+    );
     let app = Router::new().fallback(handle).with_state(Arc::new(a));
     axum::serve(listener, app).await
 }

@@ -81,6 +81,8 @@ pub struct Shared {
     pub runtime_info: Mutex<Option<RuntimeInfo>>,
     pub counters: Counters,
     pub admin_token: Option<String>,
+    /// Signalled after the tracker changed, so the store's flusher sleeps while nothing does.
+    pub changed: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -101,6 +103,7 @@ impl Shared {
             runtime_info: Mutex::new(None),
             counters: Counters::default(),
             admin_token: config.admin_token.clone(),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -192,6 +195,7 @@ pub async fn run(config: Config) -> Result<()> {
                     _ = tick.tick() => {
                         let dropped = shared.tracker.write().history_mut().apply_retention(now_nanos());
                         if dropped > 0 {
+                            shared.changed.notify_one();
                             info!(dropped, "history retention applied");
                         }
                     }
@@ -252,21 +256,27 @@ fn open_store(dir: &std::path::Path, config: &Config, shared: &Shared) -> Result
     Ok(opened.store)
 }
 
-/// Group-commits the tracker's changes every [`FLUSH_INTERVAL`] until `stop`; returns what
-/// could not be written yet.
+/// Group-commits the tracker's changes until `stop`; returns what could not be written yet.
+/// It sleeps until something changed (no wakeups on an idle node), then gathers for
+/// [`FLUSH_INTERVAL`] so one commit carries a whole burst.
 async fn flush_loop(
     store: Arc<Store>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) -> Option<Delta> {
-    let mut pending = None;
-    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: Option<Delta> = None;
     loop {
+        if pending.is_none() {
+            tokio::select! {
+                _ = shared.changed.notified() => {}
+                _ = stop.cancelled() => return pending,
+            }
+        }
         tokio::select! {
-            _ = tick.tick() => flush_once(&store, &shared, &mut pending).await,
+            _ = tokio::time::sleep(FLUSH_INTERVAL) => {}
             _ = stop.cancelled() => return pending,
         }
+        flush_once(&store, &shared, &mut pending).await;
     }
 }
 

@@ -182,6 +182,7 @@ async fn clear_events(
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("parameter `before`: {e}")),
     };
     let cleared = s.shared.tracker.write().history_mut().clear_before(before);
+    s.shared.changed.notify_one();
     tracing::info!(cleared, "history cleared on request");
     Json(json!({ "cleared": cleared })).into_response()
 }

@@ -220,7 +220,9 @@ impl EventQuery {
         }
         match &self.container {
             None => true,
-            Some(c) => **c == *e.name || **c == *e.container || e.container_id.starts_with(c.as_str()),
+            Some(c) => {
+                **c == *e.name || **c == *e.container || e.container_id.starts_with(c.as_str())
+            }
         }
     }
 }

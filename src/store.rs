@@ -31,6 +31,9 @@ const IDENTITIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("identiti
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
 const KEY_VERSION: &str = "format_version";
+/// redb's page cache (its default is 1 GiB). The store is written, and read only on start,
+/// so a small cache costs nothing and keeps the agent's memory flat.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
 const KEY_TRACKER: &str = "tracker";
 
 #[derive(Debug, thiserror::Error)]
@@ -213,7 +216,10 @@ impl Store {
     fn try_open(path: &Path, max_events: usize) -> Result<(Store, Option<Saved>), Unusable> {
         let r = catch_unwind(AssertUnwindSafe(
             || -> Result<(Store, Option<Saved>), Unusable> {
-                let db = Database::create(path).map_err(|e| classify(path, e))?;
+                let db = Database::builder()
+                    .set_cache_size(CACHE_BYTES)
+                    .create(path)
+                    .map_err(|e| classify(path, e))?;
                 let store = Store {
                     db,
                     path: path.to_path_buf(),

@@ -129,6 +129,7 @@ async fn session<S: Source>(
         inferred_restarts = report.inferred_restarts,
         "reconciled with the runtime"
     );
+    shared.changed.notify_one();
     shared.set_ready();
 
     let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -180,6 +181,7 @@ fn apply_batch(shared: &Shared, batch: &mut Vec<Item>) -> Result<(), SourceError
         }
     }
     batch.clear();
+    shared.changed.notify_one();
     failure.map_or(Ok(()), Err)
 }
 
@@ -197,6 +199,7 @@ async fn replay<S: Source>(
     while let Some(item) = stream.next().await {
         let Some(ev) = item? else { continue };
         let applied = shared.tracker.write().apply(&ev, now_nanos());
+        shared.changed.notify_one();
         overlapped |= applied == Applied::Duplicate;
         replayed += u64::from(applied == Applied::Recorded);
         shared.counters.count(applied);

@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""Resource and latency figures for the README's Performance table.
+
+Runs the release agent (with its durable store on) against
+  - a private dockerd with 10 idle containers: idle RSS and CPU;
+  - the synthetic Docker API (examples/synthetic_docker.rs) with 1 000 and 10 000 pod
+    containers and 100 000 events: peak RSS (scrapes included), ingest time, /metrics time;
+  - a private dockerd during a burst of 300 start/stop/restart actions, next to a
+    `docker events` client: per-event lag of the agent behind that client, and both counts.
+
+Public tools only (dockerd, docker CLI, busybox-static, curl-free: urllib). Needs root for
+dockerd. Every loop is bounded; every process it starts is stopped.
+
+    sudo python3 bench/bench.py            # prints one Markdown table
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AGENT = os.path.join(ROOT, "target/release/lifecycle-agent")
+SYNTH = os.path.join(ROOT, "target/release/examples/synthetic_docker")
+LOOP = "trap 'exit 0' TERM; while true; do sleep 1; done"
+MAPPED = {"create", "start", "restart", "stop", "die", "kill", "pause", "unpause", "destroy", "oom"}
+PROCS = []
+
+
+def spawn(args, **kw):
+    p = subprocess.Popen(args, **kw)
+    PROCS.append(p)
+    return p
+
+
+def stop(p, timeout=30):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def wait_until(what, fn, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(port, path, timeout=30):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read()
+    except Exception:
+        return 0, b""
+
+
+def metric(text, name):
+    for line in text.decode().splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def proc_stat(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+
+
+def hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Dockerd:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="latb-", dir="/tmp")
+        self.sock = os.path.join(self.dir, "d.sock")
+        ns = f"latb{os.getpid()}"
+        self.proc = spawn(
+            ["dockerd", "--data-root", f"{self.dir}/data", "--exec-root", f"{self.dir}/exec",
+             "--pidfile", f"{self.dir}/d.pid", "-H", f"unix://{self.sock}", "--bridge=none",
+             "--iptables=false", "--ip-masq=false", "--containerd-namespace", ns,
+             "--containerd-plugins-namespace", ns + "p"],
+            stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/dockerd.log", "w"))
+        wait_until("dockerd", lambda: self.cli("version", check=False).returncode == 0)
+        rootfs = os.path.join(self.dir, "rootfs/bin")
+        os.makedirs(rootfs)
+        busybox = shutil.which("busybox")
+        shutil.copy(busybox, os.path.join(rootfs, "busybox"))
+        for applet in subprocess.run([busybox, "--list"], capture_output=True, text=True).stdout.split():
+            if applet != "busybox":
+                os.symlink("busybox", os.path.join(rootfs, applet))
+        tar = subprocess.Popen(["tar", "-C", os.path.join(self.dir, "rootfs"), "-c", "."], stdout=subprocess.PIPE)
+        subprocess.run(["docker", "-H", f"unix://{self.sock}", "import", "-", "latb:1"], stdin=tar.stdout,
+                       check=True, capture_output=True)
+        tar.wait()
+
+    def cli(self, *args, check=True):
+        return subprocess.run(["docker", "-H", f"unix://{self.sock}", *args], capture_output=True, text=True,
+                              check=check)
+
+    def run(self, name):
+        self.cli("run", "-d", "--network", "none", "--name", name, "latb:1", "/bin/sh", "-c", LOOP)
+
+    def close(self):
+        names = self.cli("ps", "-aq", check=False).stdout.split()
+        if names:
+            self.cli("rm", "-f", *names, check=False)
+        stop(self.proc)
+        subprocess.run(["sh", "-c", f"grep -o ' {self.dir}/[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l"],
+                       capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_agent(sock, extra=(), log=None):
+    port = free_port()
+    state = tempfile.mkdtemp(prefix="latb-state-")
+    p = spawn([AGENT, "run", "--socket", sock, "--listen", f"127.0.0.1:{port}", "--node-name", "bench",
+               "--state-dir", state, *extra],
+              stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
+    wait_until("agent /readyz", lambda: http(port, "/readyz")[0] == 200)
+    return p, port, state
+
+
+def idle(rows):
+    d = Dockerd()
+    try:
+        for i in range(10):
+            d.run(f"idle-{i}")
+        p, port, state = start_agent(d.sock)
+        wait_until("10 containers", lambda: metric(http(port, "/metrics")[1], "containers_running") == 10)
+        time.sleep(5)  # let start-up settle before measuring
+        t0, c0 = time.monotonic(), proc_stat(p.pid)
+        for _ in range(12):  # 60 s, one scrape every 5 s as Prometheus would
+            http(port, "/metrics")
+            time.sleep(5)
+        cpu = (proc_stat(p.pid) - c0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0) * 100
+        rows.append(("idle, 10 containers (real dockerd)", f"{hwm_kib(p.pid) / 1024:.1f} MiB", f"{cpu:.3f} % of a core",
+                     "60 s, scraped every 5 s"))
+        stop(p)
+        shutil.rmtree(state, ignore_errors=True)
+    finally:
+        d.close()
+
+
+def synthetic(rows, containers, events):
+    sock = tempfile.mktemp(prefix="latb-synth-", suffix=".sock", dir="/tmp")
+    s = spawn([SYNTH, "--socket", sock, "--containers", str(containers), "--events", str(events)],
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until("synthetic socket", lambda: os.path.exists(sock))
+    try:
+        t0 = time.monotonic()
+        p, port, state = start_agent(sock, ["--max-history", str(events)])
+        c0 = proc_stat(p.pid)
+        wait_until("all events", lambda: metric(http(port, "/metrics")[1], "lifecycle_agent_events_processed_total")
+                   == events, timeout=300)
+        ingest = time.monotonic() - t0
+        cpu_s = (proc_stat(p.pid) - c0) / os.sysconf("SC_CLK_TCK")
+        scrape = []
+        for _ in range(5):
+            a = time.monotonic()
+            _, body = http(port, "/metrics")
+            scrape.append(time.monotonic() - a)
+        rows.append((f"{containers} containers + {events} history events (synthetic)",
+                     f"{hwm_kib(p.pid) / 1024:.1f} MiB", f"{cpu_s:.2f} CPU-s to ingest",
+                     f"ready + ingest {ingest:.1f} s; /metrics {min(scrape) * 1000:.1f} ms ({len(body) / 1e6:.1f} MB)"))
+        stop(p)
+        shutil.rmtree(state, ignore_errors=True)
+    finally:
+        stop(s)
+
+
+def burst(rows):
+    d = Dockerd()
+    log_path = tempfile.mktemp(prefix="latb-agent-", suffix=".log")
+    try:
+        names = [f"burst-{i}" for i in range(10)]
+        p, port, state = start_agent(d.sock, ["--log-format", "json", "--log-level", "lifecycle_agent::events=debug,warn"],
+                                     log=open(log_path, "w"))
+        client = spawn(["docker", "-H", f"unix://{d.sock}", "events", "--filter", "type=container", "--format",
+                        "{{json .}}"], stdout=subprocess.PIPE, text=True)
+        seen = {}
+
+        def read():
+            for line in client.stdout:
+                now = time.time_ns()
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                seen[(e["timeNano"], e["Actor"]["ID"], e["Action"])] = now
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        time.sleep(1)  # the client subscribes
+        for n in names:
+            d.run(n)
+        actions = 0
+        for i in range(300 - len(names)):
+            n = names[i % len(names)]
+            step = (i // len(names)) % 3
+            d.cli({0: "restart", 1: "stop", 2: "start"}[step], *(["-t", "5"] if step < 2 else []), n)
+            actions += 1
+        time.sleep(2)  # both sides drain
+        stop(client)
+        agent_at = {}
+        with open(log_path) as f:
+            for line in f:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                if e.get("message") == "event applied" and e.get("applied") == "Recorded":
+                    ts = e["timestamp"]
+                    agent_at[(int(e["time_nanos"]), e["container_id"], e["action"])] = iso_ns(ts)
+        lifecycle = {k: v for k, v in seen.items() if k[2].split(":")[0] in MAPPED}
+        lags = sorted((agent_at[k] - v) / 1e6 for k, v in lifecycle.items() if k in agent_at)
+        missing = len([k for k in lifecycle if k not in agent_at])
+        p50 = lags[len(lags) // 2] if lags else float("nan")
+        p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else float("nan")
+        rows.append((f"burst: {actions + len(names)} actions on a real dockerd", "-",
+                     f"lag p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+                     f"events: docker events {len(lifecycle)}, agent {len(agent_at)}, missed {missing}"))
+        stop(p)
+        shutil.rmtree(state, ignore_errors=True)
+    finally:
+        d.close()
+        if os.path.exists(log_path):
+            os.remove(log_path)
+
+
+def iso_ns(ts):
+    # 2026-11-26T05:02:41.687193Z (tracing-subscriber's JSON timestamp, microseconds or better)
+    import datetime
+    main, frac = ts.rstrip("Z").split(".")
+    secs = datetime.datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc).timestamp()
+    return int(secs) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
+
+
+def main():
+    for tool in ("dockerd", "docker", "busybox"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing (sudo ./scripts/test installs it)")
+    subprocess.run(["cargo", "build", "--release", "--bin", "lifecycle-agent", "--example", "synthetic_docker"],
+                   cwd=ROOT, check=True)
+    rows = []
+    try:
+        idle(rows)
+        synthetic(rows, 1_000, 100_000)
+        synthetic(rows, 10_000, 100_000)
+        burst(rows)
+    finally:
+        for p in PROCS:
+            if p.poll() is None:
+                p.kill()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    print(f"\nMachine: {os.cpu_count()} cores ({cpu}), {os.uname().release}\n")
+    print("| scenario | peak RSS | CPU / lag | notes |")
+    print("| --- | --- | --- | --- |")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()
