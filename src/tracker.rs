@@ -202,6 +202,10 @@ pub struct Tracker {
     /// Keys of the events at exactly `cursor`: a replay from the cursor (inclusive) repeats
     /// them, and after an agent restart only these can be duplicates.
     cursor_keys: Vec<u64>,
+    /// The cursor a previous run saved: everything older was processed by it. Only the keys
+    /// at the cursor itself survive a restart, so this is how older events that a stream
+    /// delivers again (the live stream starts a little before the replay ends) are known.
+    floor: Option<i64>,
     history: History,
     events_processed: u64,
     journal: Option<Journal>,
@@ -274,6 +278,7 @@ impl Tracker {
             recent: RecentKeys::default(),
             cursor: None,
             cursor_keys: Vec::new(),
+            floor: None,
             history: History::new(limits),
             events_processed: 0,
             journal: None,
@@ -345,6 +350,7 @@ impl Tracker {
         self.node_restarts = saved.meta.node_restarts;
         self.restart_times = saved.meta.restart_times.into_iter().collect();
         self.cursor = saved.meta.cursor;
+        self.floor = saved.meta.cursor;
         for k in &saved.meta.cursor_keys {
             self.recent.insert(*k);
         }
@@ -386,6 +392,9 @@ impl Tracker {
     pub fn apply(&mut self, ev: &RuntimeEvent, now: i64) -> Applied {
         if ev.labels.sandbox {
             return Applied::Ignored;
+        }
+        if self.floor.is_some_and(|f| ev.time_nanos < f) {
+            return Applied::Duplicate;
         }
         let key = key_hash(ev);
         if !self.recent.insert(key) {

@@ -84,9 +84,16 @@ fn state_and_history_survive_a_reopen() {
     );
     assert_eq!(t2.history().iter().cloned().collect::<Vec<_>>(), before.1);
     assert_eq!(t2.meta(), before.2);
-    // The cursor's own event comes back in an inclusive replay: a duplicate, not a recount.
+    // The cursor's own event comes back in an inclusive replay: a duplicate, not a recount;
+    // so does any older event a stream delivers again.
     let last = ev(100 * S + S + 1, "b", EventKind::Started);
     assert_eq!(t2.apply(&last, 300 * S), crate::tracker::Applied::Duplicate);
+    for old in [
+        ev(S, "a", EventKind::Created),
+        ev(2 * S, "a", EventKind::Died),
+    ] {
+        assert_eq!(t2.apply(&old, 300 * S), crate::tracker::Applied::Duplicate);
+    }
     // New events continue the sequence and the counters.
     t2.apply(&ev(150 * S, "a", EventKind::Died), 150 * S);
     t2.apply(&ev(151 * S, "a", EventKind::Started), 151 * S);
