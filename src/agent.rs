@@ -12,6 +12,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::config::Config;
 use crate::event::RuntimeKind;
 use crate::history::HistoryLimits;
+use crate::kube::{self, KubeState};
 use crate::runtime::discovery::{self, Candidate};
 use crate::runtime::{watch, AnySource, RuntimeInfo};
 use crate::store::Store;
@@ -83,6 +84,8 @@ pub struct Shared {
     pub admin_token: Option<String>,
     /// Signalled after the tracker changed, so the store's flusher sleeps while nothing does.
     pub changed: tokio::sync::Notify,
+    /// Pods of the node and the health of their watch; empty and idle without Kubernetes.
+    pub kube: KubeState,
 }
 
 impl Shared {
@@ -104,6 +107,7 @@ impl Shared {
             counters: Counters::default(),
             admin_token: config.admin_token.clone(),
             changed: tokio::sync::Notify::new(),
+            kube: KubeState::new(&config.pod_metadata),
         }
     }
 
@@ -137,6 +141,10 @@ pub async fn run(config: Config) -> Result<()> {
             None
         }
     };
+
+    // Before listening: `--kube on` without any cluster configuration is a configuration
+    // error, reported like the others.
+    let kube_conn = connect_kube(&config, &shared).await?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -185,6 +193,16 @@ pub async fn run(config: Config) -> Result<()> {
         )
     };
 
+    let pod_watch = kube_conn.map(|conn| {
+        let shared = shared.clone();
+        let stop = shutdown.clone();
+        let node = config.node_name.clone();
+        let allow = config.pod_metadata.clone();
+        tokio::spawn(
+            kube::watch::run(conn, node, allow, shared, stop).instrument(info_span!("kube")),
+        )
+    });
+
     let housekeeping = {
         let shared = shared.clone();
         let stop = shutdown.clone();
@@ -218,6 +236,9 @@ pub async fn run(config: Config) -> Result<()> {
     tokio::select! {
         _ = async {
             let _ = watcher.await;
+            if let Some(w) = pod_watch {
+                let _ = w.await;
+            }
             let _ = housekeeping.await;
             let _ = server.await;
             if let (Some(store), Some(flusher)) = (&store, flusher) {
@@ -232,6 +253,40 @@ pub async fn run(config: Config) -> Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Decides whether the Kubernetes side runs (`--kube`) and connects it. In `auto` mode a
+/// kubeconfig that cannot be used is logged and the agent runs without Kubernetes; with
+/// `--kube on` it is an error.
+async fn connect_kube(config: &Config, shared: &Shared) -> Result<Option<kube::Connection>> {
+    let Some(why) = kube::enabled_because(
+        config.kube,
+        |k| std::env::var(k).ok(),
+        kube::home_kubeconfig_exists,
+    ) else {
+        if !config.pod_metadata.is_none() {
+            warn!("pod annotation/label allowlists are set but Kubernetes is off (--kube); series carry no pod metadata");
+        }
+        return Ok(None);
+    };
+    if config.node_name_defaulted {
+        warn!(node = %config.node_name, "NODE_NAME is not set: watching the pods of the node named like this host; in a pod set NODE_NAME from the downward API (spec.nodeName), or no pod will match");
+    }
+    match kube::connect().await {
+        Ok(conn) => {
+            info!(because = why, server = %conn.server, "Kubernetes pod metadata on");
+            shared.kube.set_enabled();
+            Ok(Some(conn))
+        }
+        Err(e) if config.kube == kube::KubeMode::On => Err(e.into()),
+        Err(e) => {
+            error!(because = why, error = %e, "Kubernetes configuration found but unusable; running without pod metadata");
+            // Visible as lifecycle_agent_kube_up 0 with an `other` error, not only in the log.
+            shared.kube.set_enabled();
+            shared.kube.count_error(kube::WatchErrorReason::Other);
+            Ok(None)
+        }
+    }
 }
 
 fn open_store(dir: &std::path::Path, config: &Config, shared: &Shared) -> Result<Store> {

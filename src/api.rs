@@ -8,12 +8,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::agent::Shared;
-use crate::history::{EventQuery, RawEventQuery};
+use crate::history::{EventQuery, HistoryEvent, RawEventQuery};
+use crate::kube::pods::{ApiFields, PodIndex};
 use crate::time::{now_nanos, parse_time_or_ago};
+use crate::tracker::IdentityView;
 use crate::{metrics, stats};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -85,13 +87,47 @@ async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
+/// An identity with its pod's allowlisted metadata (`pod_annotations`, `pod_labels`) when
+/// the pod is known, joined as the metrics join it.
+#[derive(Serialize)]
+struct ContainerJson<'a> {
+    #[serde(flatten)]
+    view: &'a IdentityView,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pod_metadata: Option<ApiFields<'a>>,
+}
+
+impl<'a> ContainerJson<'a> {
+    fn new(view: &'a IdentityView, pods: &'a PodIndex) -> ContainerJson<'a> {
+        let pod_metadata = (!view.pod_uid.is_empty())
+            .then(|| pods.for_identity(&view.pod_uid, &view.namespace, &view.pod))
+            .flatten()
+            .map(|p| p.api_fields());
+        ContainerJson { view, pod_metadata }
+    }
+}
+
+/// An event with the metadata of the pod now known under its namespace and name (events
+/// carry no pod uid); events of pods no longer on the node have none.
+#[derive(Serialize)]
+struct EventJson<'a> {
+    #[serde(flatten)]
+    event: &'a HistoryEvent,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pod_metadata: Option<ApiFields<'a>>,
+}
+
 async fn containers(State(s): State<AppState>) -> Response {
-    let t = s.shared.tracker.read();
-    let mut list = t.identities(now_nanos());
+    let (node, runtime, mut list) = {
+        let t = s.shared.tracker.read();
+        (t.node().to_string(), t.runtime(), t.identities(now_nanos()))
+    };
     list.sort_by(|a, b| {
         (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container))
     });
-    Json(json!({ "node": t.node(), "runtime": t.runtime(), "containers": list })).into_response()
+    let pods = s.shared.kube.pods();
+    let list: Vec<ContainerJson> = list.iter().map(|v| ContainerJson::new(v, &pods)).collect();
+    Json(json!({ "node": node, "runtime": runtime, "containers": list })).into_response()
 }
 
 async fn container(State(s): State<AppState>, Path(key): Path<String>) -> Response {
@@ -101,7 +137,7 @@ async fn container(State(s): State<AppState>, Path(key): Path<String>) -> Respon
             StatusCode::NOT_FOUND,
             format!("no tracked container matches {key:?}"),
         ),
-        1 => Json(&found[0]).into_response(),
+        1 => Json(ContainerJson::new(&found[0], &s.shared.kube.pods())).into_response(),
         n => error(
             StatusCode::CONFLICT,
             format!("{key:?} matches {n} containers; give a longer id prefix"),
@@ -124,7 +160,19 @@ async fn events(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response 
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let result = s.shared.tracker.read().history().query(&q);
-    Json(result).into_response()
+    let pods = s.shared.kube.pods();
+    let events: Vec<EventJson> = result
+        .events
+        .iter()
+        .map(|event| EventJson {
+            event,
+            pod_metadata: (!event.pod.is_empty())
+                .then(|| pods.by_name(&event.namespace, &event.pod))
+                .flatten()
+                .map(|p| p.api_fields()),
+        })
+        .collect();
+    Json(json!({ "events": events, "truncated": result.truncated })).into_response()
 }
 
 #[derive(Deserialize)]

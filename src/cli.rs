@@ -29,7 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Watch one runtime and serve metrics and the API.
     Run(RunArgs),
-    /// Show which runtimes are reachable, with versions; exit 0 if the selected one is.
+    /// Show which runtimes (and the Kubernetes API) are reachable, with versions; exit 0 if
+    /// the selected runtime is.
     Check(RunArgs),
     /// Restart and uptime statistics of a running agent.
     Stats(StatsArgs),
@@ -100,6 +101,17 @@ pub async fn check(config: &Config) -> (String, bool) {
                 );
             }
         }
+    }
+    // The Kubernetes API is reported, not required: the agent runs without it.
+    if crate::kube::enabled_because(
+        config.kube,
+        |k| std::env::var(k).ok(),
+        crate::kube::home_kubeconfig_exists,
+    )
+    .is_some()
+    {
+        let (line, _) = crate::kube::probe(&config.node_name).await;
+        let _ = writeln!(out, "{line}");
     }
     match probes
         .iter()

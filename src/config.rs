@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
+use crate::kube::pods::{Allowlist, Allowlists};
+use crate::kube::KubeMode;
 use crate::runtime::discovery::RuntimeChoice;
 use crate::runtime::ContainerFilter;
 use crate::time::parse_duration;
@@ -50,6 +52,19 @@ pub struct RunArgs {
     /// YAML configuration file; its keys are the flags' names in snake_case.
     #[arg(long, env = "LIFECYCLE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Kubernetes pod metadata: auto (on in a cluster or with a kubeconfig), on or off.
+    #[arg(long, env = "LIFECYCLE_KUBE", value_enum)]
+    pub kube: Option<KubeMode>,
+    /// Pod annotations copied to metric labels as annotation_<key> ('*' = all).
+    #[arg(
+        long,
+        env = "LIFECYCLE_POD_ANNOTATIONS_ALLOWLIST",
+        value_delimiter = ','
+    )]
+    pub pod_annotations_allowlist: Option<Vec<String>>,
+    /// Pod labels copied to metric labels as label_<key> ('*' = all).
+    #[arg(long, env = "LIFECYCLE_POD_LABELS_ALLOWLIST", value_delimiter = ',')]
+    pub pod_labels_allowlist: Option<Vec<String>>,
     /// Track only containers with these labels (KEY or KEY=VALUE, all must match).
     #[arg(long, env = "LIFECYCLE_CONTAINER_FILTER", value_delimiter = ',')]
     pub container_filter: Option<Vec<String>>,
@@ -80,6 +95,9 @@ pub struct FileConfig {
     node_name: Option<String>,
     state_dir: Option<PathBuf>,
     ephemeral: Option<bool>,
+    kube: Option<KubeMode>,
+    pod_annotations_allowlist: Option<Vec<String>>,
+    pod_labels_allowlist: Option<Vec<String>>,
     container_filter: Option<Vec<String>>,
     max_history: Option<usize>,
     history_retention: Option<String>,
@@ -95,9 +113,15 @@ pub struct Config {
     pub socket: Option<String>,
     pub listen: SocketAddr,
     pub node_name: String,
+    /// The node name came from the host name, not from `--node-name`/`NODE_NAME`: in a pod
+    /// that is the pod's name, which would select no pods of the node.
+    pub node_name_defaulted: bool,
     /// `None` when ephemeral: nothing is written.
     pub state_dir: Option<PathBuf>,
     pub container_filter: ContainerFilter,
+    pub kube: KubeMode,
+    /// Which pod annotations and labels become metric labels (default none).
+    pub pod_metadata: Allowlists,
     pub max_history: usize,
     /// Nanoseconds.
     pub history_retention: Option<i64>,
@@ -237,6 +261,25 @@ impl Config {
         let container_filter = ContainerFilter::parse(&filter_items)
             .map_err(|m| err(filter_flag, "container_filter", m))?;
 
+        let allowlist = |flag: Option<Vec<String>>,
+                         file: Option<Vec<String>>,
+                         key: &'static str| {
+            let from_flag = flag.is_some();
+            Allowlist::parse(&flag.or(file).unwrap_or_default()).map_err(|m| err(from_flag, key, m))
+        };
+        let pod_metadata = Allowlists {
+            annotations: allowlist(
+                args.pod_annotations_allowlist,
+                file.pod_annotations_allowlist,
+                "pod_annotations_allowlist",
+            )?,
+            labels: allowlist(
+                args.pod_labels_allowlist,
+                file.pod_labels_allowlist,
+                "pod_labels_allowlist",
+            )?,
+        };
+
         let token_flag = args.admin_token_file.is_some();
         let admin_token = args
             .admin_token_file
@@ -245,6 +288,7 @@ impl Config {
             .transpose()?;
 
         let node_flag = args.node_name.is_some();
+        let node_name_defaulted = args.node_name.is_none() && file.node_name.is_none();
         let node_name = args
             .node_name
             .or(file.node_name)
@@ -274,7 +318,10 @@ impl Config {
             socket: args.socket.or(file.socket).filter(|s| !s.trim().is_empty()),
             listen,
             node_name,
+            node_name_defaulted,
             container_filter,
+            kube: args.kube.or(file.kube).unwrap_or_default(),
+            pod_metadata,
             max_history,
             history_retention,
             admin_token,
@@ -386,6 +433,47 @@ mod test {
         .unwrap_err()
         .to_string();
         assert!(e.contains("/nonexistent/agent.yaml"), "{e}");
+    }
+
+    #[test]
+    fn kube_mode_and_allowlists_from_file_and_flags() {
+        let c = Config::resolve(RunArgs::default()).unwrap();
+        assert_eq!(c.kube, KubeMode::Auto);
+        assert!(c.pod_metadata.is_none());
+        let f = file("kube: on\npod_annotations_allowlist: [team, example.com/owner]\npod_labels_allowlist: ['*']\n");
+        let c = Config::resolve(with_file(&f)).unwrap();
+        assert_eq!(c.kube, KubeMode::On);
+        assert!(c.pod_metadata.annotations.allows("example.com/owner"));
+        assert!(!c.pod_metadata.annotations.allows("secret"));
+        assert_eq!(c.pod_metadata.labels, Allowlist::All);
+        let c = Config::resolve(RunArgs {
+            kube: Some(KubeMode::Off),
+            pod_annotations_allowlist: Some(vec!["team".into()]),
+            ..with_file(&f)
+        })
+        .unwrap();
+        assert_eq!(c.kube, KubeMode::Off);
+        assert!(!c.pod_metadata.annotations.allows("example.com/owner"));
+    }
+
+    #[test]
+    fn bad_kube_values_name_the_key() {
+        let f = file("kube: maybe\n");
+        let e = Config::resolve(with_file(&f)).unwrap_err().to_string();
+        assert!(e.contains("`kube`"), "{e}");
+        let f = file("pod_annotations_allowlist: [team=shop]\n");
+        let e = Config::resolve(with_file(&f)).unwrap_err().to_string();
+        assert!(
+            e.contains("pod_annotations_allowlist") && e.contains("team=shop"),
+            "{e}"
+        );
+        let e = Config::resolve(RunArgs {
+            pod_labels_allowlist: Some(vec!["*".into(), "app".into()]),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("pod_labels_allowlist"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Data flow, one module each: `runtime` (Docker/Podman streams, reconnect and replay)
 //! -> `event` (the normalized event) -> `tracker` (restart and uptime rules) -> `history`
-//! (the searchable event log) -> `metrics` / `api` / `stats`.
+//! (the searchable event log) -> `metrics` / `api` / `stats`. Beside them, `kube` follows the
+//! pods of the node so metrics and the API can carry their allowlisted annotations and labels.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -13,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod event;
 pub mod history;
+pub mod kube;
 pub mod metrics;
 pub mod runtime;
 pub mod stats;
@@ -28,6 +30,9 @@ pub enum Error {
     Listen(std::net::SocketAddr, std::io::Error),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// A configuration problem (exit status 2, like the other configuration errors).
+    #[error("`kube`: {0}")]
+    Kube(#[from] kube::KubeError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

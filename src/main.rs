@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 use lifecycle_agent::cli::{self, Cli, Command};
 use lifecycle_agent::config::{Config, RunArgs};
@@ -43,12 +42,14 @@ async fn dispatch(command: Command) -> ExitCode {
                 eprintln!("lifecycle-agent: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            match agent::run(config)
-                .await
-                .context("the agent stopped with an error")
-            {
+            match agent::run(config).await {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e @ lifecycle_agent::Error::Kube(_)) => {
+                    eprintln!("lifecycle-agent: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
                 Err(e) => {
+                    let e = anyhow::Error::new(e).context("the agent stopped with an error");
                     eprintln!("lifecycle-agent: {e:#}");
                     ExitCode::FAILURE
                 }

@@ -1,6 +1,11 @@
 //! The scrape-time collector (SPEC section 6). It reads one snapshot of the tracker per
 //! scrape and encodes it; nothing here does I/O or waits, and a removed identity simply is
 //! not in the next snapshot, so its series disappear.
+//!
+//! Pod metadata is joined here, at scrape time, from the pod index's current snapshot: a pod
+//! that arrives after its containers labels their series from the next scrape on, and a
+//! deleted pod's labels leave with it. The labels are borrowed from the snapshot; the only
+//! per-scrape allocations are the label vectors the encoder needs anyway.
 
 use std::sync::Arc;
 
@@ -13,6 +18,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::agent::Shared;
 use crate::event::EventKind;
+use crate::kube::pods::PodIndex;
+use crate::kube::WatchErrorReason;
 use crate::time::{now_nanos, NANOS_PER_SEC};
 use crate::tracker::{IdentityView, NodeCounts};
 
@@ -59,14 +66,29 @@ pub fn registry(shared: Arc<Shared>) -> Registry {
 
 type Labels<'a> = Vec<(&'a str, &'a str)>;
 
-fn base_labels<'a>(node: &'a str, runtime: &'a str, v: &'a IdentityView) -> Labels<'a> {
-    vec![
+/// The labels of every series of an identity: `node`, `runtime`, `namespace`, `pod`,
+/// `container`, then the allowlisted `annotation_*` / `label_*` of its pod when known.
+fn base_labels<'a>(
+    node: &'a str,
+    runtime: &'a str,
+    v: &'a IdentityView,
+    pods: Option<&'a PodIndex>,
+) -> Labels<'a> {
+    let meta = pods
+        .filter(|_| !v.pod_uid.is_empty())
+        .and_then(|p| p.for_identity(&v.pod_uid, &v.namespace, &v.pod));
+    let mut l = Vec::with_capacity(5 + meta.map_or(0, |m| m.metric_label_count()));
+    l.extend_from_slice(&[
         ("node", cut_label_value(node)),
         ("runtime", runtime),
         ("namespace", cut_label_value(&v.namespace)),
         ("pod", cut_label_value(&v.pod)),
         ("container", cut_label_value(&v.container)),
-    ]
+    ]);
+    if let Some(m) = meta {
+        l.extend(m.metric_labels());
+    }
+    l
 }
 
 fn with<'a>(base: &Labels<'a>, extra: &[(&'a str, &'a str)]) -> Labels<'a> {
@@ -116,9 +138,11 @@ impl Collector for LifecycleCollector {
                 t.history().len(),
             )
         };
+        // `None` without an allowlist: then there is nothing to join.
+        let pods = self.shared.kube.pods_for_metrics();
         let base: Vec<Labels> = views
             .iter()
-            .map(|v| base_labels(&node, runtime, v))
+            .map(|v| base_labels(&node, runtime, v, pods.as_deref()))
             .collect();
         encode_identities(&mut enc, &views, &base)?;
         let node_labels: Labels = vec![("node", cut_label_value(&node)), ("runtime", runtime)];
@@ -383,6 +407,42 @@ impl LifecycleCollector {
             None,
             MetricType::Gauge,
             vec![gauge(l.clone(), history_len as f64)],
+        )?;
+        self.encode_kube(enc, l)
+    }
+
+    /// `lifecycle_agent_kube_*`, only when the Kubernetes side runs.
+    fn encode_kube(&self, enc: &mut DescriptorEncoder, l: &Labels) -> Result<(), std::fmt::Error> {
+        let k = &self.shared.kube;
+        if !k.enabled() {
+            return Ok(());
+        }
+        family(
+            enc,
+            "lifecycle_agent_kube_up",
+            "1 while the pods of the node are listed and their watch is established, else 0.",
+            None,
+            MetricType::Gauge,
+            vec![gauge(l.clone(), if k.up() { 1.0 } else { 0.0 })],
+        )?;
+        family(
+            enc,
+            "lifecycle_agent_kube_pods",
+            "Pods of the node known from the Kubernetes API.",
+            None,
+            MetricType::Gauge,
+            vec![gauge(l.clone(), k.pods().len() as f64)],
+        )?;
+        family(
+            enc,
+            "lifecycle_agent_kube_watch_errors",
+            "Failed list/watch requests for the node's pods, by reason (forbidden, unauthorized, unreachable, gone, other).",
+            None,
+            MetricType::Counter,
+            WatchErrorReason::ALL
+                .iter()
+                .map(|r| counter(with(l, &[("reason", r.as_str())]), k.errors(*r)))
+                .collect(),
         )
     }
 }
@@ -398,6 +458,60 @@ mod test {
         assert!(cut.len() <= MAX_LABEL_VALUE_BYTES);
         assert_eq!(cut.len(), 1024);
         assert_eq!(cut_label_value("short"), "short");
+    }
+
+    #[test]
+    fn pod_metadata_joins_identities_by_uid() {
+        use crate::kube::pods::{Allowlist, Allowlists, PodMeta};
+        let allow = Allowlists {
+            annotations: Allowlist::All,
+            labels: Allowlist::None,
+        };
+        let ann = [("team".to_string(), "shop".to_string())]
+            .into_iter()
+            .collect();
+        let idx: PodIndex = [PodMeta::from_metadata(
+            Some("shop"),
+            Some("web-1"),
+            Some("u1"),
+            Some(&ann),
+            None,
+            &allow,
+        )
+        .unwrap()]
+        .into_iter()
+        .collect();
+        let view = |uid: &str| IdentityView {
+            namespace: "shop".into(),
+            pod: "web-1".into(),
+            pod_uid: uid.into(),
+            container: "web".into(),
+            container_id: String::new(),
+            container_ids: Vec::new(),
+            name: String::new(),
+            image: String::new(),
+            image_id: String::new(),
+            state: "running",
+            running: true,
+            paused: false,
+            uptime_seconds: 0.0,
+            time_since_start_seconds: None,
+            last_start_time: None,
+            last_start_nanos: None,
+            restarts: 0,
+            oom_kills: 0,
+            last_exit_code: None,
+            last_terminated_reason: None,
+            health: None,
+            events: [0; EventKind::ALL.len()],
+        };
+        let known = view("u1");
+        let l = base_labels("n", "docker", &known, Some(&idx));
+        assert_eq!(l.last(), Some(&("annotation_team", "shop")));
+        assert_eq!(l.len(), 6);
+        let other = view("u2");
+        assert_eq!(base_labels("n", "docker", &other, Some(&idx)).len(), 5);
+        assert_eq!(base_labels("n", "docker", &known, None).len(), 5);
     }
 
     #[test]

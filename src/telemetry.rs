@@ -14,10 +14,17 @@ pub struct BadLogLevel {
 }
 
 pub fn init(format: LogFormat, level: &str) -> Result<(), BadLogLevel> {
-    let filter = EnvFilter::try_new(level).map_err(|e| BadLogLevel {
+    let mut filter = EnvFilter::try_new(level).map_err(|e| BadLogLevel {
         level: level.to_string(),
         reason: e.to_string(),
     })?;
+    // kube's watcher warns on every retry of a forbidden list or watch; the agent reports a
+    // 403 once itself (kube::watch), so kube's own warnings stay off unless asked for.
+    if !level.contains("kube") {
+        if let Ok(d) = "kube_runtime=error".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -4,7 +4,9 @@
 //! and containerd namespace, and a watchdog that stops it when the test process goes away.
 #![allow(dead_code)]
 
+pub mod fake_kube;
 pub mod podman;
+pub mod prom;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -369,6 +371,27 @@ impl Agent {
 
     /// Starts an agent without waiting for it; `state: None` runs it `--ephemeral`.
     pub fn spawn_on(kind: &str, socket: &Path, state: Option<&Path>, extra: &[&str]) -> Agent {
+        Agent::spawn_env(kind, socket, state, extra, &[])
+    }
+
+    /// The agent on a dockerd with extra environment variables (a test's `KUBECONFIG`),
+    /// ephemeral, and waits until ready.
+    pub fn start_env(socket: &Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        let agent = Agent::spawn_env("docker", socket, None, extra, env);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts an agent without waiting for it. Kubernetes is off unless a test turns it on
+    /// (`--kube on` wins over the environment): the machine's own kubeconfig or cluster
+    /// must never leak into a test.
+    pub fn spawn_env(
+        kind: &str,
+        socket: &Path,
+        state: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
         let logf = std::fs::File::create(&log).expect("agent log");
@@ -392,6 +415,10 @@ impl Agent {
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(agent_bin())
             .args(&args)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBECONFIG")
+            .env("LIFECYCLE_KUBE", "off")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("log"))
             .stderr(logf)
