@@ -1,6 +1,7 @@
-//! `/metrics` encoding at 100, 1 000 and 10 000 tracked containers, and history queries over
-//! 100 000 stored events.
+//! `/metrics` encoding at 100, 1 000 and 10 000 tracked pod containers with two allowlisted
+//! pod annotations each, and history queries over 100 000 stored events.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -8,19 +9,51 @@ use lifecycle_agent::agent::Shared;
 use lifecycle_agent::config::{Config, RunArgs};
 use lifecycle_agent::event::{ContainerLabels, EventKind, PodRef, RuntimeEvent};
 use lifecycle_agent::history::{parse_types, EventQuery};
+use lifecycle_agent::kube::pods::{PodIndex, PodMeta};
 use lifecycle_agent::metrics;
 
 const T0: i64 = 1_700_000_000_000_000_000;
 
-fn shared(max_history: usize) -> Arc<Shared> {
+fn shared(max_history: usize) -> (Arc<Shared>, Config) {
     let config = Config::resolve(RunArgs {
         ephemeral: Some(true),
         max_history: Some(max_history),
         node_name: Some("node-1".into()),
+        pod_annotations_allowlist: Some(vec!["team".into(), "example.com/owner".into()]),
         ..Default::default()
     })
     .expect("config");
-    Arc::new(Shared::new(&config))
+    (Arc::new(Shared::new(&config)), config)
+}
+
+/// The pods of `n` containers, each with the two allowlisted annotations and one that is not.
+fn pods(s: &Shared, config: &Config, n: usize) {
+    let mut idx = PodIndex::default();
+    for i in 0..n {
+        let annotations: BTreeMap<String, String> = [
+            ("team".to_string(), format!("team-{}", i % 50)),
+            (
+                "example.com/owner".to_string(),
+                format!("owner-{}@example.com", i % 200),
+            ),
+            (
+                "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                "{}".repeat(100),
+            ),
+        ]
+        .into();
+        if let Some(p) = PodMeta::from_metadata(
+            Some(&format!("team-{}", i % 50)),
+            Some(&format!("shop-{i}-7d9f8b6c5d-x2x4z")),
+            Some(&format!("uid-{i}")),
+            Some(&annotations),
+            None,
+            &config.pod_metadata,
+        ) {
+            idx.upsert(p);
+        }
+    }
+    s.kube.replace_pods(idx);
 }
 
 fn pod_event(i: usize, t: i64, kind: EventKind) -> RuntimeEvent {
@@ -48,7 +81,8 @@ fn pod_event(i: usize, t: i64, kind: EventKind) -> RuntimeEvent {
 
 /// `n` running pod containers, each restarted once (so every family has a series).
 fn populated(n: usize, history: usize) -> Arc<Shared> {
-    let s = shared(history.max(1));
+    let (s, config) = shared(history.max(1));
+    pods(&s, &config, n);
     {
         let mut t = s.tracker.write();
         let mut at = T0;
@@ -85,6 +119,13 @@ fn encode(c: &mut Criterion) {
     for n in [100usize, 1_000, 10_000] {
         let s = populated(n, 0);
         let registry = metrics::registry(s.clone());
+        let mut probe = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut probe, &registry)
+            .expect("encode");
+        assert!(
+            probe.contains("annotation_example_com_owner=\"owner-"),
+            "the join is benchmarked"
+        );
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 let mut out = String::with_capacity(1 << 20);

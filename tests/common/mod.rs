@@ -322,6 +322,12 @@ impl Drop for Ctr<'_> {
 /// A shell loop that exits promptly on SIGTERM (busybox `sleep` as PID 1 would ignore it).
 pub const LOOP: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
 
+enum Listening {
+    Yes,
+    PortTaken,
+    Exited,
+}
+
 /// The agent as a child process, stopped with SIGTERM when dropped.
 pub struct Agent {
     child: Child,
@@ -392,6 +398,28 @@ impl Agent {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Agent {
+        // A free port can be taken by another test between our probe and the agent's bind:
+        // then the agent exits with EADDRINUSE and is started again on another port.
+        for _ in 0..5 {
+            let agent = Agent::spawn_once(kind, socket, state, extra, env);
+            match agent.wait_listening() {
+                Listening::Yes => return agent,
+                Listening::PortTaken => continue,
+                Listening::Exited => {
+                    panic!("the agent exited at start (log: {})", agent.log.display())
+                }
+            }
+        }
+        panic!("no free port for the agent after 5 tries");
+    }
+
+    fn spawn_once(
+        kind: &str,
+        socket: &Path,
+        state: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
         let logf = std::fs::File::create(&log).expect("agent log");
@@ -430,6 +458,28 @@ impl Agent {
             log,
             owned_state: None,
         }
+    }
+
+    /// Waits until the agent has bound its port (it logs that), or has exited.
+    fn wait_listening(&self) -> Listening {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let log = self.log_text();
+            if log.contains("serving metrics and API") {
+                return Listening::Yes;
+            }
+            if log.contains("Address already in use") {
+                return Listening::PortTaken;
+            }
+            if log.contains("lifecycle-agent:") && !log.contains("serving") {
+                return Listening::Exited;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "the agent did not start listening within 30 s (log: {})",
+            self.log.display()
+        );
     }
 
     /// SIGKILL, as an OOM kill or a node crash would.
