@@ -603,3 +603,15 @@ def test_chart_image_and_crate_versions_agree():
     dockerfile = (chartlib.REPO / "Dockerfile").read_text()
     assert re.search(rf"^ARG VERSION={re.escape(crate)}$", dockerfile, re.M), \
         "the Dockerfile's default VERSION must follow Cargo.toml"
+
+
+def test_readme_documents_every_value():
+    """The README's values table names every top-level key and every agent setting."""
+    readme = (chartlib.REPO / "README.md").read_text()
+    table = readme.split("### Values", 1)[1].split("\n## ", 1)[0]
+    defaults = values_file(CHART / "values.yaml")
+    missing = [k for k in defaults if k != "global" and f"`{k}" not in table]
+    missing += [f"config.{k}" for k in defaults["config"] if f"`config.{k}" not in table]
+    missing += [f"prometheusRule.rules.{k}" for k in defaults["prometheusRule"]["rules"]
+                if f"`{k}`" not in table]
+    assert not missing, f"README's values table lacks {missing}"
