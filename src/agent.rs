@@ -13,14 +13,17 @@ use crate::config::Config;
 use crate::event::RuntimeKind;
 use crate::history::HistoryLimits;
 use crate::runtime::discovery::{self, Candidate};
-use crate::runtime::docker::DockerSource;
-use crate::runtime::{watch, RuntimeInfo};
+use crate::runtime::{watch, AnySource, RuntimeInfo};
+use crate::store::Store;
 use crate::time::now_nanos;
-use crate::tracker::{Applied, Tracker};
+use crate::tracker::{Applied, Delta, Tracker};
 use crate::{api, Error, Result};
 
 /// How often the history's retention window is applied.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
+/// How often changes are group-committed to the store: what a crash can lose at most, and
+/// what the replay from the cursor then recovers.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A monotonically increasing self-metric.
 #[derive(Debug, Default)]
@@ -48,6 +51,9 @@ pub struct Counters {
     pub stream_reconnects: Counter,
     pub events_possibly_missed: Counter,
     pub inferred_restarts: Counter,
+    pub store_writes: Counter,
+    pub store_errors: Counter,
+    pub store_recoveries: Counter,
 }
 
 impl Counters {
@@ -121,6 +127,13 @@ impl Shared {
 pub async fn run(config: Config) -> Result<()> {
     let shared = Arc::new(Shared::new(&config));
     let shutdown = CancellationToken::new();
+    let store = match &config.state_dir {
+        Some(dir) => Some(Arc::new(open_store(dir, &config, &shared)?)),
+        None => {
+            info!("ephemeral: state is kept in memory only");
+            None
+        }
+    };
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -153,12 +166,16 @@ pub async fn run(config: Config) -> Result<()> {
             std::env::var(k).ok()
         });
         let filter = config.container_filter.clone();
+        let choice = config.runtime;
         tokio::spawn(
             async move {
-                let Some(candidate) = discover(&cands, &shared, &stop).await else {
+                let Some((candidate, info)) = discover(&cands, &shared, &stop).await else {
                     return;
                 };
-                let source = DockerSource::new(&candidate.endpoint, filter);
+                if !discovery::matches_choice(choice, info.runtime) {
+                    warn!(endpoint = %candidate.endpoint, runtime = %info.runtime, asked = ?choice, "the socket belongs to another runtime than asked for; following what answers there");
+                }
+                let source = AnySource::for_runtime(info.runtime, &candidate.endpoint, filter);
                 watch::run(source, shared, stop).await;
             }
             .instrument(info_span!("runtime")),
@@ -184,6 +201,12 @@ pub async fn run(config: Config) -> Result<()> {
         })
     };
 
+    let flusher = store.clone().map(|store| {
+        let shared = shared.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(flush_loop(store, shared, stop).instrument(info_span!("store")))
+    });
+
     wait_for_signal().await;
     info!("shutting down");
     shutdown.cancel();
@@ -193,6 +216,13 @@ pub async fn run(config: Config) -> Result<()> {
             let _ = watcher.await;
             let _ = housekeeping.await;
             let _ = server.await;
+            if let (Some(store), Some(flusher)) = (&store, flusher) {
+                let mut pending = flusher.await.unwrap_or_default();
+                flush_once(store, &shared, &mut pending).await;
+                if pending.is_some() {
+                    error!("the last changes could not be saved; the next start replays them from the runtime where it still holds them");
+                }
+            }
         } => {}
         _ = wait_for_signal() => warn!("second signal: exiting without waiting"),
     }
@@ -200,21 +230,88 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// Probes the candidate sockets until one answers. A node's runtime may come up after the
-/// agent (boot order, daemon upgrades), so this retries instead of exiting; `/readyz` says
-/// what is missing meanwhile.
+fn open_store(dir: &std::path::Path, config: &Config, shared: &Shared) -> Result<Store> {
+    let opened = Store::open(dir, config.max_history)?;
+    if let Some(why) = &opened.recovered {
+        shared.counters.store_recoveries.inc();
+        warn!(path = %opened.store.path().display(), "state file unusable: {why}; rebuilding from the runtime");
+    }
+    let mut tracker = shared.tracker.write();
+    if let Some(saved) = opened.saved {
+        info!(
+            path = %opened.store.path().display(),
+            containers = saved.containers.len(),
+            identities = saved.identities.len(),
+            events = saved.events.len(),
+            cursor = ?saved.meta.cursor.map(crate::time::format_rfc3339),
+            "state loaded"
+        );
+        tracker.restore(saved);
+    }
+    tracker.enable_journal();
+    Ok(opened.store)
+}
+
+/// Group-commits the tracker's changes every [`FLUSH_INTERVAL`] until `stop`; returns what
+/// could not be written yet.
+async fn flush_loop(
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) -> Option<Delta> {
+    let mut pending = None;
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => flush_once(&store, &shared, &mut pending).await,
+            _ = stop.cancelled() => return pending,
+        }
+    }
+}
+
+/// Takes the tracker's delta (a short lock), merges it into what failed before, and writes
+/// it on a blocking thread. A failed write is kept and retried with the next one.
+async fn flush_once(store: &Arc<Store>, shared: &Shared, pending: &mut Option<Delta>) {
+    let fresh = shared.tracker.write().take_delta();
+    let delta = match (pending.take(), fresh) {
+        (Some(mut old), Some(new)) => {
+            old.merge(new);
+            old
+        }
+        (Some(d), None) | (None, Some(d)) => d,
+        (None, None) => return,
+    };
+    let s = store.clone();
+    match tokio::task::spawn_blocking(move || (s.write(&delta), delta)).await {
+        Ok((Ok(()), _)) => shared.counters.store_writes.inc(),
+        Ok((Err(e), delta)) => {
+            shared.counters.store_errors.inc();
+            warn!(error = %e, events = delta.events(), "store write failed; will retry");
+            *pending = Some(delta);
+        }
+        Err(e) => {
+            shared.counters.store_errors.inc();
+            error!(error = %e, "store writer task failed");
+        }
+    }
+}
+
+/// Probes the candidate sockets until one answers, and says what answered (which source to
+/// use). A node's runtime may come up after the agent (boot order, daemon upgrades), so this
+/// retries instead of exiting; `/readyz` says what is missing meanwhile.
 async fn discover(
     cands: &[Candidate],
     shared: &Shared,
     stop: &CancellationToken,
-) -> Option<Candidate> {
+) -> Option<(Candidate, RuntimeInfo)> {
     let mut delay = Duration::from_millis(500);
     let mut reported = false;
     loop {
         match discovery::select(cands).await {
             Ok((c, info)) => {
                 info!(endpoint = %c.endpoint, origin = c.origin, runtime = %info.runtime, version = %info.version, "runtime selected");
-                return Some(c);
+                return Some((c, info));
             }
             Err(failures) => {
                 let msg = discovery::explain_none_reachable(&failures);

@@ -101,14 +101,23 @@ pub async fn check(config: &Config) -> (String, bool) {
             }
         }
     }
-    match probes.iter().find(|p| p.result.is_ok()) {
-        Some(p) => {
-            let info = p
-                .result
-                .as_ref()
-                .map(|i| i.runtime.as_str())
-                .unwrap_or_default();
-            let _ = writeln!(out, "would use: {info} at {}", p.candidate.endpoint);
+    match probes
+        .iter()
+        .find_map(|p| p.result.as_ref().ok().map(|i| (p, i)))
+    {
+        Some((p, info)) => {
+            let _ = writeln!(
+                out,
+                "would use: {} {} at {} [{}]",
+                info.runtime, info.version, p.candidate.endpoint, p.candidate.origin
+            );
+            if !discovery::matches_choice(config.runtime, info.runtime) {
+                let _ = writeln!(
+                    out,
+                    "note: {} answers there, not the runtime asked for; run follows what answers",
+                    info.runtime
+                );
+            }
             (out, true)
         }
         None => {

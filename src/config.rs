@@ -40,6 +40,13 @@ pub struct RunArgs {
     /// Node name put on every series (the downward API's spec.nodeName in a cluster).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// Directory of the embedded store (default /var/lib/lifecycle-agent as root, else
+    /// $XDG_STATE_HOME/lifecycle-agent).
+    #[arg(long, env = "LIFECYCLE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Keep everything in memory and write nothing.
+    #[arg(long, env = "LIFECYCLE_EPHEMERAL", num_args = 0..=1, default_missing_value = "true")]
+    pub ephemeral: Option<bool>,
     /// YAML configuration file; its keys are the flags' names in snake_case.
     #[arg(long, env = "LIFECYCLE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -71,6 +78,8 @@ pub struct FileConfig {
     socket: Option<String>,
     listen: Option<String>,
     node_name: Option<String>,
+    state_dir: Option<PathBuf>,
+    ephemeral: Option<bool>,
     container_filter: Option<Vec<String>>,
     max_history: Option<usize>,
     history_retention: Option<String>,
@@ -86,6 +95,8 @@ pub struct Config {
     pub socket: Option<String>,
     pub listen: SocketAddr,
     pub node_name: String,
+    /// `None` when ephemeral: nothing is written.
+    pub state_dir: Option<PathBuf>,
     pub container_filter: ContainerFilter,
     pub max_history: usize,
     /// Nanoseconds.
@@ -242,8 +253,24 @@ impl Config {
             return Err(err(node_flag, "node_name", "must not be empty".into()));
         }
 
+        let ephemeral = args.ephemeral.or(file.ephemeral).unwrap_or(false);
+        let state_flag = args.state_dir.is_some();
+        let state_dir = match args.state_dir.or(file.state_dir) {
+            _ if ephemeral => None,
+            Some(d) if d.as_os_str().is_empty() => {
+                return Err(err(
+                    state_flag,
+                    "state_dir",
+                    "must not be empty (use ephemeral to write nothing)".into(),
+                ))
+            }
+            Some(d) => Some(d),
+            None => Some(default_state_dir()),
+        };
+
         Ok(Config {
             runtime: args.runtime.or(file.runtime).unwrap_or_default(),
+            state_dir,
             socket: args.socket.or(file.socket).filter(|s| !s.trim().is_empty()),
             listen,
             node_name,
@@ -258,6 +285,27 @@ impl Config {
                 .unwrap_or_else(|| "info".into()),
         })
     }
+}
+
+/// Root keeps state under /var/lib (the chart's hostPath); a user under XDG_STATE_HOME.
+fn default_state_dir() -> PathBuf {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false);
+    if root {
+        return PathBuf::from("/var/lib/lifecycle-agent");
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("lifecycle-agent")
 }
 
 fn read_token(p: &Path) -> Result<String, String> {

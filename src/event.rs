@@ -221,7 +221,7 @@ impl RuntimeEvent {
 }
 
 /// Identity of what restarts are counted for (SPEC section 5).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Identity {
     Pod(PodRef),
     Container(String),

@@ -240,6 +240,30 @@ pub struct History {
     events: VecDeque<HistoryEvent>,
     limits: HistoryLimits,
     next_seq: u64,
+    journal: Option<HistoryDelta>,
+}
+
+/// History changes since the last flush: new events, then removals (a store applies them in
+/// that order, so an event added and evicted within one batch ends up absent).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HistoryDelta {
+    pub events: Vec<HistoryEvent>,
+    /// Events cleared by time (`clear_before`, retention), by sequence number.
+    pub removed: Vec<u64>,
+    /// Every event with a sequence number up to this one was evicted by the size bound.
+    pub evicted_through: u64,
+}
+
+impl HistoryDelta {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.removed.is_empty() && self.evicted_through == 0
+    }
+
+    pub fn merge(&mut self, newer: HistoryDelta) {
+        self.events.extend(newer.events);
+        self.removed.extend(newer.removed);
+        self.evicted_through = self.evicted_through.max(newer.evicted_through);
+    }
 }
 
 impl History {
@@ -248,6 +272,41 @@ impl History {
             events: VecDeque::with_capacity(limits.max_events.min(1024)),
             limits,
             next_seq: 1,
+            journal: None,
+        }
+    }
+
+    pub fn enable_journal(&mut self) {
+        self.journal = Some(HistoryDelta::default());
+    }
+
+    pub fn take_delta(&mut self) -> HistoryDelta {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Loads saved events (oldest first) keeping their sequence numbers, then applies the
+    /// size bound, so a lowered `--max-history` takes effect on start.
+    pub fn restore(&mut self, events: Vec<HistoryEvent>, next_seq: u64) {
+        let last = events.last().map_or(0, |e| e.seq);
+        self.next_seq = next_seq.max(last + 1).max(1);
+        self.events = events.into();
+        self.evict_to(self.limits.max_events.max(1));
+    }
+
+    fn evict_to(&mut self, keep: usize) {
+        while self.events.len() > keep {
+            if let Some(old) = self.events.pop_front() {
+                if let Some(j) = &mut self.journal {
+                    j.evicted_through = j.evicted_through.max(old.seq);
+                }
+            }
         }
     }
 
@@ -263,8 +322,9 @@ impl History {
     pub fn push(&mut self, mut event: HistoryEvent) -> &HistoryEvent {
         event.seq = self.next_seq;
         self.next_seq += 1;
-        while self.events.len() >= self.limits.max_events.max(1) {
-            self.events.pop_front();
+        self.evict_to(self.limits.max_events.max(1) - 1);
+        if let Some(j) = &mut self.journal {
+            j.events.push(event.clone());
         }
         self.events.push_back(event);
         &self.events[self.events.len() - 1]
@@ -284,7 +344,16 @@ impl History {
     /// this scans rather than assuming the ring is sorted.
     pub fn clear_before(&mut self, before: i64) -> usize {
         let n = self.events.len();
-        self.events.retain(|e| e.time_nanos >= before);
+        match &mut self.journal {
+            Some(j) => self.events.retain(|e| {
+                let keep = e.time_nanos >= before;
+                if !keep {
+                    j.removed.push(e.seq);
+                }
+                keep
+            }),
+            None => self.events.retain(|e| e.time_nanos >= before),
+        }
         n - self.events.len()
     }
 

@@ -16,6 +16,7 @@ pub mod history;
 pub mod metrics;
 pub mod runtime;
 pub mod stats;
+pub mod store;
 pub mod telemetry;
 pub mod time;
 pub mod tracker;
@@ -25,6 +26,8 @@ pub mod tracker;
 pub enum Error {
     #[error("cannot listen on {0}: {1}")]
     Listen(std::net::SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

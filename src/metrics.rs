@@ -362,6 +362,9 @@ impl LifecycleCollector {
             ("lifecycle_agent_stream_reconnects", "Times the runtime connection was lost and retried.", c.stream_reconnects.get()),
             ("lifecycle_agent_events_possibly_missed", "Replays that could not reach back to the last processed event (the runtime no longer held it); the gap was reconciled from list + inspect.", c.events_possibly_missed.get()),
             ("lifecycle_agent_restarts_inferred", "Restarts counted from the runtime's state rather than from an observed event.", c.inferred_restarts.get()),
+            ("lifecycle_agent_store_writes", "Group commits written to the state store.", c.store_writes.get()),
+            ("lifecycle_agent_store_errors", "Failed state store writes (retried with the next commit).", c.store_errors.get()),
+            ("lifecycle_agent_store_recoveries", "Unusable state files moved aside and rebuilt from the runtime.", c.store_recoveries.get()),
         ];
         for (name, help, v) in counters {
             family(

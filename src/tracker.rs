@@ -12,10 +12,10 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{short_id, EventKind, Health, Identity, RuntimeEvent, RuntimeKind};
-use crate::history::{History, HistoryEvent, HistoryLimits};
+use crate::history::{History, HistoryDelta, HistoryEvent, HistoryLimits};
 use crate::runtime::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::time::NANOS_PER_SEC;
 
@@ -26,7 +26,7 @@ const DAY_NANOS: i64 = 86_400 * NANOS_PER_SEC;
 const HOUR_NANOS: i64 = 3600 * NANOS_PER_SEC;
 
 /// Why the last session of an identity ended (`container_last_terminated_reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TerminationReason {
     OomKilled,
@@ -58,9 +58,9 @@ impl TerminationReason {
     }
 }
 
-/// One runtime container, as far as the tracker needs it.
-#[derive(Debug, Clone)]
-struct ContainerState {
+/// One runtime container, as far as the tracker needs it. Persisted as is by the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerState {
     identity: Identity,
     name: String,
     image: String,
@@ -78,8 +78,8 @@ struct ContainerState {
     exited: bool,
 }
 
-/// Counters and state of one identity (SPEC section 5).
-#[derive(Debug, Clone)]
+/// Counters and state of one identity (SPEC section 5). Persisted as is by the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IdentityState {
     pub identity: Identity,
     /// Container ids of this identity still present in the runtime, oldest first.
@@ -184,7 +184,7 @@ impl RecentKeys {
 
 fn key_hash(ev: &RuntimeEvent) -> u64 {
     let mut h = DefaultHasher::new();
-    ev.dedup_key().hash(&mut h);
+    (ev.time_nanos, ev.container_id.as_str(), ev.action.as_str()).hash(&mut h);
     h.finish()
 }
 
@@ -199,8 +199,67 @@ pub struct Tracker {
     restart_times: VecDeque<i64>,
     recent: RecentKeys,
     cursor: Option<i64>,
+    /// Keys of the events at exactly `cursor`: a replay from the cursor (inclusive) repeats
+    /// them, and after an agent restart only these can be duplicates.
+    cursor_keys: Vec<u64>,
     history: History,
     events_processed: u64,
+    journal: Option<Journal>,
+}
+
+/// Records changed since the last flush (only kept when a store is attached).
+#[derive(Debug, Default)]
+struct Journal {
+    containers: HashSet<String>,
+    identities: HashSet<Identity>,
+}
+
+/// Node-level state persisted beside the records.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrackerMeta {
+    pub cursor: Option<i64>,
+    pub cursor_keys: Vec<u64>,
+    pub node_restarts: u64,
+    pub restart_times: Vec<i64>,
+    pub next_seq: u64,
+}
+
+/// One group commit for the store: records to write (`Some`) or delete (`None`), history
+/// changes, and the node's meta state. Deltas merge, so a failed write is retried with the next.
+#[derive(Debug, Default)]
+pub struct Delta {
+    pub containers: HashMap<String, Option<ContainerState>>,
+    pub identities: HashMap<Identity, Option<IdentityState>>,
+    pub history: HistoryDelta,
+    pub meta: TrackerMeta,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.identities.is_empty() && self.history.is_empty()
+    }
+
+    /// Folds a newer delta into this one.
+    pub fn merge(&mut self, newer: Delta) {
+        self.containers.extend(newer.containers);
+        self.identities.extend(newer.identities);
+        self.history.merge(newer.history);
+        self.meta = newer.meta;
+    }
+
+    pub fn events(&self) -> usize {
+        self.history.events.len()
+    }
+}
+
+/// What the store loaded, to rebuild a tracker after a restart.
+#[derive(Debug, Default)]
+pub struct Saved {
+    pub containers: Vec<(String, ContainerState)>,
+    pub identities: Vec<IdentityState>,
+    /// Oldest first.
+    pub events: Vec<HistoryEvent>,
+    pub meta: TrackerMeta,
 }
 
 impl Tracker {
@@ -214,9 +273,83 @@ impl Tracker {
             restart_times: VecDeque::new(),
             recent: RecentKeys::default(),
             cursor: None,
+            cursor_keys: Vec::new(),
             history: History::new(limits),
             events_processed: 0,
+            journal: None,
         }
+    }
+
+    /// Starts recording changes for [`Tracker::take_delta`].
+    pub fn enable_journal(&mut self) {
+        self.journal = Some(Journal::default());
+        self.history.enable_journal();
+    }
+
+    fn touch(&mut self, container_id: &str, identity: &Identity) {
+        if let Some(j) = &mut self.journal {
+            j.containers.insert(container_id.to_string());
+            j.identities.insert(identity.clone());
+        }
+    }
+
+    pub fn meta(&self) -> TrackerMeta {
+        TrackerMeta {
+            cursor: self.cursor,
+            cursor_keys: self.cursor_keys.clone(),
+            node_restarts: self.node_restarts,
+            restart_times: self.restart_times.iter().copied().collect(),
+            next_seq: self.history.next_seq(),
+        }
+    }
+
+    /// Everything changed since the last call, or `None` without a journal or changes.
+    pub fn take_delta(&mut self) -> Option<Delta> {
+        let j = std::mem::take(self.journal.as_mut()?);
+        let history = self.history.take_delta();
+        if j.containers.is_empty() && j.identities.is_empty() && history.is_empty() {
+            return None;
+        }
+        let containers = j
+            .containers
+            .into_iter()
+            .map(|id| {
+                let rec = self.containers.get(&id).cloned();
+                (id, rec)
+            })
+            .collect();
+        let identities = j
+            .identities
+            .into_iter()
+            .map(|id| {
+                let rec = self.identities.get(&id).cloned();
+                (id, rec)
+            })
+            .collect();
+        Some(Delta {
+            containers,
+            identities,
+            history,
+            meta: self.meta(),
+        })
+    }
+
+    /// Rebuilds the state a store saved. Call before any event is applied.
+    pub fn restore(&mut self, saved: Saved) {
+        self.containers = saved.containers.into_iter().collect();
+        self.identities = saved
+            .identities
+            .into_iter()
+            .map(|i| (i.identity.clone(), i))
+            .collect();
+        self.node_restarts = saved.meta.node_restarts;
+        self.restart_times = saved.meta.restart_times.into_iter().collect();
+        self.cursor = saved.meta.cursor;
+        for k in &saved.meta.cursor_keys {
+            self.recent.insert(*k);
+        }
+        self.cursor_keys = saved.meta.cursor_keys;
+        self.history.restore(saved.events, saved.meta.next_seq);
     }
 
     pub fn node(&self) -> &str {
@@ -254,10 +387,19 @@ impl Tracker {
         if ev.labels.sandbox {
             return Applied::Ignored;
         }
-        if !self.recent.insert(key_hash(ev)) {
+        let key = key_hash(ev);
+        if !self.recent.insert(key) {
             return Applied::Duplicate;
         }
-        self.cursor = Some(self.cursor.map_or(ev.time_nanos, |c| c.max(ev.time_nanos)));
+        self.advance_cursor(ev.time_nanos, key);
+        if self.journal.is_some() {
+            let identity = self
+                .containers
+                .get(&ev.container_id)
+                .map(|c| c.identity.clone())
+                .unwrap_or_else(|| Identity::of(&ev.container_id, &ev.labels));
+            self.touch(&ev.container_id, &identity);
+        }
         if ev.kind == EventKind::Destroyed {
             self.record(ev);
             self.remove_container(&ev.container_id);
@@ -270,6 +412,18 @@ impl Tracker {
         self.transition(ev, now);
         self.record(ev);
         Applied::Recorded
+    }
+
+    fn advance_cursor(&mut self, t: i64, key: u64) {
+        match self.cursor {
+            Some(c) if c > t => {}
+            Some(c) if c == t => self.cursor_keys.push(key),
+            _ => {
+                self.cursor = Some(t);
+                self.cursor_keys.clear();
+                self.cursor_keys.push(key);
+            }
+        }
     }
 
     fn health_changed(&mut self, ev: &RuntimeEvent) -> bool {
@@ -448,9 +602,11 @@ impl Tracker {
         }
     }
 
+    /// Keeps the last 24 h of restart times. Times arrive nearly in order (replays and
+    /// inferences can be slightly older), so pruning from the front against the newest is enough.
     fn push_restart_time(&mut self, at: i64) {
+        let newest = self.restart_times.back().map_or(at, |&b| b.max(at));
         self.restart_times.push_back(at);
-        let newest = self.restart_times.iter().copied().max().unwrap_or(at);
         while self
             .restart_times
             .front()
@@ -461,12 +617,13 @@ impl Tracker {
     }
 
     fn record(&mut self, ev: &RuntimeEvent) {
-        let identity = self
-            .containers
-            .get(&ev.container_id)
-            .map(|c| c.identity.clone())
-            .unwrap_or_else(|| Identity::of(&ev.container_id, &ev.labels));
-        if let Some(id) = self.identities.get_mut(&identity) {
+        let counted = match self.containers.get(&ev.container_id) {
+            Some(c) => self.identities.get_mut(&c.identity),
+            None => self
+                .identities
+                .get_mut(&Identity::of(&ev.container_id, &ev.labels)),
+        };
+        if let Some(id) = counted {
             id.events[ev.kind.index()] += 1;
         }
         let (namespace, pod, container) = match &ev.labels.pod {
@@ -496,6 +653,7 @@ impl Tracker {
         let Some(c) = self.containers.remove(container_id) else {
             return false;
         };
+        self.touch(container_id, &c.identity);
         if let Some(id) = self.identities.get_mut(&c.identity) {
             id.containers.retain(|x| x != container_id);
             if id.containers.is_empty() {
@@ -517,6 +675,12 @@ impl Tracker {
         let mut present = HashSet::with_capacity(snaps.len());
         for s in snaps.iter().filter(|s| !s.labels.sandbox) {
             present.insert(s.id.as_str());
+            let identity = self
+                .containers
+                .get(&s.id)
+                .map(|c| c.identity.clone())
+                .unwrap_or_else(|| Identity::of(&s.id, &s.labels));
+            self.touch(&s.id, &identity);
             if self.containers.contains_key(&s.id) {
                 report.inferred_restarts += self.reconcile_known(s, now);
             } else {

@@ -97,6 +97,7 @@ fn run_without_a_runtime_says_what_it_tried_and_how_to_point_it() {
     let mut child = Command::new(common::agent_bin())
         .args([
             "run",
+            "--ephemeral",
             "--runtime",
             "docker",
             "--socket",

@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{free_port, get, unique, wait_for, wait_metric_at, wait_ready_at, Ctr, DockerDaemon};
+use common::{
+    free_port, get, unique, wait_for, wait_metric_at, wait_ready_at, Ctr, DockerDaemon, Runtime,
+};
 
 #[cfg(target_arch = "x86_64")]
 const ARCH: (&str, &str) = ("x86_64-unknown-linux-gnu", "amd64");
@@ -244,7 +246,7 @@ struct AgentCtr<'a> {
 
 impl AgentCtr<'_> {
     fn logs(&self) -> String {
-        let o = self.ctr.daemon.docker(&["logs", &self.ctr.name]);
+        let o = self.ctr.rt.cli(&["logs", &self.ctr.name]);
         format!(
             "{}{}",
             String::from_utf8_lossy(&o.stdout),
@@ -301,7 +303,10 @@ fn run_agent<'a>(img: &'a Image, filter: &str, user: &[&str], uid: Option<u32>) 
     args.push(&img.tag);
     d.docker_ok(&args);
     AgentCtr {
-        ctr: Ctr { daemon: d, name },
+        ctr: Ctr {
+            rt: d.as_ref(),
+            name,
+        },
         port,
         state,
     }

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Agent, DockerDaemon, Prometheus, LOOP};
+use common::{Agent, DockerDaemon, Prometheus, Runtime, LOOP};
 use serde_json::Value;
 
 /// The job the chart's rules select (release `lifecycle-agent`: job="lifecycle-agent").

@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::docker::DockerSource;
-use super::{ContainerFilter, RuntimeInfo, Source};
+use super::podman::PodmanSource;
+use super::{ContainerFilter, RuntimeInfo, Source, SourceError};
+use crate::event::RuntimeKind;
 
 /// The runtime the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -103,15 +105,47 @@ pub struct Probe {
     pub result: Result<RuntimeInfo, String>,
 }
 
+/// Seconds one candidate may take to say what it is.
+const PROBE_TIMEOUT_SECS: u64 = 10;
+
 pub async fn probe(candidate: &Candidate) -> Probe {
-    let mut src = DockerSource::new(&candidate.endpoint, ContainerFilter::default());
-    let result = tokio::time::timeout(std::time::Duration::from_secs(10), src.connect())
-        .await
-        .map_err(|_| "no answer within 10s".to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(PROBE_TIMEOUT_SECS),
+        identify(&candidate.endpoint),
+    )
+    .await
+    .map_err(|_| format!("no answer within {PROBE_TIMEOUT_SECS}s"))
+    .and_then(|r| r.map_err(|e| e.to_string()));
     Probe {
         candidate: candidate.clone(),
         result,
+    }
+}
+
+/// Asks a socket what answers there. libpod first: only Podman has it, and its version is
+/// the one the Podman source speaks; a Docker daemon refuses the path and is then asked
+/// through the Engine API (which would also answer for Podman, naming it in `/version`).
+pub async fn identify(endpoint: &str) -> Result<RuntimeInfo, SourceError> {
+    let podman = PodmanSource::new(endpoint, ContainerFilter::default())
+        .connect()
+        .await;
+    match podman {
+        Ok(info) => return Ok(info),
+        // Nothing listens there: asking again through another API will not help.
+        Err(e @ SourceError::Unreachable { .. }) => return Err(e),
+        Err(_) => {}
+    }
+    DockerSource::new(endpoint, ContainerFilter::default())
+        .connect()
+        .await
+}
+
+/// Whether the runtime found is the one an explicit `--runtime` asked for.
+pub fn matches_choice(choice: RuntimeChoice, found: RuntimeKind) -> bool {
+    match choice {
+        RuntimeChoice::Auto => true,
+        RuntimeChoice::Docker => found == RuntimeKind::Docker,
+        RuntimeChoice::Podman => found == RuntimeKind::Podman,
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod discovery;
 pub mod docker;
+pub mod podman;
 pub mod snapshot;
 pub mod watch;
 
@@ -11,6 +12,8 @@ use std::future::Future;
 use futures_util::stream::BoxStream;
 
 use crate::event::{EventKind, Health, RuntimeEvent, RuntimeKind};
+use docker::DockerSource;
+use podman::PodmanSource;
 use snapshot::ContainerSnapshot;
 
 /// What a runtime said about itself on connect.
@@ -83,6 +86,64 @@ pub trait Source: Send + Sync + 'static {
 
     /// A cheap liveness check; idle event streams say nothing for hours.
     fn ping(&self) -> impl Future<Output = Result<(), SourceError>> + Send;
+}
+
+/// The source for whatever answered on a socket: Docker through its Engine API, Podman
+/// through libpod. Chosen by what the daemon says it is, not by what the user expected, so
+/// `--runtime docker` pointed at a Podman socket still gets Podman's own vocabulary.
+pub enum AnySource {
+    Docker(DockerSource),
+    Podman(PodmanSource),
+}
+
+impl AnySource {
+    pub fn for_runtime(runtime: RuntimeKind, endpoint: &str, filter: ContainerFilter) -> AnySource {
+        match runtime {
+            RuntimeKind::Docker => AnySource::Docker(DockerSource::new(endpoint, filter)),
+            RuntimeKind::Podman => AnySource::Podman(PodmanSource::new(endpoint, filter)),
+        }
+    }
+}
+
+impl Source for AnySource {
+    fn endpoint(&self) -> &str {
+        match self {
+            AnySource::Docker(s) => s.endpoint(),
+            AnySource::Podman(s) => s.endpoint(),
+        }
+    }
+
+    async fn connect(&mut self) -> Result<RuntimeInfo, SourceError> {
+        match self {
+            AnySource::Docker(s) => s.connect().await,
+            AnySource::Podman(s) => s.connect().await,
+        }
+    }
+
+    fn events(
+        &self,
+        since: Option<i64>,
+        until: Option<i64>,
+    ) -> BoxStream<'static, Result<Option<RuntimeEvent>, SourceError>> {
+        match self {
+            AnySource::Docker(s) => s.events(since, until),
+            AnySource::Podman(s) => s.events(since, until),
+        }
+    }
+
+    async fn snapshot(&self) -> Result<Vec<ContainerSnapshot>, SourceError> {
+        match self {
+            AnySource::Docker(s) => s.snapshot().await,
+            AnySource::Podman(s) => s.snapshot().await,
+        }
+    }
+
+    async fn ping(&self) -> Result<(), SourceError> {
+        match self {
+            AnySource::Docker(s) => s.ping().await,
+            AnySource::Podman(s) => s.ping().await,
+        }
+    }
 }
 
 /// Maps a runtime's action word onto an event type. Docker and Podman (libpod and its Docker

@@ -17,7 +17,8 @@ pub enum SnapshotState {
 impl SnapshotState {
     pub fn parse(s: &str) -> SnapshotState {
         match s {
-            "running" => SnapshotState::Running,
+            // Podman's "stopping": the stop signal is sent, the process still runs.
+            "running" | "stopping" => SnapshotState::Running,
             "paused" => SnapshotState::Paused,
             "restarting" => SnapshotState::Restarting,
             "exited" | "stopped" => SnapshotState::Exited,

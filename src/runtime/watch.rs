@@ -2,8 +2,10 @@
 //! live stream until it breaks; then back off and do it again.
 //!
 //! Order matters. The live stream is opened first (from `t0`, which Docker serves from its
-//! ring, so nothing falls between subscribing and listing), then the bounded replay from the
-//! cursor to `t0` is applied, then list + inspect reconciles what no replay covers. The
+//! ring and Podman from its event log, so nothing falls between subscribing and listing),
+//! then the bounded replay from the cursor to `t0` is applied, then list + inspect reconciles
+//! what no replay covers. Sources make `since` inclusive whatever their runtime does, so a
+//! replay that reaches the cursor brings its event back: an overlap, proof of no gap. The
 //! reading task only forwards into an unbounded channel: Docker drops events for a subscriber
 //! that stops reading, so it must never wait on the tracker.
 
@@ -29,6 +31,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 /// Events applied under one lock of the tracker.
 const BATCH: usize = 512;
+/// The live stream starts this far before the replay ends. An event is stamped before it is
+/// published (Podman's CLI stamps, then appends to the log file), so one stamped just before
+/// `t0` can appear after the replay has read past it; the overlap catches it, and the tracker's
+/// duplicate check drops what both delivered.
+const LIVE_OVERLAP_NANOS: i64 = 2_000_000_000;
 
 type Item = Result<Option<RuntimeEvent>, SourceError>;
 
@@ -97,7 +104,7 @@ async fn session<S: Source>(
     let t0 = now_nanos();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _reader = AbortOnDrop(tokio::spawn(forward(
-        source.events(Some(t0), None),
+        source.events(Some(t0 - LIVE_OVERLAP_NANOS), None),
         tx,
         source.endpoint().to_string(),
     )));

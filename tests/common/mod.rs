@@ -1,8 +1,10 @@
-//! The test harness: private container daemons, the agent as a child process, and small
-//! clients for its HTTP surface. Nothing here touches the machine's own Docker: every daemon
-//! gets its own socket, data root, exec root and containerd namespace, and a watchdog that
-//! stops it when the test process goes away.
+//! The test harness: private container daemons (dockerd here, Podman in `podman.rs`), the
+//! agent as a child process, and small clients for its HTTP surface. Nothing here touches
+//! the machine's own Docker or Podman: every daemon gets its own socket, data root, exec root
+//! and containerd namespace, and a watchdog that stops it when the test process goes away.
 #![allow(dead_code)]
+
+pub mod podman;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,6 +16,75 @@ use std::time::{Duration, Instant};
 
 pub const IMAGE: &str = "lat-busybox:1";
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+// Not every test binary uses both runtimes.
+#[allow(unused_imports)]
+pub use podman::PodmanService;
+
+/// What the shared test bodies need from a runtime: its socket and its CLI, whose `run`,
+/// `create`, `restart -t`, `stop -t`, `pause`, `kill` and `inspect -f` agree between Docker
+/// and Podman.
+pub trait Runtime: Send + Sync {
+    /// `docker` or `podman`: the agent's `--runtime` and its `runtime` label.
+    fn kind(&self) -> &'static str;
+    fn socket(&self) -> PathBuf;
+    fn cli(&self, args: &[&str]) -> Output;
+
+    /// Runs the CLI and insists on success; returns stdout.
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            o.status.success(),
+            "{} {args:?} failed: {}",
+            self.kind(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// `run -d` with a unique name; `opts` go before the image.
+    fn run(&self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'_>;
+
+    /// `create` with a unique name.
+    fn create(&self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'_>;
+}
+
+pub fn run_in<'a>(rt: &'a dyn Runtime, prefix: &str, opts: &[&str], script: &str) -> Ctr<'a> {
+    let name = unique(prefix);
+    let mut args = vec!["run", "-d", "--network", "none", "--name", &name];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&[IMAGE, "/bin/sh", "-c", script]);
+    rt.cli_ok(&args);
+    Ctr { rt, name }
+}
+
+pub fn create_in<'a>(rt: &'a dyn Runtime, prefix: &str, opts: &[&str], script: &str) -> Ctr<'a> {
+    let name = unique(prefix);
+    let mut args = vec!["create", "--network", "none", "--name", &name];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&[IMAGE, "/bin/sh", "-c", script]);
+    rt.cli_ok(&args);
+    Ctr { rt, name }
+}
+
+/// A folder with busybox and every applet as a symlink: the test image's root (no registry).
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).expect("rootfs");
+    let busybox = which("busybox").expect("busybox-static is needed for the test image");
+    std::fs::copy(&busybox, bin.join("busybox")).expect("copy busybox");
+    let list = Command::new(&busybox)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+        }
+    }
+    root
+}
 
 /// In CI a missing runtime fails the run; elsewhere the runtime tests are skipped loudly.
 pub fn require(tool: &str) -> bool {
@@ -90,10 +161,6 @@ impl DockerDaemon {
     pub fn shared() -> Option<Arc<DockerDaemon>> {
         static D: OnceLock<Option<Arc<DockerDaemon>>> = OnceLock::new();
         D.get_or_init(DockerDaemon::start_private).clone()
-    }
-
-    pub fn socket(&self) -> PathBuf {
-        self.dir.join("docker.sock")
     }
 
     pub fn host(&self) -> String {
@@ -174,42 +241,17 @@ fi"#,
     }
 
     pub fn docker(&self, args: &[&str]) -> Output {
-        Command::new("docker")
-            .arg("-H")
-            .arg(self.host())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run the docker CLI")
+        self.cli(args)
     }
 
     /// Runs docker and insists on success; returns stdout.
     pub fn docker_ok(&self, args: &[&str]) -> String {
-        let o = self.docker(args);
-        assert!(
-            o.status.success(),
-            "docker {args:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
+        self.cli_ok(args)
     }
 
-    /// Imports a busybox image (no registry here): every applet as a symlink.
+    /// Imports a busybox image (no registry here).
     fn import_image(&self) {
-        let root = self.dir.join("rootfs");
-        let bin = root.join("bin");
-        std::fs::create_dir_all(&bin).expect("rootfs");
-        let busybox = which("busybox").expect("busybox-static is needed for the test image");
-        std::fs::copy(&busybox, bin.join("busybox")).expect("copy busybox");
-        let list = Command::new(&busybox)
-            .arg("--list")
-            .output()
-            .expect("busybox --list");
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            if applet != "busybox" {
-                let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
-            }
-        }
+        let root = busybox_rootfs(&self.dir);
         let cmd = format!(
             "tar -C {} -c . | docker -H {} import - {IMAGE}",
             root.display(),
@@ -228,48 +270,63 @@ fi"#,
     }
 }
 
+impl Runtime for DockerDaemon {
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("docker.sock")
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(self.host())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the docker CLI")
+    }
+
+    fn run(&self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'_> {
+        run_in(self, prefix, opts, script)
+    }
+
+    fn create(&self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'_> {
+        create_in(self, prefix, opts, script)
+    }
+}
+
 /// A test container, removed when dropped.
 pub struct Ctr<'a> {
-    pub daemon: &'a DockerDaemon,
+    pub rt: &'a dyn Runtime,
     pub name: String,
 }
 
 impl Drop for Ctr<'_> {
     fn drop(&mut self) {
-        let _ = self.daemon.docker(&["rm", "-f", &self.name]);
+        // Podman's `rm -f` waits for the stop timeout; Docker's kills at once.
+        let args: &[&str] = match self.rt.kind() {
+            "podman" => &["rm", "-f", "-t", "0"],
+            _ => &["rm", "-f"],
+        };
+        let mut args = args.to_vec();
+        args.push(&self.name);
+        let _ = self.rt.cli(&args);
     }
 }
 
 /// A shell loop that exits promptly on SIGTERM (busybox `sleep` as PID 1 would ignore it).
 pub const LOOP: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
 
-impl DockerDaemon {
-    /// `docker run -d` with a unique name; `opts` go before the image.
-    pub fn run<'a>(&'a self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'a> {
-        let name = unique(prefix);
-        let mut args = vec!["run", "-d", "--network", "none", "--name", &name];
-        args.extend_from_slice(opts);
-        args.extend_from_slice(&[IMAGE, "/bin/sh", "-c", script]);
-        self.docker_ok(&args);
-        Ctr { daemon: self, name }
-    }
-
-    /// `docker create` with a unique name.
-    pub fn create<'a>(&'a self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'a> {
-        let name = unique(prefix);
-        let mut args = vec!["create", "--network", "none", "--name", &name];
-        args.extend_from_slice(opts);
-        args.extend_from_slice(&[IMAGE, "/bin/sh", "-c", script]);
-        self.docker_ok(&args);
-        Ctr { daemon: self, name }
-    }
-}
-
 /// The agent as a child process, stopped with SIGTERM when dropped.
 pub struct Agent {
     child: Child,
     pub port: u16,
     pub log: PathBuf,
+    /// A state dir this handle created (and removes), when the test did not give one.
+    owned_state: Option<PathBuf>,
 }
 
 pub fn free_port() -> u16 {
@@ -284,14 +341,41 @@ pub fn agent_bin() -> &'static str {
 }
 
 impl Agent {
+    /// The agent on a private dockerd's socket, with a fresh state dir of its own.
     pub fn start(socket: &Path, extra: &[&str]) -> Agent {
+        Agent::start_on("docker", socket, extra)
+    }
+
+    /// The agent on any runtime's socket, as `--runtime KIND`, with a fresh state dir.
+    pub fn start_on(kind: &str, socket: &Path, extra: &[&str]) -> Agent {
+        let state = std::env::temp_dir().join(unique("state"));
+        let mut agent = Agent::spawn_on(kind, socket, Some(&state), extra);
+        agent.owned_state = Some(state);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts an agent on a given state dir (kept after it stops), and waits until ready.
+    pub fn start_with_state(socket: &Path, state: &Path, extra: &[&str]) -> Agent {
+        let agent = Agent::spawn(socket, Some(state), extra);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts an agent on a dockerd without waiting for it.
+    pub fn spawn(socket: &Path, state: Option<&Path>, extra: &[&str]) -> Agent {
+        Agent::spawn_on("docker", socket, state, extra)
+    }
+
+    /// Starts an agent without waiting for it; `state: None` runs it `--ephemeral`.
+    pub fn spawn_on(kind: &str, socket: &Path, state: Option<&Path>, extra: &[&str]) -> Agent {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
         let logf = std::fs::File::create(&log).expect("agent log");
         let mut args = vec![
             "run".to_string(),
             "--runtime".into(),
-            "docker".into(),
+            kind.into(),
             "--socket".into(),
             socket.display().to_string(),
             "--listen".into(),
@@ -301,6 +385,10 @@ impl Agent {
             "--log-level".into(),
             "lifecycle_agent=debug".into(),
         ];
+        match state {
+            Some(dir) => args.extend(["--state-dir".to_string(), dir.display().to_string()]),
+            None => args.push("--ephemeral".into()),
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(agent_bin())
             .args(&args)
@@ -309,9 +397,18 @@ impl Agent {
             .stderr(logf)
             .spawn()
             .expect("spawn the agent");
-        let agent = Agent { child, port, log };
-        agent.wait_ready();
-        agent
+        Agent {
+            child,
+            port,
+            log,
+            owned_state: None,
+        }
+    }
+
+    /// SIGKILL, as an OOM kill or a node crash would.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn wait_ready(&self) {
@@ -387,6 +484,9 @@ impl Drop for Agent {
         // Kept for a failing test, whose message names it.
         if !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.log);
+            if let Some(dir) = &self.owned_state {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
     }
 }

@@ -1,31 +1,42 @@
-//! The lifecycle matrix against a real, private dockerd: every test runs its own agent that
-//! tracks only the containers labelled for that test, so tests share one daemon safely.
+//! The lifecycle matrix against real, private runtimes: one test body per behaviour, run
+//! against a private dockerd and a private Podman service alike (`docker` / `podman` tests
+//! of the same module), since both must give the same normalized results. Every test runs
+//! its own agent that tracks only the containers labelled for that test, so tests share one
+//! daemon per runtime safely.
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{http, wait_for, Agent, DockerDaemon, LOOP};
+use common::{http, wait_for, Agent, DockerDaemon, PodmanService, Runtime, LOOP};
 use serde_json::Value;
 
 struct Case {
-    daemon: std::sync::Arc<DockerDaemon>,
+    rt: Arc<dyn Runtime>,
     label: String,
 }
 
 impl Case {
-    fn new(name: &str) -> Option<Case> {
-        let daemon = DockerDaemon::shared()?;
-        Some(Case {
-            daemon,
+    fn with(rt: Arc<dyn Runtime>, name: &str) -> Case {
+        Case {
+            rt,
             label: format!("lat.test={}", common::unique(name)),
-        })
+        }
+    }
+
+    fn docker(name: &str) -> Option<Case> {
+        Some(Case::with(DockerDaemon::shared()?, name))
+    }
+
+    fn podman(name: &str) -> Option<Case> {
+        Some(Case::with(PodmanService::shared()?, name))
     }
 
     fn agent(&self, extra: &[&str]) -> Agent {
         let mut args = vec!["--container-filter", &self.label];
         args.extend_from_slice(extra);
-        Agent::start(&self.daemon.socket(), &args)
+        Agent::start_on(self.rt.kind(), &self.rt.socket(), &args)
     }
 
     fn opts<'a>(&'a self, more: &[&'a str]) -> Vec<&'a str> {
@@ -34,6 +45,59 @@ impl Case {
         v
     }
 }
+
+/// Runs one body against both runtimes: `NAME::docker` and `NAME::podman`.
+macro_rules! both_runtimes {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            #[test]
+            fn docker() {
+                if let Some(case) = super::Case::docker(stringify!($body)) {
+                    super::$body(&case);
+                }
+            }
+
+            #[test]
+            fn podman() {
+                if let Some(case) = super::Case::podman(stringify!($body)) {
+                    super::$body(&case);
+                }
+            }
+        }
+    )*};
+}
+
+/// Runs one body against Docker only: behaviour Podman does not have (OOM events, health
+/// checks on a timer of the daemon's own; Podman's are in `tests/podman.rs`).
+macro_rules! docker_only {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            #[test]
+            fn docker() {
+                if let Some(case) = super::Case::docker(stringify!($body)) {
+                    super::$body(&case);
+                }
+            }
+        }
+    )*};
+}
+
+both_runtimes!(
+    restart_counts_exactly_one,
+    stop_then_start_counts_one_and_pause_counts_none,
+    restart_policy_on_failure_counts_each_restart_and_node_total_survives_removal,
+    kubelet_style_replacement_is_one_restart_of_the_same_identity,
+    events_api_filters_and_names_bad_parameters,
+    containers_and_stats_endpoints,
+    clearing_the_history_needs_the_admin_token,
+    metrics_follow_the_exposition_formats,
+);
+
+docker_only!(
+    oom_kill_counts_once_with_exit_code_137,
+    failing_health_check_is_unhealthy_and_in_the_history,
+    hostile_label_values_survive_a_scrape_unchanged_or_cut,
+);
 
 fn c(name: &str) -> Vec<(&str, &str)> {
     vec![("container", name)]
@@ -54,16 +118,12 @@ fn types_of(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn docker_restart_counts_exactly_one() {
-    let Some(case) = Case::new("restart") else {
-        return;
-    };
+fn restart_counts_exactly_one(case: &Case) {
     let agent = case.agent(&[]);
-    let ctr = case.daemon.run("restart", &case.opts(&[]), LOOP);
+    let ctr = case.rt.run("restart", &case.opts(&[]), LOOP);
     agent.wait_metric("container_running", &c(&ctr.name), 1.0);
     agent.wait_metric("container_restarts_total", &c(&ctr.name), 0.0);
-    case.daemon.docker_ok(&["restart", "-t", "5", &ctr.name]);
+    case.rt.cli_ok(&["restart", "-t", "5", &ctr.name]);
     agent.wait_metric("container_restarts_total", &c(&ctr.name), 1.0);
     agent.wait_metric("container_running", &c(&ctr.name), 1.0);
     // The restart's own events are all in the history, each once.
@@ -92,23 +152,19 @@ fn docker_restart_counts_exactly_one() {
     );
 }
 
-#[test]
-fn stop_then_start_counts_one_and_pause_counts_none() {
-    let Some(case) = Case::new("stopstart") else {
-        return;
-    };
+fn stop_then_start_counts_one_and_pause_counts_none(case: &Case) {
     let agent = case.agent(&[]);
-    let ctr = case.daemon.run("stopstart", &case.opts(&[]), LOOP);
+    let ctr = case.rt.run("stopstart", &case.opts(&[]), LOOP);
     agent.wait_metric("container_running", &c(&ctr.name), 1.0);
-    case.daemon.docker_ok(&["pause", &ctr.name]);
+    case.rt.cli_ok(&["pause", &ctr.name]);
     agent.wait_metric("container_paused", &c(&ctr.name), 1.0);
     agent.wait_metric("containers_paused", &[], 1.0);
     // Paused still counts as running.
     agent.wait_metric("container_running", &c(&ctr.name), 1.0);
-    case.daemon.docker_ok(&["unpause", &ctr.name]);
+    case.rt.cli_ok(&["unpause", &ctr.name]);
     agent.wait_metric("container_paused", &c(&ctr.name), 0.0);
     agent.wait_metric("container_restarts_total", &c(&ctr.name), 0.0);
-    case.daemon.docker_ok(&["stop", "-t", "5", &ctr.name]);
+    case.rt.cli_ok(&["stop", "-t", "5", &ctr.name]);
     agent.wait_metric("container_running", &c(&ctr.name), 0.0);
     agent.wait_metric(
         "container_last_terminated_reason",
@@ -123,7 +179,7 @@ fn stop_then_start_counts_one_and_pause_counts_none() {
         ),
         None
     );
-    case.daemon.docker_ok(&["start", &ctr.name]);
+    case.rt.cli_ok(&["start", &ctr.name]);
     agent.wait_metric("container_running", &c(&ctr.name), 1.0);
     agent.wait_metric("container_restarts_total", &c(&ctr.name), 1.0);
     let m = agent.metrics();
@@ -134,13 +190,9 @@ fn stop_then_start_counts_one_and_pause_counts_none() {
     );
 }
 
-#[test]
-fn restart_policy_on_failure_counts_each_restart_and_node_total_survives_removal() {
-    let Some(case) = Case::new("policy") else {
-        return;
-    };
+fn restart_policy_on_failure_counts_each_restart_and_node_total_survives_removal(case: &Case) {
     let agent = case.agent(&[]);
-    let ctr = case.daemon.run(
+    let ctr = case.rt.run(
         "policy",
         &case.opts(&["--restart", "on-failure:3"]),
         "exit 3",
@@ -153,7 +205,7 @@ fn restart_policy_on_failure_counts_each_restart_and_node_total_survives_removal
         &[("container", &ctr.name), ("reason", "error")],
         1.0,
     );
-    let inspect = case.daemon.docker_ok(&[
+    let inspect = case.rt.cli_ok(&[
         "inspect",
         "-f",
         "{{.RestartCount}} {{.State.Status}}",
@@ -179,11 +231,9 @@ fn restart_policy_on_failure_counts_each_restart_and_node_total_survives_removal
     agent.wait_metric("containers_tracked", &[], 0.0);
 }
 
-#[test]
-fn oom_kill_counts_once_with_exit_code_137() {
-    let Some(case) = Case::new("oom") else { return };
+fn oom_kill_counts_once_with_exit_code_137(case: &Case) {
     let agent = case.agent(&[]);
-    let ctr = case.daemon.run(
+    let ctr = case.rt.run(
         "oom",
         &case.opts(&["--memory", "16m", "--memory-swap", "16m"]),
         "dd if=/dev/zero of=/dev/null bs=64M count=1",
@@ -199,13 +249,9 @@ fn oom_kill_counts_once_with_exit_code_137() {
     assert_eq!(ev.len(), 1, "{ev:?}");
 }
 
-#[test]
-fn failing_health_check_is_unhealthy_and_in_the_history() {
-    let Some(case) = Case::new("health") else {
-        return;
-    };
+fn failing_health_check_is_unhealthy_and_in_the_history(case: &Case) {
     let agent = case.agent(&[]);
-    let ctr = case.daemon.run(
+    let ctr = case.rt.run(
         "health",
         &case.opts(&[
             "--health-cmd",
@@ -256,11 +302,7 @@ fn pod_labels<'a>(case: &'a Case, pod: &'a str, uid: &'a str, attempt: &'a str) 
     ])
 }
 
-#[test]
-fn kubelet_style_replacement_is_one_restart_of_the_same_identity() {
-    let Some(case) = Case::new("kubelet") else {
-        return;
-    };
+fn kubelet_style_replacement_is_one_restart_of_the_same_identity(case: &Case) {
     let agent = case.agent(&[]);
     let pod = format!("io.kubernetes.pod.name={}", common::unique("pod"));
     let uid = format!("io.kubernetes.pod.uid={}", common::unique("uid"));
@@ -272,10 +314,10 @@ fn kubelet_style_replacement_is_one_restart_of_the_same_identity() {
         ("pod", pod_name.as_str()),
         ("container", "web"),
     ];
-    let first = case.daemon.run(
+    let first = case.rt.run(
         "k8s",
         &pod_labels(
-            &case,
+            case,
             &pod,
             &uid,
             "annotation.io.kubernetes.container.restartCount=0",
@@ -284,10 +326,10 @@ fn kubelet_style_replacement_is_one_restart_of_the_same_identity() {
     );
     agent.wait_metric("container_running", &id, 0.0);
     agent.wait_metric("container_restarts_total", &id, 0.0);
-    let second = case.daemon.run(
+    let second = case.rt.run(
         "k8s",
         &pod_labels(
-            &case,
+            case,
             &pod,
             &uid,
             "annotation.io.kubernetes.container.restartCount=1",
@@ -325,15 +367,13 @@ fn kubelet_style_replacement_is_one_restart_of_the_same_identity() {
     agent.wait_metric("containers_restarts_total", &[], 1.0);
 }
 
-#[test]
-fn events_api_filters_and_names_bad_parameters() {
-    let Some(case) = Case::new("api") else { return };
+fn events_api_filters_and_names_bad_parameters(case: &Case) {
     let agent = case.agent(&[]);
-    let a = case.daemon.run("api-a", &case.opts(&[]), "exit 0");
-    let b = case.daemon.run("api-b", &case.opts(&[]), LOOP);
+    let a = case.rt.run("api-a", &case.opts(&[]), "exit 0");
+    let b = case.rt.run("api-b", &case.opts(&[]), LOOP);
     agent.wait_metric("container_running", &c(&b.name), 1.0);
     agent.wait_metric("container_last_exit_code", &c(&a.name), 0.0);
-    case.daemon.docker_ok(&["kill", &b.name]);
+    case.rt.cli_ok(&["kill", &b.name]);
     agent.wait_metric("container_running", &c(&b.name), 0.0);
 
     let by_a = history(&agent, &format!("container={}", a.name));
@@ -397,14 +437,10 @@ fn events_api_filters_and_names_bad_parameters() {
     }
 }
 
-#[test]
-fn containers_and_stats_endpoints() {
-    let Some(case) = Case::new("stats") else {
-        return;
-    };
+fn containers_and_stats_endpoints(case: &Case) {
     let agent = case.agent(&[]);
-    let a = case.daemon.run("stats-a", &case.opts(&[]), LOOP);
-    let b = case.daemon.create("stats-b", &case.opts(&[]), LOOP);
+    let a = case.rt.run("stats-a", &case.opts(&[]), LOOP);
+    let b = case.rt.create("stats-b", &case.opts(&[]), LOOP);
     agent.wait_metric("container_running", &c(&a.name), 1.0);
     agent.wait_metric("containers_tracked", &[], 2.0);
     agent.wait_metric("containers_stopped", &[], 1.0);
@@ -425,7 +461,7 @@ fn containers_and_stats_endpoints() {
     );
     assert_eq!(agent.get("/api/v1/containers/no-such-container").0, 404);
 
-    case.daemon.docker_ok(&["restart", "-t", "5", &a.name]);
+    case.rt.cli_ok(&["restart", "-t", "5", &a.name]);
     agent.wait_metric("container_restarts_total", &c(&a.name), 1.0);
     let r = agent.json("/api/v1/stats/restarts");
     for key in [
@@ -494,11 +530,7 @@ fn containers_and_stats_endpoints() {
     );
 }
 
-#[test]
-fn clearing_the_history_needs_the_admin_token() {
-    let Some(case) = Case::new("admin") else {
-        return;
-    };
+fn clearing_the_history_needs_the_admin_token(case: &Case) {
     let plain = case.agent(&[]);
     let (status, body) = http(plain.port, "DELETE", "/api/v1/events?before=1h", &[]).unwrap();
     assert_eq!(status, 403, "{body}");
@@ -506,7 +538,7 @@ fn clearing_the_history_needs_the_admin_token() {
     let token = std::env::temp_dir().join(common::unique("token"));
     std::fs::write(&token, "correct-horse-battery\n").unwrap();
     let agent = case.agent(&["--admin-token-file", token.to_str().unwrap()]);
-    let ctr = case.daemon.run("admin", &case.opts(&[]), "exit 0");
+    let ctr = case.rt.run("admin", &case.opts(&[]), "exit 0");
     agent.wait_metric("container_last_exit_code", &c(&ctr.name), 0.0);
     let (status, _) = http(agent.port, "DELETE", "/api/v1/events?before=0s", &[]).unwrap();
     assert_eq!(status, 401);
@@ -532,13 +564,9 @@ fn clearing_the_history_needs_the_admin_token() {
     let _ = std::fs::remove_file(token);
 }
 
-#[test]
-fn metrics_follow_the_exposition_formats() {
-    let Some(case) = Case::new("format") else {
-        return;
-    };
+fn metrics_follow_the_exposition_formats(case: &Case) {
     let agent = case.agent(&[]);
-    let ctr = case.daemon.run("format", &case.opts(&[]), LOOP);
+    let ctr = case.rt.run("format", &case.opts(&[]), LOOP);
     agent.wait_metric("container_running", &c(&ctr.name), 1.0);
     let (status, body) = http(
         agent.port,
@@ -578,18 +606,14 @@ fn metrics_follow_the_exposition_formats() {
     common::promtool_check(&text);
 }
 
-#[test]
-fn hostile_label_values_survive_a_scrape_unchanged_or_cut() {
-    let Some(case) = Case::new("hostile") else {
-        return;
-    };
+fn hostile_label_values_survive_a_scrape_unchanged_or_cut(case: &Case) {
     let agent = case.agent(&[]);
     let nasty = "we\"ird\\pod\nname-é-😀";
     let long = "x".repeat(1500);
     let ns = format!("io.kubernetes.pod.namespace={nasty}");
     let pod = format!("io.kubernetes.pod.name={long}");
     let uid = format!("io.kubernetes.pod.uid={}", common::unique("uid"));
-    let ctr = case.daemon.run(
+    let ctr = case.rt.run(
         "hostile",
         &case.opts(&[
             "--label",

@@ -1,0 +1,924 @@
+//! Podman's own REST API (libpod, `/v4.0.0/libpod/...`) over its unix socket or `tcp://`.
+//!
+//! Why libpod and not Podman's Docker-compatible endpoints: only libpod says which container
+//! is a pod's infra container (a sandbox, never tracked), carries the health status of every
+//! check, and keeps Podman's own action words (`died`, not the renamed `die`). Podman also
+//! persists its events (file or journald), so a replay after a gap reaches much further back
+//! than Docker's 256 in-memory events.
+//!
+//! Three Podman facts shape this file (seen on Podman 4.3):
+//! - `since` is exclusive: we ask from one nanosecond earlier, so the watch loop gets the
+//!   inclusive replay it expects (the cursor's own event comes back: an overlap, no gap).
+//! - `until` on a past time answers nothing (the log reader is stopped before it reads), so
+//!   a bounded replay reads the log to its end without following it (`stream=false`) and
+//!   drops what is newer than `until` itself.
+//! - the file log rotates at 1 MB and a stream opened with `since` ends there: the live
+//!   stream reopens itself from its last event, so a rotation is not a lost connection.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{self, BoxStream, StreamExt};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tracing::{debug, warn};
+
+use super::snapshot::{ContainerSnapshot, SnapshotState};
+use super::{map_action, ContainerFilter, RuntimeInfo, Source, SourceError};
+use crate::event::{ContainerLabels, EventKind, Health, RuntimeEvent, RuntimeKind};
+use crate::time::{format_rfc3339, parse_rfc3339, NANOS_PER_SEC};
+
+/// The libpod API prefix; Podman 4 and 5 answer it (their minimum libpod API is 4.0.0).
+const API: &str = "/v4.0.0/libpod";
+/// Time for one request's headers and (non-streaming) body.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A list or inspect answer larger than this is refused rather than buffered.
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// An event line longer than this is skipped: real ones are a few hundred bytes, label-heavy
+/// ones a few KiB.
+const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Inspects in flight at once while building a snapshot.
+const INSPECT_CONCURRENCY: usize = 8;
+/// Times in a row the live stream may end without delivering anything before the source
+/// reports it as ended (a rotation delivers at least the events before it).
+const MAX_EMPTY_REOPENS: u32 = 3;
+
+/// Where the API listens.
+#[derive(Debug, Clone)]
+enum Target {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+/// What can go wrong talking HTTP to Podman; turned into a [`SourceError`] at the edge.
+#[derive(Debug, thiserror::Error)]
+enum HttpError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("{0}")]
+    Hyper(#[from] hyper::Error),
+    #[error("cannot build the request: {0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("no answer within {0}s")]
+    Timeout(u64),
+    #[error("unexpected JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+impl HttpError {
+    fn is_not_found(&self) -> bool {
+        matches!(self, HttpError::Status { status: 404, .. })
+    }
+}
+
+impl Target {
+    fn parse(endpoint: &str) -> Result<Target, String> {
+        if let Some(addr) = endpoint
+            .strip_prefix("tcp://")
+            .or_else(|| endpoint.strip_prefix("http://"))
+        {
+            return Ok(Target::Tcp(addr.trim_end_matches('/').to_string()));
+        }
+        let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
+        if path.is_empty() {
+            return Err("empty socket path".into());
+        }
+        Ok(Target::Unix(PathBuf::from(path)))
+    }
+
+    /// Sends one GET on a fresh connection; the connection lives as long as the body.
+    async fn get(&self, path_and_query: &str) -> Result<Response<Incoming>, HttpError> {
+        let req = Request::get(path_and_query)
+            .header(hyper::header::HOST, "podman")
+            .body(Empty::<Bytes>::new())?;
+        match self {
+            Target::Unix(p) => {
+                let io = tokio::net::UnixStream::connect(p)
+                    .await
+                    .map_err(HttpError::Connect)?;
+                send_over(io, req).await
+            }
+            Target::Tcp(addr) => {
+                let io = tokio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(HttpError::Connect)?;
+                send_over(io, req).await
+            }
+        }
+    }
+
+    /// GETs and checks the status; error bodies carry Podman's `message`.
+    async fn get_ok(&self, path_and_query: &str) -> Result<Response<Incoming>, HttpError> {
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.get(path_and_query))
+            .await
+            .map_err(|_| HttpError::Timeout(REQUEST_TIMEOUT.as_secs()))??;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = Limited::new(resp.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v.get("message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+        Err(HttpError::Status {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path_and_query: &str,
+    ) -> Result<T, HttpError> {
+        let resp = self.get_ok(path_and_query).await?;
+        let body = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            Limited::new(resp.into_body(), MAX_BODY_BYTES).collect(),
+        )
+        .await
+        .map_err(|_| HttpError::Timeout(REQUEST_TIMEOUT.as_secs()))?
+        .map_err(|_| HttpError::TooLarge(MAX_BODY_BYTES))?
+        .to_bytes();
+        Ok(serde_json::from_slice(&body)?)
+    }
+}
+
+async fn send_over<T>(io: T, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>, HttpError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "podman API connection closed");
+        }
+    });
+    Ok(sender.send_request(req).await?)
+}
+
+/// Splits a streaming body into lines without waiting for more than the next chunk.
+struct Lines {
+    body: Incoming,
+    buf: Vec<u8>,
+    /// Skipping the rest of an over-long line.
+    skipping: bool,
+    done: bool,
+}
+
+impl Lines {
+    fn new(body: Incoming) -> Lines {
+        Lines {
+            body,
+            buf: Vec::new(),
+            skipping: false,
+            done: false,
+        }
+    }
+
+    /// The next complete line, `None` at the end of the body.
+    async fn next(&mut self) -> Option<Result<Vec<u8>, HttpError>> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+                line.pop();
+                if std::mem::take(&mut self.skipping) {
+                    continue;
+                }
+                return Some(Ok(line));
+            }
+            if self.buf.len() > MAX_LINE_BYTES {
+                warn!(
+                    bytes = self.buf.len(),
+                    "skipping an over-long line in Podman's event stream"
+                );
+                self.buf.clear();
+                self.skipping = true;
+            }
+            if self.done {
+                if self.buf.is_empty() || self.skipping {
+                    return None;
+                }
+                return Some(Ok(std::mem::take(&mut self.buf)));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(e.into()));
+                }
+                None => self.done = true,
+            }
+        }
+    }
+}
+
+/// One line of libpod's event stream (the Docker-shaped JSON Podman 4 answers).
+#[derive(Debug, Deserialize)]
+struct PodmanEvent {
+    #[serde(rename = "Type", default)]
+    typ: String,
+    #[serde(rename = "Action", default)]
+    action: String,
+    #[serde(rename = "Actor", default)]
+    actor: Actor,
+    #[serde(rename = "timeNano", default)]
+    time_nano: Option<i64>,
+    #[serde(default)]
+    time: Option<i64>,
+    /// Podman puts a health check's result here, on every check.
+    #[serde(rename = "HealthStatus", default)]
+    health_status: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Actor {
+    #[serde(rename = "ID", default)]
+    id: String,
+    #[serde(rename = "Attributes", default)]
+    attributes: Option<HashMap<String, String>>,
+}
+
+/// Parses one event line. Podman 4.3's log reader can emit the start of a line and then the
+/// whole line again on the same line (a write it caught half-way): the last complete object
+/// in the line is the event.
+fn parse_line(line: &[u8]) -> Option<PodmanEvent> {
+    let text = std::str::from_utf8(line).ok()?.trim();
+    if text.is_empty() {
+        return None;
+    }
+    if let Ok(ev) = serde_json::from_str(text) {
+        return Some(ev);
+    }
+    text.match_indices("{\"")
+        .skip(1)
+        .find_map(|(i, _)| serde_json::from_str(&text[i..]).ok())
+}
+
+/// A libpod event as a runtime event, before the pod-infra check. Non-container events and
+/// actions without a lifecycle meaning are `None`.
+fn to_runtime_event(ev: PodmanEvent) -> Option<RuntimeEvent> {
+    if ev.typ != "container" {
+        return None;
+    }
+    let (kind, mut health) = map_action(&ev.action)?;
+    if ev.actor.id.is_empty() {
+        return None;
+    }
+    let attrs = ev.actor.attributes.unwrap_or_default();
+    let get = |k: &str| attrs.get(k).map(String::as_str);
+    if kind == EventKind::HealthStatus && health.is_none() {
+        health = ev
+            .health_status
+            .as_deref()
+            .or_else(|| get("health_status"))
+            .and_then(Health::parse);
+    }
+    let time_nanos = ev
+        .time_nano
+        .filter(|&t| t > 0)
+        .or_else(|| ev.time.map(|s| s.saturating_mul(NANOS_PER_SEC)))?;
+    // Podman stamps `containerExitCode` on every event (usually "0"); only a death has one.
+    let exit_code = if kind == EventKind::Died {
+        get("containerExitCode")
+            .or_else(|| get("exitCode"))
+            .and_then(|c| c.parse().ok())
+    } else {
+        None
+    };
+    Some(RuntimeEvent {
+        time_nanos,
+        kind,
+        exit_code,
+        health,
+        name: get("name").unwrap_or_default().to_string(),
+        image: get("image").unwrap_or_default().to_string(),
+        labels: ContainerLabels::from_lookup(get),
+        action: ev.action,
+        container_id: ev.actor.id,
+    })
+}
+
+/// The pod an event's container belongs to, if any (`podId` attribute).
+fn pod_of(ev: &PodmanEvent) -> Option<String> {
+    ev.actor
+        .attributes
+        .as_ref()
+        .and_then(|a| a.get("podId"))
+        .filter(|p| !p.is_empty())
+        .cloned()
+}
+
+/// Podman names a pod's infra container `<first 12 of the pod id>-infra` unless told
+/// otherwise; the fallback when the container is gone and inspect cannot say.
+fn looks_like_infra(name: &str, pod_id: &str) -> bool {
+    name.strip_suffix("-infra")
+        .is_some_and(|p| !p.is_empty() && pod_id.starts_with(p))
+}
+
+/// The same judgement without the pod id: `<12 hex digits>-infra`.
+fn looks_like_default_infra(name: &str) -> bool {
+    name.strip_suffix("-infra").is_some_and(|p| {
+        p.len() == 12
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Which containers are pod infra containers, learned from list, inspect and events.
+#[derive(Debug, Default)]
+struct InfraCache {
+    known: HashMap<String, bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct VersionAnswer {
+    #[serde(rename = "Version", default)]
+    version: String,
+    #[serde(rename = "Components", default)]
+    components: Option<Vec<Component>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Component {
+    #[serde(rename = "Name", default)]
+    name: String,
+    #[serde(rename = "Details", default)]
+    details: Option<HashMap<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListItem {
+    #[serde(rename = "Id")]
+    id: String,
+    #[serde(rename = "IsInfra", default)]
+    is_infra: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Inspect {
+    #[serde(rename = "Id")]
+    id: String,
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "Created")]
+    created: Option<String>,
+    #[serde(rename = "Image")]
+    image_id: String,
+    #[serde(rename = "ImageName")]
+    image_name: String,
+    #[serde(rename = "RestartCount")]
+    restart_count: Option<i64>,
+    #[serde(rename = "IsInfra")]
+    is_infra: bool,
+    #[serde(rename = "State")]
+    state: InspectState,
+    #[serde(rename = "Config")]
+    config: InspectConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct InspectState {
+    #[serde(rename = "Status")]
+    status: String,
+    #[serde(rename = "ExitCode")]
+    exit_code: Option<i64>,
+    #[serde(rename = "OOMKilled")]
+    oom_killed: bool,
+    #[serde(rename = "StartedAt")]
+    started_at: Option<String>,
+    #[serde(rename = "FinishedAt")]
+    finished_at: Option<String>,
+    /// `Health` in Podman 4, `Healthcheck` in Podman 3.
+    #[serde(rename = "Health", alias = "Healthcheck")]
+    health: Option<InspectHealth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct InspectHealth {
+    #[serde(rename = "Status")]
+    status: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct InspectConfig {
+    #[serde(rename = "Labels")]
+    labels: Option<HashMap<String, String>>,
+}
+
+fn to_snapshot(i: Inspect) -> ContainerSnapshot {
+    let labels = i.config.labels.unwrap_or_default();
+    let mut l = ContainerLabels::from_lookup(|k| labels.get(k).map(String::as_str));
+    l.sandbox |= i.is_infra;
+    ContainerSnapshot {
+        name: i.name.trim_start_matches('/').to_string(),
+        image: i.image_name,
+        image_id: i.image_id,
+        labels: l,
+        state: SnapshotState::parse(&i.state.status),
+        started_at: i.state.started_at.as_deref().and_then(parse_rfc3339),
+        finished_at: i.state.finished_at.as_deref().and_then(parse_rfc3339),
+        created_at: i.created.as_deref().and_then(parse_rfc3339),
+        exit_code: i.state.exit_code,
+        // Podman 4 never sets it (it sees no OOM kill); kept for runtimes that do.
+        oom_killed: i.state.oom_killed,
+        health: i.state.health.and_then(|h| Health::parse(&h.status)),
+        restart_count: i.restart_count.unwrap_or(0).max(0) as u64,
+        id: i.id,
+    }
+}
+
+/// `since` for Podman: RFC 3339 with nanoseconds, one nanosecond early (Podman's `since` is
+/// exclusive; the watch loop's replays are inclusive).
+pub fn format_podman_since(nanos: i64) -> String {
+    format_rfc3339(nanos.saturating_sub(1))
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub struct PodmanSource {
+    endpoint: String,
+    filter: ContainerFilter,
+    target: Result<Target, String>,
+    infra: Arc<Mutex<InfraCache>>,
+}
+
+impl PodmanSource {
+    /// `endpoint` is `unix:///path`, a bare path, or `tcp://host:port`.
+    pub fn new(endpoint: &str, filter: ContainerFilter) -> PodmanSource {
+        PodmanSource {
+            endpoint: endpoint.to_string(),
+            filter,
+            target: Target::parse(endpoint),
+            infra: Arc::default(),
+        }
+    }
+
+    fn target(&self) -> Result<&Target, SourceError> {
+        self.target.as_ref().map_err(|e| SourceError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            reason: e.clone(),
+        })
+    }
+
+    fn error(&self, operation: &'static str, e: HttpError) -> SourceError {
+        classify(&self.endpoint, operation, e)
+    }
+
+    /// The libpod `filters` query value: `{"label": [...]}` plus `extra`.
+    fn filters(&self, extra: &[(&str, &str)]) -> String {
+        let mut f: HashMap<&str, Vec<String>> = HashMap::new();
+        if !self.filter.labels.is_empty() {
+            f.insert("label", self.filter.labels.clone());
+        }
+        for (k, v) in extra {
+            f.entry(k).or_default().push(v.to_string());
+        }
+        encode(&serde_json::to_string(&f).unwrap_or_else(|_| "{}".into()))
+    }
+}
+
+/// Connection failures are `Unreachable` (back off and retry); answers Podman gave are `Api`.
+fn classify(endpoint: &str, operation: &'static str, e: HttpError) -> SourceError {
+    match e {
+        HttpError::Connect(_) | HttpError::Hyper(_) | HttpError::Timeout(_) => {
+            SourceError::Unreachable {
+                endpoint: endpoint.to_string(),
+                reason: format!("{operation}: {e}"),
+            }
+        }
+        other => SourceError::Api {
+            endpoint: endpoint.to_string(),
+            operation,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Everything an event stream needs, cloned into it.
+#[derive(Clone)]
+struct StreamCtx {
+    endpoint: String,
+    target: Target,
+    infra: Arc<Mutex<InfraCache>>,
+}
+
+impl StreamCtx {
+    /// Whether `container_id` (a member of `pod_id`) is its pod's infra container. Asked
+    /// once per container, by inspect; when the container is already gone (a replay of old
+    /// events), Podman's default infra name decides. The reading task waits for this one
+    /// local request: unlike Docker, Podman serves events from its log and drops nothing for
+    /// a reader that pauses.
+    async fn is_infra(&self, container_id: &str, pod_id: &str, name: &str) -> bool {
+        if let Some(&known) = self.infra.lock().known.get(container_id) {
+            return known;
+        }
+        let path = format!("{API}/containers/{}/json", encode(container_id));
+        let infra = match self.target.get_json::<Inspect>(&path).await {
+            Ok(i) => i.is_infra,
+            Err(e) => {
+                if !e.is_not_found() {
+                    debug!(container_id, error = %e, "cannot inspect a pod member; judging by its name");
+                }
+                looks_like_infra(name, pod_id)
+            }
+        };
+        self.infra
+            .lock()
+            .known
+            .insert(container_id.to_string(), infra);
+        infra
+    }
+
+    /// Translates one line, asking Podman whether a pod member is the pod's infra.
+    async fn translate(&self, line: Vec<u8>) -> Option<RuntimeEvent> {
+        let Some(raw) = parse_line(&line) else {
+            warn!(
+                line = %String::from_utf8_lossy(&line[..line.len().min(200)]),
+                "skipping an unparsable line in Podman's event stream"
+            );
+            return None;
+        };
+        let pod = pod_of(&raw);
+        let mut ev = to_runtime_event(raw)?;
+        // Only some actions carry `podId` (a `died` written by the cleanup process does not),
+        // so what was learned about a container holds for all its events.
+        let known = self.infra.lock().known.get(&ev.container_id).copied();
+        ev.labels.sandbox = match (known, pod) {
+            (Some(infra), _) => infra,
+            (None, Some(pod)) => self.is_infra(&ev.container_id, &pod, &ev.name).await,
+            (None, None) => looks_like_default_infra(&ev.name),
+        };
+        if ev.kind == EventKind::Destroyed {
+            self.infra.lock().known.remove(&ev.container_id);
+        }
+        Some(ev)
+    }
+}
+
+type Item = Result<Option<RuntimeEvent>, SourceError>;
+
+/// The state of one event stream between items.
+struct EventStream {
+    ctx: StreamCtx,
+    filters: String,
+    /// Replay (`Some(until)`) or live (`None`).
+    until: Option<i64>,
+    /// Where the next (re)open starts, inclusive.
+    since: Option<i64>,
+    lines: Option<Lines>,
+    delivered_since_open: bool,
+    empty_reopens: u32,
+    finished: bool,
+}
+
+impl EventStream {
+    fn query(&self) -> String {
+        let mut q = format!(
+            "{API}/events?stream={}&filters={}",
+            self.until.is_none(),
+            self.filters
+        );
+        if let Some(s) = self.since {
+            q.push_str("&since=");
+            q.push_str(&encode(&format_podman_since(s)));
+        }
+        q
+    }
+
+    async fn next_item(&mut self) -> Option<Item> {
+        loop {
+            if self.finished {
+                return None;
+            }
+            let lines = match self.lines.as_mut() {
+                Some(l) => l,
+                None => {
+                    let q = self.query();
+                    match self.ctx.target.get_ok(&q).await {
+                        Ok(resp) => {
+                            self.delivered_since_open = false;
+                            self.lines.insert(Lines::new(resp.into_body()))
+                        }
+                        Err(e) => {
+                            self.finished = true;
+                            return Some(Err(classify(&self.ctx.endpoint, "events", e)));
+                        }
+                    }
+                }
+            };
+            match lines.next().await {
+                Some(Ok(line)) => {
+                    self.delivered_since_open = true;
+                    let Some(ev) = self.ctx.translate(line).await else {
+                        return Some(Ok(None));
+                    };
+                    if self.until.is_some_and(|u| ev.time_nanos > u) {
+                        // The live stream brings it; a replay stops at `until`.
+                        return Some(Ok(None));
+                    }
+                    self.since = Some(self.since.map_or(ev.time_nanos, |s| s.max(ev.time_nanos)));
+                    return Some(Ok(Some(ev)));
+                }
+                Some(Err(e)) => {
+                    self.finished = true;
+                    return Some(Err(classify(&self.ctx.endpoint, "events", e)));
+                }
+                None => {
+                    self.lines = None;
+                    if self.until.is_some() {
+                        self.finished = true;
+                        return None;
+                    }
+                    // A live stream that ends cleanly met a log rotation (or a service on
+                    // its way down): reopen from the last event; duplicates are dropped
+                    // downstream, a dead service fails the reopen.
+                    self.empty_reopens = if self.delivered_since_open {
+                        0
+                    } else {
+                        self.empty_reopens + 1
+                    };
+                    if self.empty_reopens >= MAX_EMPTY_REOPENS {
+                        self.finished = true;
+                        return Some(Err(SourceError::StreamEnded {
+                            endpoint: self.ctx.endpoint.clone(),
+                        }));
+                    }
+                    debug!(since = ?self.since.map(format_rfc3339), "Podman's event stream ended (log rotation?); reopening");
+                }
+            }
+        }
+    }
+}
+
+impl Source for PodmanSource {
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    async fn connect(&mut self) -> Result<RuntimeInfo, SourceError> {
+        let target = self.target()?.clone();
+        if let Target::Unix(path) = &target {
+            if !path.exists() {
+                return Err(SourceError::Unreachable {
+                    endpoint: self.endpoint.clone(),
+                    reason: format!("no socket at {}", path.display()),
+                });
+            }
+        }
+        let v: VersionAnswer =
+            target
+                .get_json(&format!("{API}/version"))
+                .await
+                .map_err(|e| match e {
+                    HttpError::Status { status: 404, .. } => SourceError::Api {
+                        endpoint: self.endpoint.clone(),
+                        operation: "version",
+                        reason: "no libpod API here (is this a Docker socket?)".into(),
+                    },
+                    e => self.error("version", e),
+                })?;
+        let engine = v
+            .components
+            .iter()
+            .flatten()
+            .find(|c| c.name.to_ascii_lowercase().contains("podman"));
+        let Some(engine) = engine else {
+            return Err(SourceError::Api {
+                endpoint: self.endpoint.clone(),
+                operation: "version",
+                reason: "the answer names no Podman engine".into(),
+            });
+        };
+        let api_version = engine
+            .details
+            .as_ref()
+            .and_then(|d| d.get("APIVersion"))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        Ok(RuntimeInfo {
+            runtime: RuntimeKind::Podman,
+            version: v.version,
+            api_version,
+        })
+    }
+
+    fn events(&self, since: Option<i64>, until: Option<i64>) -> BoxStream<'static, Item> {
+        let target = match self.target() {
+            Ok(t) => t.clone(),
+            Err(e) => return stream::once(async move { Err(e) }).boxed(),
+        };
+        let state = EventStream {
+            ctx: StreamCtx {
+                endpoint: self.endpoint.clone(),
+                target,
+                infra: self.infra.clone(),
+            },
+            filters: self.filters(&[("type", "container")]),
+            until,
+            since,
+            lines: None,
+            delivered_since_open: false,
+            empty_reopens: 0,
+            finished: false,
+        };
+        stream::unfold(state, |mut s| async move {
+            let item = s.next_item().await?;
+            Some((item, s))
+        })
+        .boxed()
+    }
+
+    async fn snapshot(&self) -> Result<Vec<ContainerSnapshot>, SourceError> {
+        let target = self.target()?.clone();
+        let list: Vec<ListItem> = target
+            .get_json(&format!(
+                "{API}/containers/json?all=true&filters={}",
+                self.filters(&[])
+            ))
+            .await
+            .map_err(|e| self.error("list containers", e))?;
+        {
+            let mut cache = self.infra.lock();
+            cache.known.clear();
+            for c in &list {
+                cache.known.insert(c.id.clone(), c.is_infra);
+            }
+        }
+        let results: Vec<_> = stream::iter(list.into_iter().filter(|c| !c.is_infra))
+            .map(|c| {
+                let target = target.clone();
+                async move {
+                    let path = format!("{API}/containers/{}/json", encode(&c.id));
+                    target.get_json::<Inspect>(&path).await
+                }
+            })
+            .buffer_unordered(INSPECT_CONCURRENCY)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(i) => out.push(to_snapshot(i)),
+                // Removed between list and inspect: its remove event tells the rest.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(self.error("inspect container", e)),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<(), SourceError> {
+        let target = self.target()?;
+        let resp = target
+            .get_ok(&format!("{API}/_ping"))
+            .await
+            .map_err(|e| self.error("ping", e))?;
+        drop(resp);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    const DIED: &str = r#"{"status":"died","id":"25e82be567f6","from":"localhost/lat-busybox:1","Type":"container","Action":"died","Actor":{"ID":"25e82be567f6","Attributes":{"a":"b","containerExitCode":"137","image":"localhost/lat-busybox:1","name":"t1","podId":""}},"scope":"local","time":1795667329,"timeNano":1795667329494075242}"#;
+
+    fn line(action: &str, extra: &str) -> String {
+        format!(
+            r#"{{"status":"{action}","id":"abc","Type":"container","Action":"{action}","Actor":{{"ID":"abc","Attributes":{{"containerExitCode":"0","image":"img","name":"web","podId":""}}}},"time":1795667329,"timeNano":1795667329000000001{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn died_carries_the_exit_code_and_others_do_not() {
+        let e = to_runtime_event(parse_line(DIED.as_bytes()).unwrap()).unwrap();
+        assert_eq!(e.kind, EventKind::Died);
+        assert_eq!(e.exit_code, Some(137));
+        assert_eq!(e.action, "died");
+        assert_eq!(e.name, "t1");
+        assert_eq!(e.time_nanos, 1_795_667_329_494_075_242);
+        // Podman stamps containerExitCode "0" on every event: a start has no exit code.
+        let s = to_runtime_event(parse_line(line("start", "").as_bytes()).unwrap()).unwrap();
+        assert_eq!((s.kind, s.exit_code), (EventKind::Started, None));
+    }
+
+    #[test]
+    fn podman_only_words_are_ignored_and_pods_are_not_containers() {
+        for a in [
+            "init",
+            "cleanup",
+            "sync",
+            "exec_died",
+            "mount",
+            "checkpoint",
+        ] {
+            assert!(
+                to_runtime_event(parse_line(line(a, "").as_bytes()).unwrap()).is_none(),
+                "{a}"
+            );
+        }
+        let pod = line("stop", "").replace(r#""Type":"container""#, r#""Type":"pod""#);
+        assert!(to_runtime_event(parse_line(pod.as_bytes()).unwrap()).is_none());
+        let image = line("pull", "").replace(r#""Type":"container""#, r#""Type":"image""#);
+        assert!(to_runtime_event(parse_line(image.as_bytes()).unwrap()).is_none());
+    }
+
+    #[test]
+    fn health_status_comes_from_the_top_level_field() {
+        let l = line("health_status", r#","HealthStatus":"unhealthy""#);
+        let e = to_runtime_event(parse_line(l.as_bytes()).unwrap()).unwrap();
+        assert_eq!(
+            (e.kind, e.health),
+            (EventKind::HealthStatus, Some(Health::Unhealthy))
+        );
+    }
+
+    #[test]
+    fn a_line_with_a_torn_write_before_it_still_parses() {
+        let torn = format!("{}{}", &DIED[..120], DIED);
+        let e = to_runtime_event(parse_line(torn.as_bytes()).unwrap()).unwrap();
+        assert_eq!(e.exit_code, Some(137));
+        assert!(parse_line(b"{\"status\":\"died\",\"id\"").is_none());
+        assert!(parse_line(b"").is_none());
+    }
+
+    #[test]
+    fn infra_names_follow_podmans_default() {
+        let pod = "bcf91392c67557f9be80719b4952dc221ab4afcf4da84ddd5b769a390c2168c5";
+        assert!(looks_like_infra("bcf91392c675-infra", pod));
+        assert!(!looks_like_infra("web-infra", pod));
+        assert!(!looks_like_infra("-infra", pod));
+        assert!(!looks_like_infra("bcf91392c675", pod));
+        assert!(looks_like_default_infra("bcf91392c675-infra"));
+        assert!(!looks_like_default_infra("shop-infra"));
+    }
+
+    #[test]
+    fn since_is_made_inclusive_and_queries_are_encoded() {
+        assert_eq!(
+            format_podman_since(1_795_667_327_121_379_813),
+            "2026-11-26T04:28:47.121379812Z"
+        );
+        assert_eq!(encode("a=b c/{}"), "a%3Db%20c%2F%7B%7D");
+        let filter = ContainerFilter::parse(&["x=y".into()]).unwrap();
+        let src = PodmanSource::new("/run/p.sock", filter);
+        let f = src.filters(&[("type", "container")]);
+        assert!(f.contains(&encode(r#""label":["x=y"]"#)), "{f}");
+        assert!(f.contains(&encode(r#""type":["container"]"#)), "{f}");
+    }
+
+    #[test]
+    fn inspect_of_a_pod_infra_container_is_a_sandbox() {
+        let json = r#"{"Id":"aeca97d7a3f9","Name":"bcf91392c675-infra","Created":"2026-11-26T04:28:56.257985799Z",
+            "Image":"54a51b763f72","ImageName":"localhost/lat-busybox:1","RestartCount":0,"IsInfra":true,
+            "State":{"Status":"running","ExitCode":0,"OOMKilled":false,"StartedAt":"2026-11-26T04:28:56.400583518Z",
+            "FinishedAt":"0001-01-01T00:00:00Z","Health":{"Status":"","FailingStreak":0,"Log":null}},
+            "Config":{"Labels":null}}"#;
+        let s = to_snapshot(serde_json::from_str(json).unwrap());
+        assert!(s.labels.sandbox);
+        assert_eq!(s.state, SnapshotState::Running);
+        assert_eq!(s.finished_at, None);
+        assert_eq!(s.health, None);
+        assert_eq!(s.name, "bcf91392c675-infra");
+    }
+}

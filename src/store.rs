@@ -1,0 +1,415 @@
+//! The embedded store in `--state-dir`: per-identity and per-container state, the event
+//! history and the runtime cursor, so a restarted agent continues its counters and replays
+//! only what it missed.
+//!
+//! Engine: redb, a pure-Rust embedded database with ACID transactions and copy-on-write
+//! B-trees whose commits are atomic after a crash (no external service, no C toolchain).
+//! Writes arrive as group commits ([`Delta`]) from a flusher task, so the ingest path never
+//! waits on the disk; one transaction holds the records, the history changes and the cursor,
+//! so the cursor never points past what was saved.
+
+use std::io::ErrorKind;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::event::{EventKind, Health, Identity, RuntimeKind};
+use crate::history::HistoryEvent;
+use crate::tracker::{ContainerState, Delta, IdentityState, Saved, TrackerMeta};
+
+/// Bumped whenever a persisted type changes shape. An older file is moved aside and the
+/// state rebuilt from the runtime (no migration exists yet); it is never read with the new
+/// types.
+pub const FORMAT_VERSION: u32 = 1;
+pub const FILE_NAME: &str = "state.redb";
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+const IDENTITIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("identities");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+const KEY_VERSION: &str = "format_version";
+const KEY_TRACKER: &str = "tracker";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state dir {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state file {path} is in use by another process (is another agent running with this --state-dir?)")]
+    InUse { path: PathBuf },
+    #[error("state file {path}: {reason}")]
+    Unusable { path: PathBuf, reason: String },
+    #[error("state file {path}: write failed: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+/// The history event as stored (the API's JSON shape is a different concern).
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredEvent {
+    seq: u64,
+    time_nanos: i64,
+    kind: EventKind,
+    action: String,
+    runtime: RuntimeKind,
+    container_id: String,
+    name: String,
+    image: String,
+    namespace: String,
+    pod: String,
+    container: String,
+    exit_code: Option<i64>,
+    health: Option<Health>,
+}
+
+impl From<&HistoryEvent> for StoredEvent {
+    fn from(e: &HistoryEvent) -> Self {
+        StoredEvent {
+            seq: e.seq,
+            time_nanos: e.time_nanos,
+            kind: e.kind,
+            action: e.action.clone(),
+            runtime: e.runtime,
+            container_id: e.container_id.clone(),
+            name: e.name.clone(),
+            image: e.image.clone(),
+            namespace: e.namespace.clone(),
+            pod: e.pod.clone(),
+            container: e.container.clone(),
+            exit_code: e.exit_code,
+            health: e.health,
+        }
+    }
+}
+
+impl From<StoredEvent> for HistoryEvent {
+    fn from(e: StoredEvent) -> Self {
+        HistoryEvent {
+            seq: e.seq,
+            time_nanos: e.time_nanos,
+            kind: e.kind,
+            action: e.action,
+            runtime: e.runtime,
+            container_id: e.container_id,
+            name: e.name,
+            image: e.image,
+            namespace: e.namespace,
+            pod: e.pod,
+            container: e.container,
+            exit_code: e.exit_code,
+            health: e.health,
+        }
+    }
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// What opening found.
+#[derive(Debug)]
+pub struct Opened {
+    pub store: Store,
+    pub saved: Option<Saved>,
+    /// Set when the old file could not be used and was moved aside: why, and where it went.
+    pub recovered: Option<String>,
+}
+
+/// Why an existing file cannot be used as it is.
+enum Unusable {
+    /// Another process, permissions, a read-only disk: moving the file would not help.
+    Fatal(StoreError),
+    /// Corrupt, truncated, garbage, or of another format version: moved aside and rebuilt.
+    Rebuild(String),
+}
+
+fn is_environmental(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::PermissionDenied
+            | ErrorKind::ReadOnlyFilesystem
+            | ErrorKind::StorageFull
+            | ErrorKind::QuotaExceeded
+    )
+}
+
+fn classify(path: &Path, e: redb::DatabaseError) -> Unusable {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
+            Unusable::Fatal(StoreError::InUse {
+                path: path.to_path_buf(),
+            })
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) if is_environmental(&io) => {
+            Unusable::Fatal(StoreError::Unusable {
+                path: path.to_path_buf(),
+                reason: io.to_string(),
+            })
+        }
+        other => Unusable::Rebuild(other.to_string()),
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("undecodable {what} record: {e}"))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    postcard::to_stdvec(v).map_err(|e| e.to_string())
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and loads what it holds, keeping at most
+    /// `max_events` history events. A file that cannot be read is moved aside and a fresh
+    /// store created; only problems that moving would not fix are errors.
+    pub fn open(dir: &Path, max_events: usize) -> Result<Opened, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        match Store::try_open(&path, max_events) {
+            Ok((store, saved)) => Ok(Opened {
+                store,
+                saved,
+                recovered: None,
+            }),
+            Err(Unusable::Fatal(e)) => Err(e),
+            Err(Unusable::Rebuild(reason)) => {
+                let aside = move_aside(&path)?;
+                let msg = format!(
+                    "{reason}; moved it to {} and started afresh",
+                    aside.display()
+                );
+                let (store, _) = Store::try_open(&path, max_events).map_err(|u| match u {
+                    Unusable::Fatal(e) => e,
+                    Unusable::Rebuild(r) => StoreError::Unusable {
+                        path: path.clone(),
+                        reason: r,
+                    },
+                })?;
+                Ok(Opened {
+                    store,
+                    saved: None,
+                    recovered: Some(msg),
+                })
+            }
+        }
+    }
+
+    /// redb asserts some invariants of a file it wrote by panicking in debug builds; a file
+    /// it did not write (garbage, truncation) can trip them. Those panics mean "corrupt".
+    fn try_open(path: &Path, max_events: usize) -> Result<(Store, Option<Saved>), Unusable> {
+        let r = catch_unwind(AssertUnwindSafe(
+            || -> Result<(Store, Option<Saved>), Unusable> {
+                let db = Database::create(path).map_err(|e| classify(path, e))?;
+                let store = Store {
+                    db,
+                    path: path.to_path_buf(),
+                };
+                let saved = store.load(max_events).map_err(Unusable::Rebuild)?;
+                Ok((store, saved))
+            },
+        ));
+        match r {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "the database engine failed on it".into());
+                Err(Unusable::Rebuild(format!("corrupt: {what}")))
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads everything back. A fresh file gets its format version and yields `None`.
+    fn load(&self, max_events: usize) -> Result<Option<Saved>, String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let version = {
+            let tx = self.db.begin_read().map_err(|x| e(&x))?;
+            match tx.open_table(META) {
+                Ok(t) => t
+                    .get(KEY_VERSION)
+                    .map_err(|x| e(&x))?
+                    .map(|v| v.value().to_vec()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(x) => return Err(e(&x)),
+            }
+        };
+        let Some(version) = version else {
+            self.init().map_err(|x| e(&x))?;
+            return Ok(None);
+        };
+        let version = <[u8; 4]>::try_from(version.as_slice())
+            .map(u32::from_le_bytes)
+            .map_err(|_| "unreadable format version".to_string())?;
+        if version != FORMAT_VERSION {
+            return Err(format!(
+                "format version {version}, this agent uses {FORMAT_VERSION}"
+            ));
+        }
+        let saved = self.read_all(max_events)?;
+        if let Some(first) = saved.events.first().map(|e| e.seq) {
+            self.prune_events_before(first).map_err(|x| e(&x))?;
+        }
+        Ok(Some(saved))
+    }
+
+    /// Drops events a lowered `--max-history` no longer keeps.
+    fn prune_events_before(&self, seq: u64) -> Result<(), redb::Error> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(EVENTS)?.retain_in(..seq, |_, _| false)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn init(&self) -> Result<(), redb::Error> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            meta.insert(KEY_VERSION, FORMAT_VERSION.to_le_bytes().as_slice())?;
+            tx.open_table(CONTAINERS)?;
+            tx.open_table(IDENTITIES)?;
+            tx.open_table(EVENTS)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn read_all(&self, max_events: usize) -> Result<Saved, String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let tx = self.db.begin_read().map_err(|x| e(&x))?;
+        let meta_t = tx.open_table(META).map_err(|x| e(&x))?;
+        let meta: TrackerMeta = match meta_t.get(KEY_TRACKER).map_err(|x| e(&x))? {
+            Some(v) => decode("tracker meta", v.value())?,
+            None => TrackerMeta::default(),
+        };
+        let mut saved = Saved {
+            meta,
+            ..Default::default()
+        };
+        for row in tx
+            .open_table(CONTAINERS)
+            .map_err(|x| e(&x))?
+            .iter()
+            .map_err(|x| e(&x))?
+        {
+            let (k, v) = row.map_err(|x| e(&x))?;
+            let c: ContainerState = decode("container", v.value())?;
+            saved.containers.push((k.value().to_string(), c));
+        }
+        for row in tx
+            .open_table(IDENTITIES)
+            .map_err(|x| e(&x))?
+            .iter()
+            .map_err(|x| e(&x))?
+        {
+            let (_, v) = row.map_err(|x| e(&x))?;
+            saved.identities.push(decode("identity", v.value())?);
+        }
+        let events = tx.open_table(EVENTS).map_err(|x| e(&x))?;
+        for row in events
+            .iter()
+            .map_err(|x| e(&x))?
+            .rev()
+            .take(max_events.max(1))
+        {
+            let (_, v) = row.map_err(|x| e(&x))?;
+            let stored: StoredEvent = decode("event", v.value())?;
+            saved.events.push(stored.into());
+        }
+        saved.events.reverse();
+        Ok(saved)
+    }
+
+    /// Writes one group commit durably (fsync before returning). Blocking: call it off the
+    /// async workers.
+    pub fn write(&self, d: &Delta) -> Result<(), StoreError> {
+        self.write_inner(d).map_err(|reason| StoreError::Write {
+            path: self.path.clone(),
+            reason,
+        })
+    }
+
+    fn write_inner(&self, d: &Delta) -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let tx = self.db.begin_write().map_err(|x| e(&x))?;
+        {
+            let mut t = tx.open_table(CONTAINERS).map_err(|x| e(&x))?;
+            for (id, rec) in &d.containers {
+                match rec {
+                    Some(c) => t.insert(id.as_str(), encode(c)?.as_slice()).map(|_| ()),
+                    None => t.remove(id.as_str()).map(|_| ()),
+                }
+                .map_err(|x| e(&x))?;
+            }
+            let mut t = tx.open_table(IDENTITIES).map_err(|x| e(&x))?;
+            for (id, rec) in &d.identities {
+                let key = encode::<Identity>(id)?;
+                match rec {
+                    Some(i) => t
+                        .insert(key.as_slice(), encode::<IdentityState>(i)?.as_slice())
+                        .map(|_| ()),
+                    None => t.remove(key.as_slice()).map(|_| ()),
+                }
+                .map_err(|x| e(&x))?;
+            }
+            let mut t = tx.open_table(EVENTS).map_err(|x| e(&x))?;
+            for ev in &d.history.events {
+                t.insert(ev.seq, encode(&StoredEvent::from(ev))?.as_slice())
+                    .map_err(|x| e(&x))?;
+            }
+            if d.history.evicted_through > 0 {
+                t.retain_in(..=d.history.evicted_through, |_, _| false)
+                    .map_err(|x| e(&x))?;
+            }
+            for seq in &d.history.removed {
+                t.remove(*seq).map_err(|x| e(&x))?;
+            }
+            let mut t = tx.open_table(META).map_err(|x| e(&x))?;
+            t.insert(KEY_TRACKER, encode(&d.meta)?.as_slice())
+                .map_err(|x| e(&x))?;
+        }
+        tx.commit().map_err(|x| e(&x))
+    }
+}
+
+/// Renames an unusable file to `state.redb.bad-<unix seconds>` beside it, keeping it for a
+/// post-mortem.
+fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut aside = path.with_extension(format!("redb.bad-{secs}"));
+    let mut n = 1;
+    while aside.exists() {
+        aside = path.with_extension(format!("redb.bad-{secs}-{n}"));
+        n += 1;
+    }
+    std::fs::rename(path, &aside).map_err(|source| StoreError::Dir {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(aside)
+}
+
+#[cfg(test)]
+mod test;

@@ -1,0 +1,405 @@
+//! Durable state against a real dockerd: counters continue across agent restarts and crashes,
+//! missed events are replayed once, and an unusable state file never stops the agent.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{unique, wait_for, Agent, DockerDaemon, Runtime, LOOP};
+use serde_json::Value;
+
+/// `docker events` for one label, recorded to a file: what the runtime really did.
+struct Recorder {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Recorder {
+    fn start(d: &DockerDaemon, label: &str) -> Recorder {
+        let file = std::env::temp_dir().join(unique("events"));
+        let out = std::fs::File::create(&file).unwrap();
+        let child = Command::new("docker")
+            .args([
+                "-H",
+                &d.host(),
+                "events",
+                "--filter",
+                &format!("label={label}"),
+                "--filter",
+                "type=container",
+                "--format",
+                "{{json .}}",
+            ])
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Recorder { child, file };
+        // Proves the subscription is live before the test acts.
+        let marker = d.create("marker", &["--label", label], "true");
+        wait_for(
+            "docker events to record the marker",
+            Duration::from_secs(20),
+            || {
+                r.events()
+                    .iter()
+                    .any(|e| e["Actor"]["Attributes"]["name"] == marker.name.as_str())
+                    .then_some(())
+            },
+        );
+        drop(marker);
+        r
+    }
+
+    fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// `start` actions per container name.
+    fn starts(&self) -> HashMap<String, u64> {
+        let mut m = HashMap::new();
+        for e in self.events().iter().filter(|e| e["Action"] == "start") {
+            let name = e["Actor"]["Attributes"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            *m.entry(name).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+fn state_dir() -> PathBuf {
+    std::env::temp_dir().join(unique("state"))
+}
+
+fn history(agent: &Agent, query: &str) -> Vec<Value> {
+    agent.json(&format!("/api/v1/events?limit=10000&{query}"))["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn assert_no_duplicates(agent: &Agent) {
+    let mut seen = HashSet::new();
+    for e in history(agent, "") {
+        let key = (
+            e["time_unix_nano"].as_i64(),
+            e["container_id"].as_str().map(String::from),
+            e["action"].as_str().map(String::from),
+        );
+        assert!(
+            seen.insert(key.clone()),
+            "duplicate in the history: {key:?}"
+        );
+    }
+}
+
+/// Waits until every container's restart counter equals what docker did (starts - 1).
+fn assert_counts_match(agent: &Agent, rec: &Recorder, names: &[String]) {
+    let starts = rec.starts();
+    for n in names {
+        let want = starts.get(n).copied().unwrap_or(0).saturating_sub(1) as f64;
+        agent.wait_metric("container_restarts_total", &[("container", n)], want);
+        // A start counted from inspect may have its event still on the way: wait for it.
+        let want = starts.get(n).copied().unwrap_or(0) as usize;
+        wait_for(
+            &format!("{n}: {want} started events in the history, as docker saw"),
+            Duration::from_secs(20),
+            || (history(agent, &format!("container={n}&type=started")).len() == want).then_some(()),
+        );
+    }
+}
+
+fn label() -> String {
+    format!("lat.durable={}", unique("d"))
+}
+
+#[test]
+fn restarts_while_the_agent_is_down_continue_the_counter_with_original_times() {
+    let Some(d) = DockerDaemon::shared() else {
+        return;
+    };
+    let label = label();
+    let state = state_dir();
+    let filter = ["--container-filter", label.as_str()];
+    let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+    let c = d.run("durable", &["--label", &label], LOOP);
+    let sel = [("container", c.name.as_str())];
+    d.docker_ok(&["restart", "-t", "5", &c.name]);
+    agent.wait_metric("container_restarts_total", &sel, 1.0);
+    assert!(agent.stop().success());
+
+    let mut windows = Vec::new();
+    for _ in 0..3 {
+        let before = chrono_now();
+        d.docker_ok(&["restart", "-t", "5", &c.name]);
+        windows.push((before, chrono_now()));
+    }
+    let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+    agent.wait_metric("container_restarts_total", &sel, 4.0);
+    agent.wait_metric("containers_restarts_total", &[], 4.0);
+    let restarted = history(&agent, &format!("container={}&type=restarted", c.name));
+    assert_eq!(restarted.len(), 4, "{restarted:?}");
+    // Newest first: the last three are the ones done while the agent was down, at their own times.
+    for (e, (from, to)) in restarted.iter().take(3).rev().zip(&windows) {
+        let t = e["time_unix_nano"].as_i64().unwrap();
+        assert!(
+            *from <= t && t <= *to,
+            "event time {t} outside its action's window {from}..{to}"
+        );
+    }
+    assert_eq!(
+        common::metric(
+            &agent.metrics(),
+            "lifecycle_agent_events_possibly_missed_total",
+            &[]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        common::metric(
+            &agent.metrics(),
+            "lifecycle_agent_restarts_inferred_total",
+            &[]
+        ),
+        Some(0.0)
+    );
+    assert_no_duplicates(&agent);
+    drop(c);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(state);
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+/// One lifecycle action on a container, cycling restart, pause, unpause, stop, start.
+fn act(d: &DockerDaemon, name: &str, step: usize) {
+    let args: Vec<&str> = match step % 5 {
+        0 => vec!["restart", "-t", "5", name],
+        1 => vec!["pause", name],
+        2 => vec!["unpause", name],
+        3 => vec!["stop", "-t", "5", name],
+        _ => vec!["start", name],
+    };
+    d.docker_ok(&args);
+}
+
+#[test]
+fn kill_9_in_the_middle_of_a_burst_loses_and_doubles_nothing() {
+    // Its own daemon: replays depend on what is in Docker's 256-event buffer.
+    let Some(d) = DockerDaemon::start_private() else {
+        return;
+    };
+    let label = label();
+    let state = state_dir();
+    let filter = ["--container-filter", label.as_str()];
+    let rec = Recorder::start(&d, &label);
+    let mut agent = Agent::start_with_state(&d.socket(), &state, &filter);
+    let ctrs: Vec<_> = (0..4)
+        .map(|_| d.run("burst", &["--label", &label], LOOP))
+        .collect();
+    let names: Vec<String> = ctrs.iter().map(|c| c.name.clone()).collect();
+    for i in 0..200 {
+        if i == 100 {
+            agent.kill9();
+            agent = Agent::spawn(&d.socket(), Some(&state), &filter);
+        }
+        act(&d, &names[i % 4], i / 4);
+    }
+    agent.wait_ready();
+    assert_counts_match(&agent, &rec, &names);
+    let starts: u64 = rec
+        .starts()
+        .iter()
+        .filter(|(n, _)| names.contains(n))
+        .map(|(_, v)| v - 1)
+        .sum();
+    agent.wait_metric("containers_restarts_total", &[], starts as f64);
+    assert_no_duplicates(&agent);
+    drop(ctrs);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(state);
+}
+
+#[test]
+fn twenty_agent_restarts_under_a_steady_stream_leave_no_duplicates() {
+    // Its own daemon: replays depend on what is in Docker's 256-event buffer.
+    let Some(d) = DockerDaemon::start_private() else {
+        return;
+    };
+    let label = label();
+    let state = state_dir();
+    let filter = ["--container-filter", label.as_str()];
+    let rec = Recorder::start(&d, &label);
+    // The agent sees the container from its creation, so every start is in the history.
+    let first = Agent::start_with_state(&d.socket(), &state, &filter);
+    let c = d.run("steady", &["--label", &label], LOOP);
+    let name = c.name.clone();
+    first.wait_metric("container_running", &[("container", name.as_str())], 1.0);
+    assert!(first.stop().success());
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = {
+        let d = d.clone();
+        let stop = stop.clone();
+        let name = name.clone();
+        std::thread::spawn(move || {
+            for step in 0..2000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                act(&d, &name, step);
+            }
+        })
+    };
+    for _ in 0..20 {
+        let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+        assert!(agent.stop().success());
+    }
+    stop.store(true, Ordering::Relaxed);
+    stream.join().unwrap();
+    let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+    assert_counts_match(&agent, &rec, std::slice::from_ref(&name));
+    assert_no_duplicates(&agent);
+    drop(c);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(state);
+}
+
+#[test]
+fn a_gap_longer_than_dockers_buffer_is_reported() {
+    // Its own daemon: replays depend on what is in Docker's 256-event buffer.
+    let Some(d) = DockerDaemon::start_private() else {
+        return;
+    };
+    let label = label();
+    let state = state_dir();
+    let filter = ["--container-filter", label.as_str()];
+    let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+    let c = d.run("gap", &["--label", &label], LOOP);
+    agent.wait_metric("container_running", &[("container", c.name.as_str())], 1.0);
+    assert!(agent.stop().success());
+    // Docker keeps its last 256 events (all containers on the daemon): 300 here.
+    for i in 0..300 {
+        d.docker_ok(&[if i % 2 == 0 { "pause" } else { "unpause" }, &c.name]);
+    }
+    let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+    agent.wait_metric("lifecycle_agent_events_possibly_missed_total", &[], 1.0);
+    agent.wait_metric("container_running", &[("container", c.name.as_str())], 1.0);
+    agent.wait_metric("container_paused", &[("container", c.name.as_str())], 0.0);
+    drop(c);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(state);
+}
+
+fn corrupt(dir: &Path, how: &str) {
+    let f = dir.join("state.redb");
+    match how {
+        "garbage" => std::fs::write(&f, vec![0xA5u8; 4096]).unwrap(),
+        _ => {
+            let len = std::fs::metadata(&f).unwrap().len();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&f)
+                .unwrap()
+                .set_len(len / 2)
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_truncated_or_garbage_state_file_is_moved_aside_and_reported() {
+    let Some(d) = DockerDaemon::shared() else {
+        return;
+    };
+    for how in ["garbage", "truncate"] {
+        let label = label();
+        let state = state_dir();
+        let filter = ["--container-filter", label.as_str()];
+        let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+        let c = d.run("corrupt", &["--label", &label], LOOP);
+        agent.wait_metric("container_running", &[("container", c.name.as_str())], 1.0);
+        assert!(agent.stop().success());
+        corrupt(&state, how);
+        let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+        agent.wait_metric("lifecycle_agent_store_recoveries_total", &[], 1.0);
+        agent.wait_metric("container_running", &[("container", c.name.as_str())], 1.0);
+        let kept = std::fs::read_dir(&state)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".bad-"))
+            .count();
+        assert_eq!(kept, 1, "{how}: the unusable file is kept aside");
+        assert!(
+            agent.log_text().contains("state file unusable"),
+            "{how}: logged"
+        );
+        // The rebuilt store works: a restart is persisted and survives the next start.
+        d.docker_ok(&["restart", "-t", "5", &c.name]);
+        agent.wait_metric(
+            "container_restarts_total",
+            &[("container", c.name.as_str())],
+            1.0,
+        );
+        assert!(agent.stop().success());
+        let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+        agent.wait_metric(
+            "container_restarts_total",
+            &[("container", c.name.as_str())],
+            1.0,
+        );
+        agent.wait_metric("lifecycle_agent_store_recoveries_total", &[], 0.0);
+        drop(c);
+        drop(agent);
+        let _ = std::fs::remove_dir_all(state);
+    }
+}
+
+#[test]
+fn a_second_agent_on_the_same_state_dir_refuses_clearly() {
+    let Some(d) = DockerDaemon::shared() else {
+        return;
+    };
+    let state = state_dir();
+    let first = Agent::start_with_state(&d.socket(), &state, &[]);
+    let out = Command::new(common::agent_bin())
+        .args([
+            "run",
+            "--socket",
+            d.socket().to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{}", common::free_port()),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another process"), "{err}");
+    drop(first);
+    let _ = std::fs::remove_dir_all(state);
+}
