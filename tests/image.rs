@@ -370,13 +370,20 @@ fn containerized_agent_serves_metrics_for_containers_started_beside_it() {
         inspect(d, n, "{{.State.Running}} {{.RestartCount}}"),
         "true 0"
     );
-    // The state directory is the only writable place it has; it is mounted and usable.
-    assert!(agent.state.path().is_dir());
 
     // SIGTERM to PID 1: a clean exit.
     d.docker_ok(&["stop", "-t", "20", n]);
     let code = inspect(d, n, "{{.State.ExitCode}}");
     assert_eq!(code, "0", "exit code {code}; logs:\n{}", agent.logs());
+    // Its store went to the mounted state dir, the one writable place it has.
+    let stored = std::fs::read_dir(agent.state.path())
+        .expect("state dir")
+        .count();
+    assert!(
+        stored > 0,
+        "nothing in the state dir; logs:\n{}",
+        agent.logs()
+    );
 }
 
 #[test]
@@ -425,5 +432,13 @@ fn containerized_agent_runs_as_non_root_in_the_sockets_group() {
     assert_eq!(
         inspect(d, &agent.ctr.name, "{{.Config.User}}"),
         "65532:65532"
+    );
+    let stored = std::fs::read_dir(agent.state.path())
+        .expect("state dir")
+        .count();
+    assert!(
+        stored > 0,
+        "the non-root agent wrote no store; logs:\n{}",
+        agent.logs()
     );
 }
