@@ -11,7 +11,7 @@ use bollard::Docker;
 use futures_util::stream::{self, BoxStream, StreamExt};
 
 use super::snapshot::{ContainerSnapshot, SnapshotState};
-use super::{map_action, ContainerFilter, RuntimeInfo, Source, SourceError};
+use super::{error_chain, map_action, ContainerFilter, RuntimeInfo, Source, SourceError};
 use crate::event::{ContainerLabels, Health, RuntimeEvent, RuntimeKind};
 use crate::time::{format_docker_since, parse_rfc3339, NANOS_PER_SEC};
 
@@ -71,7 +71,7 @@ impl DockerSource {
             }
             Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, v)
         };
-        r.map_err(|err| self.unreachable(err))
+        r.map_err(|err| self.unreachable(error_chain(&err)))
     }
 
     fn label_filters(&self) -> HashMap<String, Vec<String>> {
@@ -107,8 +107,11 @@ impl Source for DockerSource {
         let client = client
             .negotiate_version()
             .await
-            .map_err(|e| self.unreachable(e))?;
-        let v = client.version().await.map_err(|e| self.unreachable(e))?;
+            .map_err(|e| self.unreachable(error_chain(&e)))?;
+        let v = client
+            .version()
+            .await
+            .map_err(|e| self.unreachable(error_chain(&e)))?;
         let info = RuntimeInfo {
             runtime: runtime_of(&v),
             version: v.version.clone().unwrap_or_default(),
@@ -187,7 +190,7 @@ impl Source for DockerSource {
             .ping()
             .await
             .map(|_| ())
-            .map_err(|e| self.unreachable(e))
+            .map_err(|e| self.unreachable(error_chain(&e)))
     }
 }
 

@@ -170,6 +170,22 @@ pub fn map_action(action: &str) -> Option<(EventKind, Option<Health>)> {
     Some((kind, None))
 }
 
+/// An error with its causes: bollard's connect errors say only "client error (Connect)" and
+/// keep the reason a user can act on ("Permission denied", "Connection refused") in a source.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod test {
     use super::*;
@@ -206,6 +222,17 @@ mod test {
             map_action("health_status"),
             Some((EventKind::HealthStatus, None))
         );
+    }
+
+    #[test]
+    fn error_chains_keep_the_cause() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::from_raw_os_error(13));
+        let text = error_chain(&e);
+        assert!(text.starts_with("client error (Connect): "), "{text}");
+        assert!(text.contains("Permission denied"), "{text}");
     }
 
     #[test]

@@ -1,0 +1,6 @@
+"""Makes chartlib importable whatever directory pytest starts in."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
