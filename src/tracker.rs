@@ -581,9 +581,14 @@ impl Tracker {
             EventKind::Oom => {
                 if !c.oom_in_session {
                     c.oom_in_session = true;
+                    // An `oom` delivered after its `die` still names why that session ended.
+                    let late = !c.running && c.exited;
                     let identity = c.identity.clone();
                     if let Some(id) = self.identities.get_mut(&identity) {
                         id.oom_kills += 1;
+                        if late {
+                            id.last_reason = Some(TerminationReason::OomKilled);
+                        }
                     }
                 }
             }

@@ -233,20 +233,34 @@ fn restart_policy_on_failure_counts_each_restart_and_node_total_survives_removal
 
 fn oom_kill_counts_once_with_exit_code_137(case: &Case) {
     let agent = case.agent(&[]);
-    let ctr = case.rt.run(
-        "oom",
-        &case.opts(&["--memory", "16m", "--memory-swap", "16m"]),
-        "dd if=/dev/zero of=/dev/null bs=64M count=1",
-    );
-    agent.wait_metric("container_oom_kills_total", &c(&ctr.name), 1.0);
-    agent.wait_metric("container_last_exit_code", &c(&ctr.name), 137.0);
-    agent.wait_metric(
-        "container_last_terminated_reason",
-        &[("container", &ctr.name), ("reason", "oom_killed")],
-        1.0,
-    );
-    let ev = history(&agent, &format!("container={}&type=oom", ctr.name));
-    assert_eq!(ev.len(), 1, "{ev:?}");
+    // Under load, containerd can miss the kernel's OOM notification: then Docker itself
+    // reports neither an `oom` event nor OOMKilled, and no agent can know. Such a run is
+    // repeated (at most 3 times); a kill Docker did report must be counted.
+    for attempt in 1..=3 {
+        let ctr = case.rt.run(
+            "oom",
+            &case.opts(&["--memory", "16m", "--memory-swap", "16m"]),
+            "dd if=/dev/zero of=/dev/null bs=64M count=1",
+        );
+        agent.wait_metric("container_last_exit_code", &c(&ctr.name), 137.0);
+        let reported = case
+            .rt
+            .cli_ok(&["inspect", "-f", "{{.State.OOMKilled}}", &ctr.name]);
+        if reported != "true" {
+            eprintln!("attempt {attempt}: Docker did not report this OOM kill; running it again");
+            continue;
+        }
+        agent.wait_metric("container_oom_kills_total", &c(&ctr.name), 1.0);
+        agent.wait_metric(
+            "container_last_terminated_reason",
+            &[("container", &ctr.name), ("reason", "oom_killed")],
+            1.0,
+        );
+        let ev = history(&agent, &format!("container={}&type=oom", ctr.name));
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        return;
+    }
+    panic!("Docker reported none of 3 OOM kills under a 16 MiB limit");
 }
 
 fn failing_health_check_is_unhealthy_and_in_the_history(case: &Case) {
