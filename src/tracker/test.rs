@@ -401,7 +401,13 @@ fn restart_policy_restarts_seen_only_by_reconciliation_use_restart_count() {
 fn an_oom_event_after_its_die_still_names_the_reason() {
     let mut t = tracker();
     run(&mut t, "a");
-    apply_all(&mut t, &[die(3 * S, "a", 137), ev(3 * S + 1, "a", "oom", EventKind::Oom)]);
+    apply_all(
+        &mut t,
+        &[
+            die(3 * S, "a", 137),
+            ev(3 * S + 1, "a", "oom", EventKind::Oom),
+        ],
+    );
     let v = only(&t, 4 * S);
     assert_eq!(v.oom_kills, 1);
     assert_eq!(v.last_terminated_reason, Some(TerminationReason::OomKilled));
