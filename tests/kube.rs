@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fake_kube::{FakeKube, PodBuilder};
-use common::prom::PromServer;
 use common::{metric, samples, wait_for, Agent, Ctr, DockerDaemon, Runtime, LOOP};
 use serde_json::Value;
 
@@ -653,7 +652,7 @@ fn hostile_pod_metadata_survives_a_real_prometheus_scrape_unchanged_or_cut() {
         1.0,
     );
     common::promtool_check(&agent.metrics());
-    let Some(prom) = PromServer::start(&[agent.port]) else {
+    let Some(prom) = common::Prometheus::start(&common::scrape_config(&[agent.port]), &[]) else {
         return;
     };
     let selector = format!("container_running{{pod=\"{}\"}}", p.name());

@@ -6,7 +6,6 @@
 
 pub mod fake_kube;
 pub mod podman;
-pub mod prom;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -132,6 +131,44 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// Runs a watchdog shell script (it starts a private daemon and stops it, and removes its
+/// files, once this test process is gone).
+pub fn spawn_watchdog(script: &str, what: &str) -> Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn the {what} watchdog: {e}"))
+}
+
+/// SIGKILLs the daemon whose pid is in `pidfile`, as a crash would, waits until it is dead
+/// (a killed child stays a zombie until its watchdog shell reaps it), then ends that
+/// watchdog so it does not clean up behind a relaunch.
+pub fn kill_daemon(pidfile: &Path, watchdog: &Mutex<Option<Child>>, what: &str) {
+    let pid = std::fs::read_to_string(pidfile).unwrap_or_else(|e| panic!("{what} pid file: {e}"));
+    let pid = pid.trim().to_string();
+    let ok = Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill -9 {what}");
+    wait_for(&format!("{what} to die"), Duration::from_secs(20), || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        matches!(state, None | Some("Z") | Some("X")).then_some(())
+    });
+    if let Some(mut w) = watchdog.lock().unwrap().take() {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}
+
 /// A private `dockerd`. Restartable (kill -9 and start again on the same data).
 pub struct DockerDaemon {
     pub dir: PathBuf,
@@ -198,14 +235,7 @@ if kill -0 $dpid 2>/dev/null; then
 fi"#,
             parent = std::process::id()
         );
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the dockerd watchdog");
+        let child = spawn_watchdog(&script, "dockerd");
         *self.watchdog.lock().unwrap() = Some(child);
         let sock = self.socket();
         wait_for(
@@ -220,26 +250,7 @@ fi"#,
 
     /// SIGKILLs the daemon, as a crash would; its containers' shims survive it.
     pub fn kill(&self) {
-        let pid = std::fs::read_to_string(self.pidfile()).expect("dockerd pid file");
-        let pid = pid.trim().to_string();
-        let ok = Command::new("kill")
-            .args(["-KILL", &pid])
-            .status()
-            .expect("kill");
-        assert!(ok.success(), "kill -9 dockerd");
-        wait_for("dockerd to die", Duration::from_secs(20), || {
-            // A killed child stays a zombie until its watchdog shell reaps it.
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next());
-            matches!(state, None | Some("Z") | Some("X")).then_some(())
-        });
-        if let Some(mut w) = self.watchdog.lock().unwrap().take() {
-            let _ = w.kill();
-            let _ = w.wait();
-        }
+        kill_daemon(&self.pidfile(), &self.watchdog, "dockerd");
     }
 
     pub fn docker(&self, args: &[&str]) -> Output {
@@ -825,7 +836,45 @@ pub struct Prometheus {
     watchdog: Child,
 }
 
+/// A Prometheus configuration scraping each agent port every second, honouring its labels
+/// (as the chart's ServiceMonitor does).
+pub fn scrape_config(ports: &[u16]) -> String {
+    let targets: Vec<String> = ports.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
+    format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n- job_name: agent\n  honor_labels: true\n  static_configs:\n  - targets: [{}]\n",
+        targets.join(", ")
+    )
+}
+
 impl Prometheus {
+    /// The label sets of every series matching a selector (`/api/v1/series`).
+    pub fn series(&self, selector: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let q = serde_urlencoded::to_string([("match[]", selector)]).expect("encode");
+        self.api(&format!("/api/v1/series?{q}"))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.as_object().cloned())
+            .collect()
+    }
+
+    /// Health of the scrape of every target, as Prometheus saw it (`up` and the last error).
+    pub fn targets(&self) -> Vec<(String, String)> {
+        self.api("/api/v1/targets")["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|t| {
+                (
+                    t["health"].as_str().unwrap_or_default().to_string(),
+                    t["lastError"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
     /// Starts Prometheus with `config` (YAML; `rule_files` relative to its directory) and the
     /// given extra files written beside it.
     pub fn start(config: &str, files: &[(&str, &str)]) -> Option<Prometheus> {
@@ -854,14 +903,7 @@ if kill -0 $ppid 2>/dev/null; then
 fi"#,
             parent = std::process::id()
         );
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the prometheus watchdog");
+        let watchdog = spawn_watchdog(&script, "prometheus");
         let p = Prometheus {
             port,
             dir,

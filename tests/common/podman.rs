@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use super::{require, unix_get, wait_for, Runtime, IMAGE, SEQ};
+use super::{kill_daemon, require, spawn_watchdog, unix_get, wait_for, Runtime, IMAGE, SEQ};
 
 /// A private `podman system service`. Restartable: kill it and launch it again on the same
 /// storage; containers keep running under their conmon meanwhile.
@@ -151,14 +151,7 @@ if ! kill -0 {parent} 2>/dev/null; then
 fi"#,
             parent = std::process::id()
         );
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the Podman watchdog");
+        let child = spawn_watchdog(&script, "Podman");
         *self.watchdog.lock().unwrap() = Some(child);
         let sock = self.socket();
         wait_for(
@@ -176,25 +169,7 @@ fi"#,
 
     /// SIGKILLs the service, as a crash would; containers keep running under conmon.
     pub fn kill(&self) {
-        let pid = std::fs::read_to_string(self.pidfile()).expect("service pid file");
-        let pid = pid.trim().to_string();
-        let ok = Command::new("kill")
-            .args(["-KILL", &pid])
-            .status()
-            .expect("kill");
-        assert!(ok.success(), "kill -9 the Podman service");
-        wait_for("the Podman service to die", Duration::from_secs(20), || {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next());
-            matches!(state, None | Some("Z") | Some("X")).then_some(())
-        });
-        if let Some(mut w) = self.watchdog.lock().unwrap().take() {
-            let _ = w.kill();
-            let _ = w.wait();
-        }
+        kill_daemon(&self.pidfile(), &self.watchdog, "the Podman service");
         let _ = std::fs::remove_file(self.socket());
     }
 
