@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{wait_for, Agent, DockerDaemon, Runtime, LOOP};
@@ -50,20 +49,7 @@ fn survives_a_daemon_crash_and_counts_actions_during_reconnect_once() {
     assert!(
         common::metric(&m, "lifecycle_agent_stream_reconnects_total", &[]).unwrap_or(0.0) >= 1.0
     );
-    // Every event is in the history once, whether it came live, by replay or both.
-    let events = agent.json("/api/v1/events?limit=10000");
-    let mut seen = HashSet::new();
-    for e in events["events"].as_array().unwrap() {
-        let key = (
-            e["time_unix_nano"].as_i64(),
-            e["container_id"].as_str().map(str::to_string),
-            e["action"].as_str().map(str::to_string),
-        );
-        assert!(
-            seen.insert(key.clone()),
-            "duplicate event in the history: {key:?}"
-        );
-    }
+    agent.assert_no_duplicate_events();
     // A start counted from inspect during the reconnect may have its event still on the way.
     wait_for(
         "b's three starts in the history",

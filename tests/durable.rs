@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,25 +91,7 @@ fn state_dir() -> PathBuf {
 }
 
 fn history(agent: &Agent, query: &str) -> Vec<Value> {
-    agent.json(&format!("/api/v1/events?limit=10000&{query}"))["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn assert_no_duplicates(agent: &Agent) {
-    let mut seen = HashSet::new();
-    for e in history(agent, "") {
-        let key = (
-            e["time_unix_nano"].as_i64(),
-            e["container_id"].as_str().map(String::from),
-            e["action"].as_str().map(String::from),
-        );
-        assert!(
-            seen.insert(key.clone()),
-            "duplicate in the history: {key:?}"
-        );
-    }
+    agent.events(&format!("limit=10000&{query}"))
 }
 
 /// Waits until every container's restart counter equals what docker did (starts - 1).
@@ -182,7 +164,7 @@ fn restarts_while_the_agent_is_down_continue_the_counter_with_original_times() {
         ),
         Some(0.0)
     );
-    assert_no_duplicates(&agent);
+    agent.assert_no_duplicate_events();
     drop(c);
     drop(agent);
     let _ = std::fs::remove_dir_all(state);
@@ -238,7 +220,7 @@ fn kill_9_in_the_middle_of_a_burst_loses_and_doubles_nothing() {
         .map(|(_, v)| v - 1)
         .sum();
     agent.wait_metric("containers_restarts_total", &[], starts as f64);
-    assert_no_duplicates(&agent);
+    agent.assert_no_duplicate_events();
     drop(ctrs);
     drop(agent);
     let _ = std::fs::remove_dir_all(state);
@@ -282,7 +264,7 @@ fn twenty_agent_restarts_under_a_steady_stream_leave_no_duplicates() {
     stream.join().unwrap();
     let agent = Agent::start_with_state(&d.socket(), &state, &filter);
     assert_counts_match(&agent, &rec, std::slice::from_ref(&name));
-    assert_no_duplicates(&agent);
+    agent.assert_no_duplicate_events();
     drop(c);
     drop(agent);
     let _ = std::fs::remove_dir_all(state);

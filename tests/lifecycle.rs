@@ -104,10 +104,7 @@ fn c(name: &str) -> Vec<(&str, &str)> {
 }
 
 fn history(agent: &Agent, query: &str) -> Vec<Value> {
-    agent.json(&format!("/api/v1/events?{query}"))["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    agent.events(query)
 }
 
 fn types_of(events: &[Value]) -> Vec<String> {

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{wait_for, Agent, Ctr, PodmanService, Runtime, IMAGE, LOOP};
@@ -88,20 +87,7 @@ fn survives_a_service_crash_and_counts_actions_while_down_once() {
         Duration::from_secs(20),
         || (started(&a.name) == 2).then_some(()),
     );
-    // Every event is in the history once, whether it came live, by replay or both.
-    let events = agent.json("/api/v1/events?limit=10000");
-    let mut seen = HashSet::new();
-    for e in events["events"].as_array().unwrap() {
-        let key = (
-            e["time_unix_nano"].as_i64(),
-            e["container_id"].as_str().map(str::to_string),
-            e["action"].as_str().map(str::to_string),
-        );
-        assert!(
-            seen.insert(key.clone()),
-            "duplicate event in the history: {key:?}"
-        );
-    }
+    agent.assert_no_duplicate_events();
     // The outage's own events are in the history: replayed, not inferred.
     drop(a);
     drop(b);

@@ -517,6 +517,30 @@ impl Agent {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
     }
 
+    /// The `events` array of `/api/v1/events?{query}`.
+    pub fn events(&self, query: &str) -> Vec<serde_json::Value> {
+        self.json(&format!("/api/v1/events?{query}"))["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every event is in the history once, whether it came live, by replay or both.
+    pub fn assert_no_duplicate_events(&self) {
+        let mut seen = std::collections::HashSet::new();
+        for e in self.events("limit=10000") {
+            let key = (
+                e["time_unix_nano"].as_i64(),
+                e["container_id"].as_str().map(String::from),
+                e["action"].as_str().map(String::from),
+            );
+            assert!(
+                seen.insert(key.clone()),
+                "duplicate event in the history: {key:?}"
+            );
+        }
+    }
+
     pub fn metrics(&self) -> String {
         let (status, body) = self.get("/metrics");
         assert_eq!(status, 200, "GET /metrics: {body}");
