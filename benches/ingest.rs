@@ -2,7 +2,9 @@
 //! durable store on (every event committed to disk through group commits).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use lifecycle_agent::event::{ContainerLabels, EventKind, RuntimeEvent, RuntimeKind};
+use std::sync::Arc;
+
+use lifecycle_agent::event::{ContainerLabels, EventKind, RuntimeEvent, RuntimeKind, Subject};
 use lifecycle_agent::history::HistoryLimits;
 use lifecycle_agent::store::Store;
 use lifecycle_agent::tracker::Tracker;
@@ -21,6 +23,17 @@ fn events() -> Vec<RuntimeEvent> {
         EventKind::Died,
         EventKind::Stopped,
     ];
+    // One shared subject per container, as the reading task's cache hands them over.
+    let subjects: Vec<Arc<Subject>> = (0..CONTAINERS)
+        .map(|c| {
+            Arc::new(Subject {
+                container_id: format!("{c:064x}"),
+                name: format!("web-{c}"),
+                image: "registry.example.com/shop/web:1.2.3".into(),
+                labels: ContainerLabels::default(),
+            })
+        })
+        .collect();
     (0..EVENTS)
         .map(|i| {
             let c = i % CONTAINERS;
@@ -29,10 +42,7 @@ fn events() -> Vec<RuntimeEvent> {
                 time_nanos: 1_700_000_000_000_000_000 + i as i64 * 1_000,
                 kind,
                 action: kind.as_str().to_string(),
-                container_id: format!("{c:064x}"),
-                name: format!("web-{c}"),
-                image: "registry.example.com/shop/web:1.2.3".into(),
-                labels: ContainerLabels::default(),
+                subject: subjects[c].clone(),
                 exit_code: (kind == EventKind::Died).then_some(137),
                 health: None,
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use lifecycle_agent::agent::Shared;
 use lifecycle_agent::config::{Config, RunArgs};
-use lifecycle_agent::event::{ContainerLabels, EventKind, PodRef, RuntimeEvent};
+use lifecycle_agent::event::{ContainerLabels, EventKind, PodRef, RuntimeEvent, Subject};
 use lifecycle_agent::history::{parse_types, EventQuery};
 use lifecycle_agent::kube::pods::{PodIndex, PodMeta};
 use lifecycle_agent::metrics;
@@ -61,19 +61,21 @@ fn pod_event(i: usize, t: i64, kind: EventKind) -> RuntimeEvent {
         time_nanos: t,
         kind,
         action: kind.as_str().to_string(),
-        container_id: format!("{i:064x}"),
-        name: format!("k8s_web_shop-{i}_default_uid-{i}_0"),
-        image: "registry.example.com/shop/web:1.2.3".into(),
-        labels: ContainerLabels {
-            pod: Some(PodRef {
-                namespace: format!("team-{}", i % 50),
-                pod: format!("shop-{i}-7d9f8b6c5d-x2x4z"),
-                uid: format!("uid-{i}"),
-                container: "web".into(),
-            }),
-            k8s_restart_count: Some(0),
-            sandbox: false,
-        },
+        subject: Arc::new(Subject {
+            container_id: format!("{i:064x}"),
+            name: format!("k8s_web_shop-{i}_default_uid-{i}_0"),
+            image: "registry.example.com/shop/web:1.2.3".into(),
+            labels: ContainerLabels {
+                pod: Some(PodRef {
+                    namespace: format!("team-{}", i % 50),
+                    pod: format!("shop-{i}-7d9f8b6c5d-x2x4z"),
+                    uid: format!("uid-{i}"),
+                    container: "web".into(),
+                }),
+                k8s_restart_count: Some(0),
+                sandbox: false,
+            },
+        }),
         exit_code: (kind == EventKind::Died).then_some(1),
         health: None,
     }

@@ -260,10 +260,10 @@ pub async fn events(a: &EventsArgs) -> Result<String, ClientError> {
         "TIME", "TYPE", "CONTAINER", "NAMESPACE/POD"
     );
     for e in &ans.events {
-        let pod = if e.pod.is_empty() {
+        let pod = if e.subject.pod.is_empty() {
             "-".to_string()
         } else {
-            format!("{}/{}", e.namespace, e.pod)
+            format!("{}/{}", e.subject.namespace, e.subject.pod)
         };
         let detail = match (e.exit_code, e.health) {
             (Some(c), _) => c.to_string(),
@@ -275,7 +275,7 @@ pub async fn events(a: &EventsArgs) -> Result<String, ClientError> {
             "{:<31} {:<14} {:<30} {:<30} {}",
             crate::time::format_rfc3339(e.time_nanos),
             e.kind.as_str(),
-            e.container,
+            e.subject.container,
             pod,
             detail
         );

@@ -1,8 +1,10 @@
 //! The normalized lifecycle event: what every runtime's own vocabulary is mapped onto
 //! before the tracker and the history see it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -193,6 +195,17 @@ impl ContainerLabels {
     }
 }
 
+/// What an event tells about its container besides what happened. It is the same for nearly
+/// every event of one container, so the reading task shares one copy between them
+/// ([`SubjectCache`]): events queued during a flood then cost a pointer, not eight strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub container_id: String,
+    pub name: String,
+    pub image: String,
+    pub labels: ContainerLabels,
+}
+
 /// A lifecycle event in the runtime-neutral form the tracker consumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeEvent {
@@ -201,22 +214,63 @@ pub struct RuntimeEvent {
     pub kind: EventKind,
     /// The runtime's own word for it (`die`, `died`, `health_status: healthy`, ...).
     pub action: String,
-    pub container_id: String,
-    pub name: String,
-    pub image: String,
-    pub labels: ContainerLabels,
+    pub subject: Arc<Subject>,
     pub exit_code: Option<i64>,
     pub health: Option<Health>,
 }
 
 impl RuntimeEvent {
-    /// Replays overlap live streams at their edges; this key identifies one runtime event.
-    pub fn dedup_key(&self) -> (i64, String, String) {
-        (
-            self.time_nanos,
-            self.container_id.clone(),
-            self.action.clone(),
-        )
+    pub fn container_id(&self) -> &str {
+        &self.subject.container_id
+    }
+
+    pub fn labels(&self) -> &ContainerLabels {
+        &self.subject.labels
+    }
+
+    /// The subject, to change: a copy of its own if another event shares it.
+    pub fn subject_mut(&mut self) -> &mut Subject {
+        Arc::make_mut(&mut self.subject)
+    }
+}
+
+/// Containers whose subject a [`SubjectCache`] remembers before it starts afresh: far above
+/// any node's container count, so the bound only matters against a runtime gone wrong.
+const SUBJECT_CACHE_CAPACITY: usize = 65_536;
+
+/// The last subject seen per container, so equal subjects of consecutive events are one
+/// allocation. Forgets a container on its `destroy`.
+#[derive(Debug, Default)]
+pub struct SubjectCache {
+    by_id: HashMap<String, Arc<Subject>>,
+}
+
+impl SubjectCache {
+    /// Replaces the event's subject by the remembered one when they are equal.
+    pub fn share(&mut self, ev: &mut RuntimeEvent) {
+        let id = ev.subject.container_id.as_str();
+        if ev.kind == EventKind::Destroyed {
+            self.by_id.remove(id);
+            return;
+        }
+        match self.by_id.get_mut(id) {
+            Some(known) if **known == *ev.subject => ev.subject = known.clone(),
+            Some(known) => *known = ev.subject.clone(),
+            None => {
+                if self.by_id.len() >= SUBJECT_CACHE_CAPACITY {
+                    self.by_id.clear();
+                }
+                self.by_id.insert(id.to_string(), ev.subject.clone());
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
     }
 }
 
@@ -296,6 +350,37 @@ mod test {
     fn sandboxes_are_recognized() {
         let l = labels(&[(k8s_labels::DOCKER_TYPE, "podsandbox")]);
         assert!(ContainerLabels::from_lookup(|k| l.get(k).map(String::as_str)).sandbox);
+    }
+
+    #[test]
+    fn equal_subjects_are_shared_until_they_change_or_the_container_goes() {
+        let event = |kind: EventKind, name: &str| RuntimeEvent {
+            time_nanos: 1,
+            kind,
+            action: kind.as_str().into(),
+            subject: Arc::new(Subject {
+                container_id: "abc".into(),
+                name: name.into(),
+                image: "busybox".into(),
+                labels: ContainerLabels::default(),
+            }),
+            exit_code: None,
+            health: None,
+        };
+        let mut cache = SubjectCache::default();
+        let mut first = event(EventKind::Started, "web");
+        let mut second = event(EventKind::Died, "web");
+        cache.share(&mut first);
+        cache.share(&mut second);
+        assert!(Arc::ptr_eq(&first.subject, &second.subject));
+        let mut renamed = event(EventKind::Started, "web-2");
+        cache.share(&mut renamed);
+        assert_eq!(renamed.subject.name, "web-2", "a changed subject is kept");
+        let mut again = event(EventKind::Died, "web-2");
+        cache.share(&mut again);
+        assert!(Arc::ptr_eq(&renamed.subject, &again.subject));
+        cache.share(&mut event(EventKind::Destroyed, "web-2"));
+        assert!(cache.is_empty(), "a destroyed container is forgotten");
     }
 
     #[test]

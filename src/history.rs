@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::event::{EventKind, Health, RuntimeKind};
 use crate::time::{format_rfc3339, parse_time_or_ago, TimeError};
@@ -21,65 +21,123 @@ pub const DEFAULT_QUERY_LIMIT: usize = 100;
 /// container's strings are stored once and shared ([`Interner`]).
 pub type Text = Arc<str>;
 
-/// One observed (or replayed) lifecycle event, as the API returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct HistoryEvent {
-    pub seq: u64,
-    #[serde(rename = "time_unix_nano")]
-    pub time_nanos: i64,
-    #[serde(rename = "type")]
-    pub kind: EventKind,
-    pub action: Text,
-    pub runtime: RuntimeKind,
+/// Who an event is about. Every event of a container between two renames shares one, so an
+/// event in the history is one pointer here instead of six strings (100 000 events take ~6 MiB).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventSubject {
     pub container_id: Text,
     pub name: Text,
     pub image: Text,
+    /// Empty outside Kubernetes.
     pub namespace: Text,
     pub pod: Text,
+    /// The Kubernetes container name, or the runtime name outside Kubernetes.
     pub container: Text,
-    pub exit_code: Option<i64>,
-    pub health: Option<Health>,
 }
 
-impl Serialize for HistoryEvent {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Json<'a> {
-            seq: u64,
-            time: String,
-            time_unix_nano: i64,
-            #[serde(rename = "type")]
-            kind: EventKind,
-            action: &'a str,
-            runtime: RuntimeKind,
-            container_id: &'a str,
-            name: &'a str,
-            image: &'a str,
-            namespace: &'a str,
-            pod: &'a str,
-            container: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            exit_code: Option<i64>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            health: Option<Health>,
-        }
-        Json {
-            seq: self.seq,
-            time: format_rfc3339(self.time_nanos),
-            time_unix_nano: self.time_nanos,
-            kind: self.kind,
-            action: &self.action,
-            runtime: self.runtime,
+/// An [`EventSubject`]'s fields, borrowed, to compare and intern without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubjectRef<'a> {
+    pub container_id: &'a str,
+    pub name: &'a str,
+    pub image: &'a str,
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub container: &'a str,
+}
+
+impl EventSubject {
+    pub fn fields(&self) -> SubjectRef<'_> {
+        SubjectRef {
             container_id: &self.container_id,
             name: &self.name,
             image: &self.image,
             namespace: &self.namespace,
             pod: &self.pod,
             container: &self.container,
+        }
+    }
+}
+
+/// One observed (or replayed) lifecycle event, as the API returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEvent {
+    pub seq: u64,
+    pub time_nanos: i64,
+    pub kind: EventKind,
+    pub runtime: RuntimeKind,
+    pub health: Option<Health>,
+    pub exit_code: Option<i64>,
+    pub action: Text,
+    pub subject: Arc<EventSubject>,
+}
+
+/// The API's JSON form of a [`HistoryEvent`]: flat, one field per subject string.
+#[derive(Serialize, Deserialize)]
+struct EventJson<S> {
+    seq: u64,
+    #[serde(default, skip_deserializing)]
+    time: String,
+    time_unix_nano: i64,
+    #[serde(rename = "type")]
+    kind: EventKind,
+    action: S,
+    runtime: RuntimeKind,
+    container_id: S,
+    name: S,
+    image: S,
+    namespace: S,
+    pod: S,
+    container: S,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    health: Option<Health>,
+}
+
+impl Serialize for HistoryEvent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let subject = &self.subject;
+        EventJson::<&str> {
+            seq: self.seq,
+            time: format_rfc3339(self.time_nanos),
+            time_unix_nano: self.time_nanos,
+            kind: self.kind,
+            action: &self.action,
+            runtime: self.runtime,
+            container_id: &subject.container_id,
+            name: &subject.name,
+            image: &subject.image,
+            namespace: &subject.namespace,
+            pod: &subject.pod,
+            container: &subject.container,
             exit_code: self.exit_code,
             health: self.health,
         }
         .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for HistoryEvent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let j = EventJson::<Text>::deserialize(d)?;
+        Ok(HistoryEvent {
+            seq: j.seq,
+            time_nanos: j.time_unix_nano,
+            kind: j.kind,
+            runtime: j.runtime,
+            health: j.health,
+            exit_code: j.exit_code,
+            action: j.action,
+            subject: Arc::new(EventSubject {
+                container_id: j.container_id,
+                name: j.name,
+                image: j.image,
+                namespace: j.namespace,
+                pod: j.pod,
+                container: j.container,
+            }),
+        })
     }
 }
 
@@ -213,15 +271,16 @@ impl EventQuery {
         {
             return false;
         }
-        if self.namespace.as_ref().is_some_and(|n| **n != *e.namespace)
-            || self.pod.as_ref().is_some_and(|p| **p != *e.pod)
+        let s = &e.subject;
+        if self.namespace.as_ref().is_some_and(|n| **n != *s.namespace)
+            || self.pod.as_ref().is_some_and(|p| **p != *s.pod)
         {
             return false;
         }
         match &self.container {
             None => true,
             Some(c) => {
-                **c == *e.name || **c == *e.container || e.container_id.starts_with(c.as_str())
+                **c == *s.name || **c == *s.container || s.container_id.starts_with(c.as_str())
             }
         }
     }
@@ -281,16 +340,57 @@ impl Interner {
         self.set.len()
     }
 
+    /// Whether `t` is the shared copy itself (not merely equal to it).
+    pub fn contains(&self, t: &Text) -> bool {
+        self.set
+            .get(&**t)
+            .is_some_and(|known| Arc::ptr_eq(known, t))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.set.is_empty()
     }
 }
 
-/// One container's events in the history.
+/// Shares strings and subjects between events read from elsewhere (the state store), so
+/// loading 100 000 events allocates per container, not per event.
+#[derive(Debug, Default)]
+pub struct SubjectInterner {
+    texts: Interner,
+    subjects: HashMap<Text, Arc<EventSubject>>,
+}
+
+impl SubjectInterner {
+    pub fn text(&mut self, s: &str) -> Text {
+        self.texts.intern(s)
+    }
+
+    pub fn subject(&mut self, s: SubjectRef<'_>) -> Arc<EventSubject> {
+        if let Some(known) = self.subjects.get(s.container_id) {
+            if known.fields() == s {
+                return known.clone();
+            }
+        }
+        let t = &mut self.texts;
+        let subject = Arc::new(EventSubject {
+            container_id: t.intern(s.container_id),
+            name: t.intern(s.name),
+            image: t.intern(s.image),
+            namespace: t.intern(s.namespace),
+            pod: t.intern(s.pod),
+            container: t.intern(s.container),
+        });
+        self.subjects
+            .insert(subject.container_id.clone(), subject.clone());
+        subject
+    }
+}
+
+/// One container's events in the history, and the subject of its newest event (which the
+/// next event of the container shares when nothing about it changed).
 #[derive(Debug)]
 struct Postings {
-    name: Text,
-    k8s_container: Text,
+    subject: Arc<EventSubject>,
     seqs: VecDeque<u64>,
 }
 
@@ -337,34 +437,49 @@ impl History {
         self.interner.intern(s)
     }
 
-    fn intern_event(&mut self, e: &mut HistoryEvent) {
-        for f in [
-            &mut e.action,
-            &mut e.container_id,
-            &mut e.name,
-            &mut e.image,
-            &mut e.namespace,
-            &mut e.pod,
-            &mut e.container,
-        ] {
-            *f = self.interner.intern(f);
+    /// The subject with these fields: the container's current one when they match (the
+    /// common case: one lookup and a few comparisons), else a new one of shared strings.
+    pub fn subject(&mut self, s: SubjectRef<'_>) -> Arc<EventSubject> {
+        if let Some(p) = self.by_container.get(s.container_id) {
+            if p.subject.fields() == s {
+                return p.subject.clone();
+            }
+        }
+        let i = &mut self.interner;
+        Arc::new(EventSubject {
+            container_id: i.intern(s.container_id),
+            name: i.intern(s.name),
+            image: i.intern(s.image),
+            namespace: i.intern(s.namespace),
+            pod: i.intern(s.pod),
+            container: i.intern(s.container),
+        })
+    }
+
+    /// Makes an event from elsewhere (a store, a test) share strings and subject.
+    fn share(&mut self, e: &mut HistoryEvent) {
+        let current = self.by_container.get(&*e.subject.container_id);
+        if !current.is_some_and(|p| Arc::ptr_eq(&p.subject, &e.subject)) {
+            e.subject = self.subject(e.subject.fields());
+        }
+        if !self.interner.contains(&e.action) {
+            e.action = self.interner.intern(&e.action);
         }
     }
 
     fn index(&mut self, e: &HistoryEvent) {
-        match self.by_container.get_mut(&e.container_id) {
+        match self.by_container.get_mut(&*e.subject.container_id) {
             Some(p) => {
                 p.seqs.push_back(e.seq);
-                if p.name != e.name {
-                    p.name = e.name.clone();
+                if !Arc::ptr_eq(&p.subject, &e.subject) {
+                    p.subject = e.subject.clone();
                 }
             }
             None => {
                 self.by_container.insert(
-                    e.container_id.clone(),
+                    e.subject.container_id.clone(),
                     Postings {
-                        name: e.name.clone(),
-                        k8s_container: e.container.clone(),
+                        subject: e.subject.clone(),
                         seqs: VecDeque::from([e.seq]),
                     },
                 );
@@ -374,14 +489,15 @@ impl History {
 
     /// Forgets the oldest event of a container (evictions are always its oldest).
     fn unindex_oldest(&mut self, e: &HistoryEvent) {
-        if let Some(p) = self.by_container.get_mut(&e.container_id) {
+        let id = &*e.subject.container_id;
+        if let Some(p) = self.by_container.get_mut(id) {
             if p.seqs.front() == Some(&e.seq) {
                 p.seqs.pop_front();
             } else {
                 p.seqs.retain(|s| *s != e.seq);
             }
             if p.seqs.is_empty() {
-                self.by_container.remove(&e.container_id);
+                self.by_container.remove(id);
             }
         }
     }
@@ -413,13 +529,14 @@ impl History {
     /// Loads saved events (oldest first) keeping their sequence numbers, then applies the
     /// size bound, so a lowered `--max-history` takes effect on start.
     pub fn restore(&mut self, mut events: Vec<HistoryEvent>, next_seq: u64) {
+        self.by_container.clear();
         for e in &mut events {
-            self.intern_event(e);
+            self.share(e);
+            self.index(e);
         }
         let last = events.last().map_or(0, |e| e.seq);
         self.next_seq = next_seq.max(last + 1).max(1);
         self.events = events.into();
-        self.reindex();
         self.evict_to(self.limits.max_events.max(1));
     }
 
@@ -444,6 +561,7 @@ impl History {
 
     /// Appends an event, assigning its sequence number, and applies the size bound.
     pub fn push(&mut self, mut event: HistoryEvent) -> &HistoryEvent {
+        self.share(&mut event);
         event.seq = self.next_seq;
         self.next_seq += 1;
         self.evict_to(self.limits.max_events.max(1) - 1);
@@ -506,7 +624,7 @@ impl History {
         let mut total = 0;
         let mut lists = Vec::new();
         for (id, p) in &self.by_container {
-            if &*p.name == c || &*p.k8s_container == c || id.starts_with(c) {
+            if &*p.subject.name == c || &*p.subject.container == c || id.starts_with(c) {
                 total += p.seqs.len();
                 lists.push(&p.seqs);
             }
@@ -558,16 +676,18 @@ mod test {
             kind,
             action: kind.as_str().into(),
             runtime: RuntimeKind::Docker,
-            container_id: format!("{name}-0123456789abcdef").into(),
-            name: name.into(),
-            image: "busybox".into(),
-            namespace: ns.into(),
-            pod: if ns.is_empty() {
-                "".into()
-            } else {
-                format!("{name}-pod").into()
-            },
-            container: name.into(),
+            subject: Arc::new(EventSubject {
+                container_id: format!("{name}-0123456789abcdef").into(),
+                name: name.into(),
+                image: "busybox".into(),
+                namespace: ns.into(),
+                pod: if ns.is_empty() {
+                    "".into()
+                } else {
+                    format!("{name}-pod").into()
+                },
+                container: name.into(),
+            }),
             exit_code: None,
             health: None,
         }
@@ -727,5 +847,45 @@ mod test {
         assert_eq!(v["type"], "died");
         assert_eq!(v["exit_code"], 3);
         assert!(v.get("health").is_none());
+    }
+
+    #[test]
+    fn events_of_a_container_share_one_subject_until_it_changes() {
+        let mut h = history(100);
+        h.push(ev(1, EventKind::Started, "a", "shop"));
+        h.push(ev(2, EventKind::Died, "a", "shop"));
+        let mut renamed = ev(3, EventKind::Started, "a", "shop");
+        Arc::make_mut(&mut renamed.subject).name = "a-renamed".into();
+        h.push(renamed);
+        let e: Vec<&HistoryEvent> = h.iter().collect();
+        assert!(Arc::ptr_eq(&e[0].subject, &e[1].subject));
+        assert!(!Arc::ptr_eq(&e[1].subject, &e[2].subject));
+        assert_eq!(&*e[2].subject.name, "a-renamed");
+        assert!(
+            Arc::ptr_eq(&e[1].subject.image, &e[2].subject.image),
+            "unchanged strings stay shared"
+        );
+        let q = |c: &str| EventQuery {
+            container: Some(c.into()),
+            ..EventQuery::default()
+        };
+        assert_eq!(h.query(&q("a-renamed")).events.len(), 1);
+        assert_eq!(h.query(&q("a")).events.len(), 3, "by id prefix and name");
+    }
+
+    #[test]
+    fn events_round_trip_through_their_json() {
+        let mut h = history(10);
+        let mut e = ev(5, EventKind::Died, "web", "shop");
+        e.exit_code = Some(137);
+        h.push(e);
+        let stored = h.iter().next().cloned().expect("an event");
+        let json = serde_json::to_value(&stored).expect("json");
+        assert_eq!(json["namespace"], "shop");
+        assert_eq!(json["pod"], "web-pod");
+        assert_eq!(json["type"], "died");
+        assert!(json["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+        let back: HistoryEvent = serde_json::from_value(json).expect("parse");
+        assert_eq!(back, stored);
     }
 }

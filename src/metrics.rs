@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -98,16 +98,18 @@ fn with<'a>(base: &Labels<'a>, extra: &[(&'a str, &'a str)]) -> Labels<'a> {
     l
 }
 
-/// Encodes one family from `(labels, value)` rows; a family with no rows is left out.
-fn family<M: EncodeMetric>(
+/// Encodes one family from `(labels, value)` rows; a family with no rows is left out. Rows
+/// are produced one at a time, so a family of 10 000 series never exists as a whole.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     unit: Option<Unit>,
     metric_type: MetricType,
-    rows: Vec<(Labels<'_>, M)>,
+    rows: impl IntoIterator<Item = (L, M)>,
 ) -> Result<(), std::fmt::Error> {
-    if rows.is_empty() {
+    let mut rows = rows.into_iter().peekable();
+    if rows.peek().is_none() {
         return Ok(());
     }
     let mut m = enc.encode_descriptor(name, help, unit.as_ref(), metric_type)?;
@@ -117,13 +119,16 @@ fn family<M: EncodeMetric>(
     Ok(())
 }
 
-fn gauge<'a>(l: Labels<'a>, v: f64) -> (Labels<'a>, ConstGauge<f64>) {
+fn gauge<L>(l: L, v: f64) -> (L, ConstGauge<f64>) {
     (l, ConstGauge::new(v))
 }
 
-fn counter<'a>(l: Labels<'a>, v: u64) -> (Labels<'a>, ConstCounter<u64>) {
+fn counter<L>(l: L, v: u64) -> (L, ConstCounter<u64>) {
     (l, ConstCounter::new(v))
 }
+
+/// An identity's base labels followed by a few of its own, without copying the base.
+type RowLabels<'b, 'a> = (&'b [(&'a str, &'a str)], [(&'a str, &'a str); 1]);
 
 impl Collector for LifecycleCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -151,27 +156,32 @@ impl Collector for LifecycleCollector {
     }
 }
 
+/// One gauge row per identity for which `f` has a value.
+fn each<'b, 'a>(
+    views: &'b [IdentityView],
+    base: &'b [Labels<'a>],
+    f: impl Fn(&IdentityView) -> Option<f64> + 'b,
+) -> impl Iterator<Item = (&'b [(&'a str, &'a str)], ConstGauge<f64>)> + 'b {
+    views
+        .iter()
+        .zip(base)
+        .filter_map(move |(v, b)| f(v).map(|x| gauge(b.as_slice(), x)))
+}
+
 fn encode_identities(
     enc: &mut DescriptorEncoder,
     views: &[IdentityView],
     base: &[Labels],
 ) -> Result<(), std::fmt::Error> {
-    let each =
-        |f: &dyn Fn(&IdentityView, &Labels) -> Option<f64>| -> Vec<(Labels, ConstGauge<f64>)> {
-            views
-                .iter()
-                .zip(base)
-                .filter_map(|(v, b)| f(v, b).map(|x| gauge(b.clone(), x)))
-                .collect()
-        };
     let b2f = |b: bool| if b { 1.0 } else { 0.0 };
+    let rows = || views.iter().zip(base);
     family(
         enc,
         "container_running",
         "1 while the container runs (paused counts as running), else 0.",
         None,
         MetricType::Gauge,
-        each(&|v, _| Some(b2f(v.running))),
+        each(views, base, |v| Some(b2f(v.running))),
     )?;
     family(
         enc,
@@ -179,7 +189,7 @@ fn encode_identities(
         "1 while the container is paused, else 0.",
         None,
         MetricType::Gauge,
-        each(&|v, _| Some(b2f(v.paused))),
+        each(views, base, |v| Some(b2f(v.paused))),
     )?;
     family(
         enc,
@@ -187,11 +197,7 @@ fn encode_identities(
         "Time the identity has been running, all sessions known to the agent (paused included).",
         Some(Unit::Seconds),
         MetricType::Counter,
-        views
-            .iter()
-            .zip(base)
-            .map(|(v, b)| (b.clone(), ConstCounter::new(v.uptime_seconds)))
-            .collect(),
+        rows().map(|(v, b)| (b.as_slice(), ConstCounter::new(v.uptime_seconds))),
     )?;
     family(
         enc,
@@ -199,7 +205,7 @@ fn encode_identities(
         "Time since the last start; only while running.",
         Some(Unit::Seconds),
         MetricType::Gauge,
-        each(&|v, _| v.time_since_start_seconds),
+        each(views, base, |v| v.time_since_start_seconds),
     )?;
     family(
         enc,
@@ -207,17 +213,19 @@ fn encode_identities(
         "Unix time of the last start.",
         Some(Unit::Seconds),
         MetricType::Gauge,
-        each(&|v, _| v.last_start_nanos.map(|t| t as f64 / NANOS_PER_SEC as f64)),
+        each(views, base, |v| {
+            v.last_start_nanos.map(|t| t as f64 / NANOS_PER_SEC as f64)
+        }),
     )?;
     family(enc, "container_restarts", "Restarts of the identity (a start after an earlier start), including restarts inferred from the runtime.", None, MetricType::Counter,
-        views.iter().zip(base).map(|(v, b)| counter(b.clone(), v.restarts)).collect())?;
+        rows().map(|(v, b)| counter(b.as_slice(), v.restarts)))?;
     family(
         enc,
         "container_last_exit_code",
         "Exit code of the last exit.",
         None,
         MetricType::Gauge,
-        each(&|v, _| v.last_exit_code.map(|c| c as f64)),
+        each(views, base, |v| v.last_exit_code.map(|c| c as f64)),
     )?;
     family(
         enc,
@@ -225,14 +233,12 @@ fn encode_identities(
         "Why the last session ended (reason label); always 1.",
         None,
         MetricType::Gauge,
-        views
-            .iter()
-            .zip(base)
-            .filter_map(|(v, b)| {
-                v.last_terminated_reason
-                    .map(|r| gauge(with(b, &[("reason", r.as_str())]), 1.0))
+        rows().filter_map(|(v, b)| {
+            v.last_terminated_reason.map(|r| {
+                let l: RowLabels = (b.as_slice(), [("reason", r.as_str())]);
+                gauge(l, 1.0)
             })
-            .collect(),
+        }),
     )?;
     family(
         enc,
@@ -240,11 +246,7 @@ fn encode_identities(
         "OOM kills of the identity.",
         None,
         MetricType::Counter,
-        views
-            .iter()
-            .zip(base)
-            .map(|(v, b)| counter(b.clone(), v.oom_kills))
-            .collect(),
+        rows().map(|(v, b)| counter(b.as_slice(), v.oom_kills)),
     )?;
     family(
         enc,
@@ -252,31 +254,26 @@ fn encode_identities(
         "Health check status (status label); always 1; absent without a health check.",
         None,
         MetricType::Gauge,
-        views
-            .iter()
-            .zip(base)
-            .filter_map(|(v, b)| {
-                v.health
-                    .map(|h| gauge(with(b, &[("status", h.as_str())]), 1.0))
+        rows().filter_map(|(v, b)| {
+            v.health.map(|h| {
+                let l: RowLabels = (b.as_slice(), [("status", h.as_str())]);
+                gauge(l, 1.0)
             })
-            .collect(),
+        }),
     )?;
-    let mut events = Vec::new();
-    for (v, b) in views.iter().zip(base) {
-        for kind in EventKind::ALL {
-            let n = v.events[kind.index()];
-            if n > 0 {
-                events.push(counter(with(b, &[("event", kind.as_str())]), n));
-            }
-        }
-    }
     family(
         enc,
         "container_events",
         "Lifecycle events observed, by event type; only types seen.",
         None,
         MetricType::Counter,
-        events,
+        rows().flat_map(|(v, b)| {
+            EventKind::ALL.iter().filter_map(move |kind| {
+                let n = v.events[kind.index()];
+                let l: RowLabels = (b.as_slice(), [("event", kind.as_str())]);
+                (n > 0).then(|| counter(l, n))
+            })
+        }),
     )?;
     family(
         enc,
@@ -284,24 +281,15 @@ fn encode_identities(
         "Runtime details of the identity's current container; always 1.",
         None,
         MetricType::Gauge,
-        views
-            .iter()
-            .zip(base)
-            .map(|(v, b)| {
-                gauge(
-                    with(
-                        b,
-                        &[
-                            ("container_id", cut_label_value(&v.container_id)),
-                            ("name", cut_label_value(&v.name)),
-                            ("image", cut_label_value(&v.image)),
-                            ("image_id", cut_label_value(&v.image_id)),
-                        ],
-                    ),
-                    1.0,
-                )
-            })
-            .collect(),
+        rows().map(|(v, b)| {
+            let info = [
+                ("container_id", cut_label_value(&v.container_id)),
+                ("name", cut_label_value(&v.name)),
+                ("image", cut_label_value(&v.image)),
+                ("image_id", cut_label_value(&v.image_id)),
+            ];
+            gauge((b.as_slice(), info), 1.0)
+        }),
     )?;
     Ok(())
 }
@@ -441,8 +429,7 @@ impl LifecycleCollector {
             MetricType::Counter,
             WatchErrorReason::ALL
                 .iter()
-                .map(|r| counter(with(l, &[("reason", r.as_str())]), k.errors(*r)))
-                .collect(),
+                .map(|r| counter(with(l, &[("reason", r.as_str())]), k.errors(*r))),
         )
     }
 }

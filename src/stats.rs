@@ -140,10 +140,12 @@ mod test {
             time_nanos: t,
             kind,
             action: kind.as_str().into(),
-            container_id: id.into(),
-            name: id.into(),
-            image: "busybox".into(),
-            labels: Default::default(),
+            subject: std::sync::Arc::new(crate::event::Subject {
+                container_id: id.into(),
+                name: id.into(),
+                image: "busybox".into(),
+                labels: Default::default(),
+            }),
             exit_code: Some(1),
             health: None,
         }

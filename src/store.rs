@@ -16,7 +16,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{EventKind, Health, Identity, RuntimeKind};
-use crate::history::{HistoryEvent, Text};
+use crate::history::{HistoryEvent, SubjectInterner, SubjectRef};
 use crate::tracker::{ContainerState, Delta, IdentityState, Saved, TrackerMeta};
 
 /// Bumped whenever a persisted type changes shape. An older file is moved aside and the
@@ -51,60 +51,65 @@ pub enum StoreError {
     Write { path: PathBuf, reason: String },
 }
 
-/// The history event as stored (the API's JSON shape is a different concern).
+/// The history event as stored (the API's JSON shape is a different concern): written from
+/// borrowed strings, read back borrowing from the database page.
 #[derive(Debug, Serialize, Deserialize)]
-struct StoredEvent {
+struct StoredEvent<S> {
     seq: u64,
     time_nanos: i64,
     kind: EventKind,
-    action: Text,
+    action: S,
     runtime: RuntimeKind,
-    container_id: Text,
-    name: Text,
-    image: Text,
-    namespace: Text,
-    pod: Text,
-    container: Text,
+    container_id: S,
+    name: S,
+    image: S,
+    namespace: S,
+    pod: S,
+    container: S,
     exit_code: Option<i64>,
     health: Option<Health>,
 }
 
-impl From<&HistoryEvent> for StoredEvent {
-    fn from(e: &HistoryEvent) -> Self {
+impl<'a> From<&'a HistoryEvent> for StoredEvent<&'a str> {
+    fn from(e: &'a HistoryEvent) -> Self {
+        let s = &e.subject;
         StoredEvent {
             seq: e.seq,
             time_nanos: e.time_nanos,
             kind: e.kind,
-            action: e.action.clone(),
+            action: &e.action,
             runtime: e.runtime,
-            container_id: e.container_id.clone(),
-            name: e.name.clone(),
-            image: e.image.clone(),
-            namespace: e.namespace.clone(),
-            pod: e.pod.clone(),
-            container: e.container.clone(),
+            container_id: &s.container_id,
+            name: &s.name,
+            image: &s.image,
+            namespace: &s.namespace,
+            pod: &s.pod,
+            container: &s.container,
             exit_code: e.exit_code,
             health: e.health,
         }
     }
 }
 
-impl From<StoredEvent> for HistoryEvent {
-    fn from(e: StoredEvent) -> Self {
+impl StoredEvent<&str> {
+    /// The event, its strings and subject shared with the events loaded before it.
+    fn load(self, shared: &mut SubjectInterner) -> HistoryEvent {
         HistoryEvent {
-            seq: e.seq,
-            time_nanos: e.time_nanos,
-            kind: e.kind,
-            action: e.action,
-            runtime: e.runtime,
-            container_id: e.container_id,
-            name: e.name,
-            image: e.image,
-            namespace: e.namespace,
-            pod: e.pod,
-            container: e.container,
-            exit_code: e.exit_code,
-            health: e.health,
+            seq: self.seq,
+            time_nanos: self.time_nanos,
+            kind: self.kind,
+            action: shared.text(self.action),
+            runtime: self.runtime,
+            subject: shared.subject(SubjectRef {
+                container_id: self.container_id,
+                name: self.name,
+                image: self.image,
+                namespace: self.namespace,
+                pod: self.pod,
+                container: self.container,
+            }),
+            exit_code: self.exit_code,
+            health: self.health,
         }
     }
 }
@@ -164,7 +169,7 @@ fn classify(path: &Path, e: redb::DatabaseError) -> Unusable {
     }
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, String> {
+fn decode<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| format!("undecodable {what} record: {e}"))
 }
 
@@ -331,6 +336,7 @@ impl Store {
             saved.identities.push(decode("identity", v.value())?);
         }
         let events = tx.open_table(EVENTS).map_err(|x| e(&x))?;
+        let mut shared = SubjectInterner::default();
         for row in events
             .iter()
             .map_err(|x| e(&x))?
@@ -338,8 +344,8 @@ impl Store {
             .take(max_events.max(1))
         {
             let (_, v) = row.map_err(|x| e(&x))?;
-            let stored: StoredEvent = decode("event", v.value())?;
-            saved.events.push(stored.into());
+            let stored: StoredEvent<&str> = decode("event", v.value())?;
+            saved.events.push(stored.load(&mut shared));
         }
         saved.events.reverse();
         Ok(saved)

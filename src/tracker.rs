@@ -15,7 +15,7 @@ use std::hash::{Hash, Hasher};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{short_id, EventKind, Health, Identity, RuntimeEvent, RuntimeKind};
-use crate::history::{History, HistoryDelta, HistoryEvent, HistoryLimits};
+use crate::history::{History, HistoryDelta, HistoryEvent, HistoryLimits, SubjectRef};
 use crate::runtime::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::time::NANOS_PER_SEC;
 
@@ -184,7 +184,12 @@ impl RecentKeys {
 
 fn key_hash(ev: &RuntimeEvent) -> u64 {
     let mut h = DefaultHasher::new();
-    (ev.time_nanos, ev.container_id.as_str(), ev.action.as_str()).hash(&mut h);
+    (
+        ev.time_nanos,
+        ev.subject.container_id.as_str(),
+        ev.action.as_str(),
+    )
+        .hash(&mut h);
     h.finish()
 }
 
@@ -390,7 +395,7 @@ impl Tracker {
 
     /// Applies one runtime event.
     pub fn apply(&mut self, ev: &RuntimeEvent, now: i64) -> Applied {
-        if ev.labels.sandbox {
+        if ev.subject.labels.sandbox {
             return Applied::Ignored;
         }
         if self.floor.is_some_and(|f| ev.time_nanos < f) {
@@ -404,14 +409,14 @@ impl Tracker {
         if self.journal.is_some() {
             let identity = self
                 .containers
-                .get(&ev.container_id)
+                .get(&ev.subject.container_id)
                 .map(|c| c.identity.clone())
-                .unwrap_or_else(|| Identity::of(&ev.container_id, &ev.labels));
-            self.touch(&ev.container_id, &identity);
+                .unwrap_or_else(|| Identity::of(&ev.subject.container_id, &ev.subject.labels));
+            self.touch(&ev.subject.container_id, &identity);
         }
         if ev.kind == EventKind::Destroyed {
             self.record(ev);
-            self.remove_container(&ev.container_id);
+            self.remove_container(&ev.subject.container_id);
             return Applied::Recorded;
         }
         self.ensure_container(ev);
@@ -436,7 +441,7 @@ impl Tracker {
     }
 
     fn health_changed(&mut self, ev: &RuntimeEvent) -> bool {
-        let Some(c) = self.containers.get(&ev.container_id) else {
+        let Some(c) = self.containers.get(&ev.subject.container_id) else {
             return false;
         };
         let Some(id) = self.identities.get_mut(&c.identity) else {
@@ -452,14 +457,14 @@ impl Tracker {
     /// Creates state for a container first met through an event (one created before the
     /// agent's snapshot, or seen in a replay).
     fn ensure_container(&mut self, ev: &RuntimeEvent) {
-        if self.containers.contains_key(&ev.container_id) {
+        if self.containers.contains_key(&ev.subject.container_id) {
             return;
         }
-        let identity = Identity::of(&ev.container_id, &ev.labels);
+        let identity = Identity::of(&ev.subject.container_id, &ev.subject.labels);
         let state = ContainerState {
             identity: identity.clone(),
-            name: ev.name.clone(),
-            image: ev.image.clone(),
+            name: ev.subject.name.clone(),
+            image: ev.subject.image.clone(),
             image_id: String::new(),
             running: false,
             paused: false,
@@ -472,11 +477,12 @@ impl Tracker {
             oom_in_session: false,
             exited: false,
         };
-        self.containers.insert(ev.container_id.clone(), state);
-        let attempt = ev.labels.k8s_restart_count;
+        self.containers
+            .insert(ev.subject.container_id.clone(), state);
+        let attempt = ev.subject.labels.k8s_restart_count;
         let fresh = !self.identities.contains_key(&identity);
         let id = self.identity_entry(&identity);
-        id.containers.push(ev.container_id.clone());
+        id.containers.push(ev.subject.container_id.clone());
         if fresh {
             // First sight through a replayed or live event: the kubelet's ordinal is the best
             // lower bound of what happened before (SPEC section 5).
@@ -538,7 +544,7 @@ impl Tracker {
     }
 
     fn transition(&mut self, ev: &RuntimeEvent, now: i64) {
-        let Some(c) = self.containers.get_mut(&ev.container_id) else {
+        let Some(c) = self.containers.get_mut(&ev.subject.container_id) else {
             return;
         };
         if ev.time_nanos < c.as_of {
@@ -631,18 +637,19 @@ impl Tracker {
     }
 
     fn record(&mut self, ev: &RuntimeEvent) {
-        let counted = match self.containers.get(&ev.container_id) {
+        let counted = match self.containers.get(&ev.subject.container_id) {
             Some(c) => self.identities.get_mut(&c.identity),
             None => self
                 .identities
-                .get_mut(&Identity::of(&ev.container_id, &ev.labels)),
+                .get_mut(&Identity::of(&ev.subject.container_id, &ev.subject.labels)),
         };
         if let Some(id) = counted {
             id.events[ev.kind.index()] += 1;
         }
-        let (namespace, pod, container) = match &ev.labels.pod {
+        let s = &ev.subject;
+        let (namespace, pod, container) = match &s.labels.pod {
             Some(p) => (p.namespace.as_str(), p.pod.as_str(), p.container.as_str()),
-            None => ("", "", ev.name.as_str()),
+            None => ("", "", s.name.as_str()),
         };
         self.events_processed += 1;
         let h = &mut self.history;
@@ -652,12 +659,14 @@ impl Tracker {
             kind: ev.kind,
             action: h.intern(&ev.action),
             runtime: self.runtime,
-            container_id: h.intern(&ev.container_id),
-            name: h.intern(&ev.name),
-            image: h.intern(&ev.image),
-            namespace: h.intern(namespace),
-            pod: h.intern(pod),
-            container: h.intern(container),
+            subject: h.subject(SubjectRef {
+                container_id: &s.container_id,
+                name: &s.name,
+                image: &s.image,
+                namespace,
+                pod,
+                container,
+            }),
             exit_code: ev.exit_code,
             health: ev.health,
         };

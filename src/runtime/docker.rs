@@ -2,6 +2,7 @@
 //! which reports itself as Podman in `/version`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bollard::models::{
     ContainerInspectResponse, EventMessage, EventMessageTypeEnum, HealthStatusEnum,
@@ -12,7 +13,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 
 use super::snapshot::{ContainerSnapshot, SnapshotState};
 use super::{error_chain, map_action, ContainerFilter, RuntimeInfo, Source, SourceError};
-use crate::event::{ContainerLabels, Health, RuntimeEvent, RuntimeKind};
+use crate::event::{ContainerLabels, Health, RuntimeEvent, RuntimeKind, Subject};
 use crate::time::{format_docker_since, parse_rfc3339, NANOS_PER_SEC};
 
 /// Seconds bollard waits for response headers (not for the event stream's body).
@@ -216,11 +217,13 @@ pub fn to_runtime_event(msg: EventMessage) -> Option<RuntimeEvent> {
         kind,
         exit_code: get("exitCode").and_then(|c| c.parse().ok()),
         health,
-        name: get("name").unwrap_or_default().to_string(),
-        image: get("image").unwrap_or_default().to_string(),
-        labels: ContainerLabels::from_lookup(get),
+        subject: Arc::new(Subject {
+            name: get("name").unwrap_or_default().to_string(),
+            image: get("image").unwrap_or_default().to_string(),
+            labels: ContainerLabels::from_lookup(get),
+            container_id,
+        }),
         action,
-        container_id,
     })
 }
 
@@ -300,9 +303,9 @@ mod test {
         .unwrap();
         assert_eq!(e.kind, crate::event::EventKind::Died);
         assert_eq!(e.exit_code, Some(3));
-        assert_eq!(e.name, "web");
+        assert_eq!(e.subject.name, "web");
         assert_eq!(e.time_nanos, 1_795_666_363_974_644_679);
-        assert!(e.labels.pod.is_none(), "partial pod labels are not a pod");
+        assert!(e.labels().pod.is_none(), "partial pod labels are not a pod");
     }
 
     #[test]

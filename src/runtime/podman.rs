@@ -31,7 +31,7 @@ use tracing::{debug, warn};
 
 use super::snapshot::{ContainerSnapshot, SnapshotState};
 use super::{map_action, ContainerFilter, RuntimeInfo, Source, SourceError};
-use crate::event::{ContainerLabels, EventKind, Health, RuntimeEvent, RuntimeKind};
+use crate::event::{ContainerLabels, EventKind, Health, RuntimeEvent, RuntimeKind, Subject};
 use crate::time::{format_rfc3339, parse_rfc3339, NANOS_PER_SEC};
 
 /// The libpod API prefix; Podman 4 and 5 answer it (their minimum libpod API is 4.0.0).
@@ -313,11 +313,13 @@ fn to_runtime_event(ev: PodmanEvent) -> Option<RuntimeEvent> {
         kind,
         exit_code,
         health,
-        name: get("name").unwrap_or_default().to_string(),
-        image: get("image").unwrap_or_default().to_string(),
-        labels: ContainerLabels::from_lookup(get),
+        subject: Arc::new(Subject {
+            name: get("name").unwrap_or_default().to_string(),
+            image: get("image").unwrap_or_default().to_string(),
+            labels: ContainerLabels::from_lookup(get),
+            container_id: ev.actor.id,
+        }),
         action: ev.action,
-        container_id: ev.actor.id,
     })
 }
 
@@ -580,14 +582,18 @@ impl StreamCtx {
         let mut ev = to_runtime_event(raw)?;
         // Only some actions carry `podId` (a `died` written by the cleanup process does not),
         // so what was learned about a container holds for all its events.
-        let known = self.infra.lock().known.get(&ev.container_id).copied();
-        ev.labels.sandbox = match (known, pod) {
+        let id = ev.container_id();
+        let known = self.infra.lock().known.get(id).copied();
+        let sandbox = match (known, pod) {
             (Some(infra), _) => infra,
-            (None, Some(pod)) => self.is_infra(&ev.container_id, &pod, &ev.name).await,
-            (None, None) => looks_like_default_infra(&ev.name),
+            (None, Some(pod)) => self.is_infra(id, &pod, &ev.subject.name).await,
+            (None, None) => looks_like_default_infra(&ev.subject.name),
         };
+        if ev.labels().sandbox != sandbox {
+            ev.subject_mut().labels.sandbox = sandbox;
+        }
         if ev.kind == EventKind::Destroyed {
-            self.infra.lock().known.remove(&ev.container_id);
+            self.infra.lock().known.remove(ev.container_id());
         }
         Some(ev)
     }
@@ -835,7 +841,7 @@ mod test {
         assert_eq!(e.kind, EventKind::Died);
         assert_eq!(e.exit_code, Some(137));
         assert_eq!(e.action, "died");
-        assert_eq!(e.name, "t1");
+        assert_eq!(e.subject.name, "t1");
         assert_eq!(e.time_nanos, 1_795_667_329_494_075_242);
         // Podman stamps containerExitCode "0" on every event: a start has no exit code.
         let s = to_runtime_event(parse_line(line("start", "").as_bytes()).unwrap()).unwrap();

@@ -1,5 +1,5 @@
 use super::*;
-use crate::event::{ContainerLabels, RuntimeEvent};
+use crate::event::{ContainerLabels, RuntimeEvent, Subject};
 use crate::history::HistoryLimits;
 use crate::tracker::Tracker;
 
@@ -23,10 +23,12 @@ fn ev(t: i64, id: &str, kind: EventKind) -> RuntimeEvent {
         time_nanos: t,
         kind,
         action: kind.as_str().into(),
-        container_id: id.into(),
-        name: id.into(),
-        image: "busybox".into(),
-        labels: ContainerLabels::default(),
+        subject: std::sync::Arc::new(Subject {
+            container_id: id.into(),
+            name: id.into(),
+            image: "busybox".into(),
+            labels: ContainerLabels::default(),
+        }),
         exit_code: (kind == EventKind::Died).then_some(1),
         health: None,
     }
@@ -83,6 +85,17 @@ fn state_and_history_survive_a_reopen() {
         serde_json::to_value(&b).unwrap()
     );
     assert_eq!(t2.history().iter().cloned().collect::<Vec<_>>(), before.1);
+    let of_a: Vec<_> = t2
+        .history()
+        .iter()
+        .filter(|e| &*e.subject.container_id == "a")
+        .collect();
+    assert!(of_a.len() > 1);
+    assert!(
+        of_a.iter()
+            .all(|e| std::sync::Arc::ptr_eq(&e.subject, &of_a[0].subject)),
+        "loaded events of one container share one subject"
+    );
     assert_eq!(t2.meta(), before.2);
     // The cursor's own event comes back in an inclusive replay: a duplicate, not a recount;
     // so does any older event a stream delivers again.

@@ -1,5 +1,5 @@
 use super::*;
-use crate::event::{ContainerLabels, PodRef};
+use crate::event::{ContainerLabels, PodRef, Subject};
 use crate::runtime::snapshot::SnapshotState;
 
 const S: i64 = NANOS_PER_SEC;
@@ -20,10 +20,12 @@ fn ev(t: i64, id: &str, action: &str, kind: EventKind) -> RuntimeEvent {
         time_nanos: t,
         kind,
         action: action.to_string(),
-        container_id: id.to_string(),
-        name: format!("name-{id}"),
-        image: "busybox".into(),
-        labels: ContainerLabels::default(),
+        subject: std::sync::Arc::new(Subject {
+            container_id: id.to_string(),
+            name: format!("name-{id}"),
+            image: "busybox".into(),
+            labels: ContainerLabels::default(),
+        }),
         exit_code: None,
         health: None,
     }
@@ -251,7 +253,7 @@ fn first_sight_starts_from_the_runtime_lower_bound() {
 fn kubelet_replacement_is_one_restart_of_the_same_identity() {
     let mut t = tracker();
     let with = |mut e: RuntimeEvent, attempt| {
-        e.labels = pod_labels(Some(attempt));
+        e.subject_mut().labels = pod_labels(Some(attempt));
         e
     };
     apply_all(
@@ -377,7 +379,7 @@ fn removed_containers_are_forgotten_but_node_restarts_remain() {
 fn sandboxes_are_not_tracked() {
     let mut t = tracker();
     let mut e = ev(S, "p", "start", EventKind::Started);
-    e.labels.sandbox = true;
+    e.subject_mut().labels.sandbox = true;
     assert_eq!(t.apply(&e, S), Applied::Ignored);
     assert!(t.identities(S).is_empty());
 }
