@@ -136,9 +136,9 @@ class Dockerd:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start_agent(sock, extra=(), log=None):
+def start_agent(sock, extra=(), log=None, state=None):
     port = free_port()
-    state = tempfile.mkdtemp(prefix="latb-state-")
+    state = state or tempfile.mkdtemp(prefix="latb-state-")
     p = spawn([AGENT, "run", "--socket", sock, "--listen", f"127.0.0.1:{port}", "--node-name", "bench",
                "--state-dir", state, *extra],
               stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
@@ -167,7 +167,7 @@ def idle(rows):
         d.close()
 
 
-def synthetic(rows, containers, events):
+def synthetic(rows, containers, events, restart=False):
     sock = tempfile.mktemp(prefix="latb-synth-", suffix=".sock", dir="/tmp")
     s = spawn([SYNTH, "--socket", sock, "--containers", str(containers), "--events", str(events)],
               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -189,7 +189,29 @@ def synthetic(rows, containers, events):
                      f"{hwm_kib(p.pid) / 1024:.1f} MiB", f"{cpu_s:.2f} CPU-s to ingest",
                      f"ready + ingest {ingest:.1f} s; /metrics {min(scrape) * 1000:.1f} ms ({len(body) / 1e6:.1f} MB)"))
         stop(p)
+        if restart:
+            restarted(rows, containers, events, state)
         shutil.rmtree(state, ignore_errors=True)
+    finally:
+        stop(s)
+
+
+def restarted(rows, containers, events, state):
+    """The agent started again on the state the flood left: the history is loaded from disk."""
+    sock = tempfile.mktemp(prefix="latb-synth-", suffix=".sock", dir="/tmp")
+    s = spawn([SYNTH, "--socket", sock, "--containers", str(containers), "--events", "0"],
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until("synthetic socket", lambda: os.path.exists(sock))
+    try:
+        t0 = time.monotonic()
+        p, port, _ = start_agent(sock, ["--max-history", str(events)], state=state)
+        ready = time.monotonic() - t0
+        held = metric(http(port, "/metrics")[1], "lifecycle_agent_history_events")
+        if held != events:
+            raise SystemExit(f"the restarted agent holds {held} history events, not {events}")
+        rows.append((f"restart on that state ({events} stored events)", f"{hwm_kib(p.pid) / 1024:.1f} MiB", "-",
+                     f"ready {ready:.1f} s, history loaded from disk"))
+        stop(p)
     finally:
         stop(s)
 
@@ -270,7 +292,7 @@ def main():
     rows = []
     try:
         idle(rows)
-        synthetic(rows, 1_000, 100_000)
+        synthetic(rows, 1_000, 100_000, restart=True)
         synthetic(rows, 10_000, 100_000)
         burst(rows)
     finally:
