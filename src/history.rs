@@ -340,6 +340,18 @@ impl Interner {
         self.set.len()
     }
 
+    /// A new subject of shared strings.
+    pub fn subject(&mut self, s: SubjectRef<'_>) -> Arc<EventSubject> {
+        Arc::new(EventSubject {
+            container_id: self.intern(s.container_id),
+            name: self.intern(s.name),
+            image: self.intern(s.image),
+            namespace: self.intern(s.namespace),
+            pod: self.intern(s.pod),
+            container: self.intern(s.container),
+        })
+    }
+
     /// Whether `t` is the shared copy itself (not merely equal to it).
     pub fn contains(&self, t: &Text) -> bool {
         self.set
@@ -371,15 +383,7 @@ impl SubjectInterner {
                 return known.clone();
             }
         }
-        let t = &mut self.texts;
-        let subject = Arc::new(EventSubject {
-            container_id: t.intern(s.container_id),
-            name: t.intern(s.name),
-            image: t.intern(s.image),
-            namespace: t.intern(s.namespace),
-            pod: t.intern(s.pod),
-            container: t.intern(s.container),
-        });
+        let subject = self.texts.subject(s);
         self.subjects
             .insert(subject.container_id.clone(), subject.clone());
         subject
@@ -445,15 +449,7 @@ impl History {
                 return p.subject.clone();
             }
         }
-        let i = &mut self.interner;
-        Arc::new(EventSubject {
-            container_id: i.intern(s.container_id),
-            name: i.intern(s.name),
-            image: i.intern(s.image),
-            namespace: i.intern(s.namespace),
-            pod: i.intern(s.pod),
-            container: i.intern(s.container),
-        })
+        self.interner.subject(s)
     }
 
     /// Makes an event from elsewhere (a store, a test) share strings and subject.
