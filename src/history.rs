@@ -417,10 +417,15 @@ impl HistoryDelta {
         self.events.is_empty() && self.removed.is_empty() && self.evicted_through == 0
     }
 
+    /// Folds a newer delta into this one. What the size bound has evicted since is dropped,
+    /// so a delta retried across a long store outage holds at most the history's bound.
     pub fn merge(&mut self, newer: HistoryDelta) {
         self.events.extend(newer.events);
         self.removed.extend(newer.removed);
         self.evicted_through = self.evicted_through.max(newer.evicted_through);
+        let through = self.evicted_through;
+        self.events.retain(|e| e.seq > through);
+        self.removed.retain(|seq| *seq > through);
     }
 }
 
@@ -883,5 +888,27 @@ mod test {
         assert!(json["time"].as_str().is_some_and(|t| t.ends_with('Z')));
         let back: HistoryEvent = serde_json::from_value(json).expect("parse");
         assert_eq!(back, stored);
+    }
+
+    #[test]
+    fn a_retried_delta_keeps_no_more_than_the_bound() {
+        let mut h = history(10);
+        h.enable_journal();
+        let mut pending = HistoryDelta::default();
+        for round in 0..50 {
+            for t in 0..10 {
+                h.push(ev(round * 10 + t, EventKind::Started, "a", ""));
+            }
+            pending.merge(h.take_delta());
+        }
+        assert_eq!(
+            pending.events.len(),
+            10,
+            "only what the history still holds"
+        );
+        let seqs: Vec<u64> = pending.events.iter().map(|e| e.seq).collect();
+        let held: Vec<u64> = h.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, held);
+        assert_eq!(pending.evicted_through, 490);
     }
 }
