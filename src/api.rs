@@ -70,12 +70,16 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let mut out = ChunkWriter::new(tx.clone(), runtime.clone());
-        let encoded = if openmetrics {
-            prometheus_client::encoding::text::encode(&mut out, &registry)
-        } else {
-            prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
-        };
-        if encoded.and_then(|()| out.flush()).is_err() && !tx.is_closed() {
+        // A panic must not end the body as if it were complete.
+        let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if openmetrics {
+                prometheus_client::encoding::text::encode(&mut out, &registry)?;
+            } else {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
+            }
+            out.flush()
+        }));
+        if !matches!(encoded, Ok(Ok(()))) && !tx.is_closed() {
             tracing::warn!("encoding the metrics failed; the scrape is aborted");
             let failed = std::io::Error::other("encoding the metrics failed");
             let _ = runtime.block_on(tx.send(Err(failed)));
