@@ -79,10 +79,23 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
             }
             out.flush()
         }));
-        if !matches!(encoded, Ok(Ok(()))) && !tx.is_closed() {
-            tracing::warn!("encoding the metrics failed; the scrape is aborted");
-            let failed = std::io::Error::other("encoding the metrics failed");
-            let _ = runtime.block_on(tx.send(Err(failed)));
+        match encoded {
+            Ok(Ok(())) => {}
+            _ if tx.is_closed() => {}
+            Ok(Err(_)) if out.stalled => {
+                tracing::warn!(
+                    seconds = CHUNK_SEND_TIMEOUT.as_secs(),
+                    "a /metrics scraper read nothing for too long; the scrape is aborted"
+                );
+            }
+            _ => {
+                tracing::warn!("encoding the metrics failed; the scrape is aborted");
+                let failed = std::io::Error::other("encoding the metrics failed");
+                let _ = runtime.block_on(tokio::time::timeout(
+                    CHUNK_SEND_TIMEOUT,
+                    tx.send(Err(failed)),
+                ));
+            }
         }
     });
     let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
@@ -104,6 +117,8 @@ struct ChunkWriter {
     buf: String,
     tx: tokio::sync::mpsc::Sender<Chunk>,
     runtime: tokio::runtime::Handle,
+    /// The scraper read nothing for [`CHUNK_SEND_TIMEOUT`].
+    stalled: bool,
 }
 
 impl ChunkWriter {
@@ -112,6 +127,7 @@ impl ChunkWriter {
             buf: String::with_capacity(CHUNK_BYTES + 4096),
             tx,
             runtime,
+            stalled: false,
         }
     }
 
@@ -126,7 +142,11 @@ impl ChunkWriter {
         ));
         match sent {
             Ok(Ok(())) => Ok(()),
-            _ => Err(std::fmt::Error),
+            Ok(Err(_)) => Err(std::fmt::Error),
+            Err(_) => {
+                self.stalled = true;
+                Err(std::fmt::Error)
+            }
         }
     }
 }

@@ -21,7 +21,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(dispatch(cli.command))
+    let code = rt.block_on(dispatch(cli.command));
+    // Blocking work left behind (a /metrics encoder whose scraper went away) must not hold
+    // the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 fn config(args: RunArgs) -> Result<Config, ExitCode> {
