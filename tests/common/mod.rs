@@ -133,8 +133,12 @@ pub fn unique(prefix: &str) -> String {
 
 /// Runs a watchdog shell script (it starts a private daemon and stops it, and removes its
 /// files, once this test process is gone).
-pub fn spawn_watchdog(script: &str, what: &str) -> Child {
+///
+/// It runs in the daemon's private `dir`, and so does what it starts: Podman's conmon writes
+/// files (an `oom` marker after an OOM kill) into its working directory.
+pub fn spawn_watchdog(script: &str, what: &str, dir: &Path) -> Child {
     Command::new("sh")
+        .current_dir(dir)
         .arg("-c")
         .arg(script)
         .stdin(Stdio::null())
@@ -235,7 +239,7 @@ if kill -0 $dpid 2>/dev/null; then
 fi"#,
             parent = std::process::id()
         );
-        let child = spawn_watchdog(&script, "dockerd");
+        let child = spawn_watchdog(&script, "dockerd", &self.dir);
         *self.watchdog.lock().unwrap() = Some(child);
         let sock = self.socket();
         wait_for(
@@ -927,7 +931,7 @@ if kill -0 $ppid 2>/dev/null; then
 fi"#,
             parent = std::process::id()
         );
-        let watchdog = spawn_watchdog(&script, "prometheus");
+        let watchdog = spawn_watchdog(&script, "prometheus", &dir);
         let p = Prometheus {
             port,
             dir,

@@ -85,8 +85,11 @@ network_config_dir = "{d}/net"
     }
 
     /// The private configuration, for every podman process that touches this storage.
+    /// Everything Podman starts runs inside the service's directory: conmon writes files
+    /// (an `oom` marker after an OOM kill) into its working directory.
     fn env(&self, cmd: &mut Command) {
-        cmd.env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+        cmd.current_dir(&self.dir)
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
             .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
             .env("XDG_RUNTIME_DIR", self.dir.join("xdg"))
             .env("XDG_CONFIG_HOME", self.dir.join("config"));
@@ -151,7 +154,7 @@ if ! kill -0 {parent} 2>/dev/null; then
 fi"#,
             parent = std::process::id()
         );
-        let child = spawn_watchdog(&script, "Podman");
+        let child = spawn_watchdog(&script, "Podman", &self.dir);
         *self.watchdog.lock().unwrap() = Some(child);
         let sock = self.socket();
         wait_for(
