@@ -911,4 +911,10 @@ mod test {
         assert_eq!(seqs, held);
         assert_eq!(pending.evicted_through, 490);
     }
+
+    #[test]
+    fn a_stored_event_stays_small() {
+        // 100 000 events of history are budgeted at 64 bytes each plus shared subjects.
+        assert!(std::mem::size_of::<HistoryEvent>() <= 64);
+    }
 }

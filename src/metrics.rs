@@ -4,8 +4,9 @@
 //!
 //! Pod metadata is joined here, at scrape time, from the pod index's current snapshot: a pod
 //! that arrives after its containers labels their series from the next scrape on, and a
-//! deleted pod's labels leave with it. The labels are borrowed from the snapshot; the only
-//! per-scrape allocations are the label vectors the encoder needs anyway.
+//! deleted pod's labels leave with it. The labels are borrowed from the snapshot; besides the
+//! snapshot, a scrape allocates one base label vector per identity, and rows are encoded as
+//! they are produced (the HTTP side streams the output in chunks).
 
 use std::sync::Arc;
 
