@@ -137,8 +137,10 @@ impl std::fmt::Write for Chunks {
 fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("metrics_encode");
     g.sample_size(20);
-    for n in [100usize, 1_000, 10_000] {
-        let s = populated(n, 0);
+    // The last case is 1 000 containers again with a full history: encoding must not depend
+    // on it.
+    for (n, history) in [(100usize, 0), (1_000, 0), (10_000, 0), (1_000, 100_000)] {
+        let s = populated(n, history);
         let registry = metrics::registry(s.clone());
         let mut probe = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut probe, &registry)
@@ -147,7 +149,11 @@ fn encode(c: &mut Criterion) {
             probe.contains("annotation_example_com_owner=\"owner-"),
             "the join is benchmarked"
         );
-        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+        let id = match history {
+            0 => BenchmarkId::from_parameter(n),
+            h => BenchmarkId::new(format!("{n}_with_history"), h),
+        };
+        g.bench_with_input(id, &n, |b, _| {
             b.iter(|| {
                 let mut out = Chunks::default();
                 prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
