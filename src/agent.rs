@@ -240,7 +240,7 @@ pub async fn run(config: Config) -> Result<()> {
                 let _ = w.await;
             }
             let _ = housekeeping.await;
-            drain_http(server).await;
+            api::drain(server, HTTP_DRAIN).await;
             if let (Some(store), Some(flusher)) = (&store, flusher) {
                 let mut pending = flusher.await.unwrap_or_default();
                 flush_once(store, &shared, &mut pending).await;
@@ -258,17 +258,6 @@ pub async fn run(config: Config) -> Result<()> {
 /// How long requests in flight at shutdown may take to finish. A scraper that stopped reading
 /// would otherwise hold the shutdown (and the final store flush) until the kubelet kills us.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
-
-async fn drain_http(mut server: tokio::task::JoinHandle<()>) {
-    if tokio::time::timeout(HTTP_DRAIN, &mut server).await.is_err() {
-        warn!(
-            seconds = HTTP_DRAIN.as_secs(),
-            "HTTP requests still in flight at shutdown are cut off"
-        );
-        server.abort();
-        let _ = server.await;
-    }
-}
 
 /// Decides whether the Kubernetes side runs (`--kube`) and connects it. In `auto` mode a
 /// kubeconfig that cannot be used is logged and the agent runs without Kubernetes; with

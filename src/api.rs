@@ -102,6 +102,21 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
+/// Waits for the server task (already told to shut down gracefully) for at most `grace`, then
+/// drops the connections still open. Returns whether any were cut off.
+pub async fn drain(mut server: tokio::task::JoinHandle<()>, grace: std::time::Duration) -> bool {
+    if tokio::time::timeout(grace, &mut server).await.is_ok() {
+        return false;
+    }
+    tracing::warn!(
+        seconds = grace.as_secs(),
+        "HTTP requests still in flight at shutdown are cut off"
+    );
+    server.abort();
+    let _ = server.await;
+    true
+}
+
 /// Size of one `/metrics` body chunk.
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks encoded ahead of a slow scraper.
@@ -343,6 +358,16 @@ mod test {
 
     /// An agent state with `n` started containers, served on a loopback port.
     async fn serve(n: usize) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(axum::serve(listener, router(state(n))).into_future());
+        addr
+    }
+
+    /// An agent state with `n` started containers.
+    fn state(n: usize) -> Arc<Shared> {
         let config = Config::resolve(RunArgs {
             ephemeral: Some(true),
             node_name: Some("node-1".into()),
@@ -369,12 +394,7 @@ mod test {
                 t.apply(&ev, 2_000);
             }
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(axum::serve(listener, router(shared)).into_future());
-        addr
+        shared
     }
 
     async fn scrape(addr: std::net::SocketAddr) -> (http::response::Parts, String) {
@@ -433,6 +453,51 @@ mod test {
         let (parts, body) = scrape(addr).await;
         assert_eq!(parts.status, StatusCode::OK);
         assert!(body.ends_with("# EOF\n"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_scraper_is_cut_off_at_shutdown() {
+        // A body far larger than the socket buffers, so the response cannot finish unread.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let graceful = stop.clone();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router(state(20_000)))
+                .with_graceful_shutdown(graceful.cancelled_owned())
+                .await;
+        });
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("buffer size");
+        let mut stalled = socket.connect(addr).await.expect("connect");
+        stalled
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut head = [0u8; 64];
+        let n = stalled.read(&mut head).await.expect("read");
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+        stop.cancel();
+        let began = std::time::Instant::now();
+        assert!(
+            drain(server, Duration::from_secs(1)).await,
+            "the unread response was still in flight"
+        );
+        assert!(began.elapsed() < Duration::from_secs(10));
+        // The connection is gone: reading drains what the kernel held, then ends.
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match stalled.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the stalled connection was closed");
     }
 
     #[test]
