@@ -55,6 +55,7 @@ pub struct Counters {
     pub store_writes: Counter,
     pub store_errors: Counter,
     pub store_recoveries: Counter,
+    pub scrapes_rejected: Counter,
 }
 
 impl Counters {

@@ -26,7 +26,14 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 struct AppState {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
+    /// One permit per `/metrics` response being encoded.
+    scrapes: Arc<tokio::sync::Semaphore>,
 }
+
+/// `/metrics` responses encoded at once. Each holds a snapshot of every identity (about 5 MB
+/// at 10 000 containers) until its scraper has read it; an HA pair of Prometheus servers and
+/// a few people with curl stay far below this, and a flood of scrapers cannot grow memory.
+pub const MAX_CONCURRENT_SCRAPES: usize = 8;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     let registry = Arc::new(metrics::registry(shared.clone()));
@@ -40,7 +47,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/stats/restarts", get(restart_stats))
         .route("/api/v1/stats/uptime", get(uptime_stats))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
-        .with_state(AppState { shared, registry })
+        .with_state(AppState {
+            shared,
+            registry,
+            scrapes: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SCRAPES)),
+        })
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
@@ -65,10 +76,20 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
     } else {
         PROMETHEUS_TEXT
     };
+    let Ok(permit) = s.scrapes.clone().try_acquire_owned() else {
+        s.shared.counters.scrapes_rejected.inc();
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{MAX_CONCURRENT_SCRAPES} /metrics responses are already being sent; retry later"
+            ),
+        );
+    };
     let (tx, mut rx) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
     let registry = s.registry.clone();
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut out = ChunkWriter::new(tx.clone(), runtime.clone());
         // A panic must not end the body as if it were complete.
         let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -469,16 +490,8 @@ mod test {
                 .with_graceful_shutdown(graceful.cancelled_owned())
                 .await;
         });
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(4096).expect("buffer size");
-        let mut stalled = socket.connect(addr).await.expect("connect");
-        stalled
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
-        let mut head = [0u8; 64];
-        let n = stalled.read(&mut head).await.expect("read");
-        assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+        let (mut stalled, status) = stalled_scrape(addr).await;
+        assert_eq!(status, "HTTP/1.1 200");
         stop.cancel();
         let began = std::time::Instant::now();
         assert!(
@@ -498,6 +511,55 @@ mod test {
         })
         .await;
         assert!(ended.is_ok(), "the stalled connection was closed");
+    }
+
+    /// Sends a `/metrics` request and reads the status line, leaving the body unread behind a
+    /// 4 KiB receive buffer.
+    async fn stalled_scrape(addr: std::net::SocketAddr) -> (tokio::net::TcpStream, String) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("buffer size");
+        let mut s = socket.connect(addr).await.expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head).await.expect("read");
+        let status = String::from_utf8_lossy(&head[..n.min(12)]).to_string();
+        (s, status)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scrapes_beyond_the_limit_get_503_until_one_ends() {
+        // Bodies far larger than the socket buffers: unread, each keeps its permit.
+        let addr = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tokio::spawn(axum::serve(listener, router(state(20_000))).into_future());
+            addr
+        };
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONCURRENT_SCRAPES {
+            let (s, status) = stalled_scrape(addr).await;
+            assert_eq!(status, "HTTP/1.1 200");
+            held.push(s);
+        }
+        let (_, status) = stalled_scrape(addr).await;
+        assert_eq!(status, "HTTP/1.1 503", "one scrape beyond the limit");
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, status) = stalled_scrape(addr).await;
+            if status == "HTTP/1.1 200" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the permits of scrapers that left come back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     #[test]

@@ -378,6 +378,7 @@ impl LifecycleCollector {
             ("lifecycle_agent_store_writes", "Group commits written to the state store.", c.store_writes.get()),
             ("lifecycle_agent_store_errors", "Failed state store writes (retried with the next commit).", c.store_errors.get()),
             ("lifecycle_agent_store_recoveries", "Unusable state files moved aside and rebuilt from the runtime.", c.store_recoveries.get()),
+            ("lifecycle_agent_scrapes_rejected", "/metrics requests answered 503 because the concurrent scrape limit was reached.", c.scrapes_rejected.get()),
         ];
         for (name, help, v) in counters {
             family(
