@@ -51,7 +51,6 @@ pub struct Counters {
     pub events_duplicate: Counter,
     pub stream_reconnects: Counter,
     pub events_possibly_missed: Counter,
-    pub inferred_restarts: Counter,
     pub store_writes: Counter,
     pub store_errors: Counter,
     pub store_recoveries: Counter,

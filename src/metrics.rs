@@ -134,14 +134,17 @@ type RowLabels<'b, 'a> = (&'b [(&'a str, &'a str)], [(&'a str, &'a str); 1]);
 impl Collector for LifecycleCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = now_nanos();
-        let (node, runtime, views, counts, history_len) = {
+        let (node, runtime, views, counts, own) = {
             let t = self.shared.tracker.read();
             (
                 t.node().to_string(),
                 t.runtime().as_str(),
                 t.identities(now),
                 t.node_counts(),
-                t.history().len(),
+                TrackerFigures {
+                    history_len: t.history().len(),
+                    inferred_restarts: t.inferred_restarts(),
+                },
             )
         };
         // `None` without an allowlist: then there is nothing to join.
@@ -153,8 +156,14 @@ impl Collector for LifecycleCollector {
         encode_identities(&mut enc, &views, &base)?;
         let node_labels: Labels = vec![("node", cut_label_value(&node)), ("runtime", runtime)];
         encode_node(&mut enc, &node_labels, &counts)?;
-        self.encode_self(&mut enc, &node_labels, history_len)
+        self.encode_self(&mut enc, &node_labels, &own)
     }
+}
+
+/// The agent's own figures that live in the tracker.
+struct TrackerFigures {
+    history_len: usize,
+    inferred_restarts: u64,
 }
 
 /// One gauge row per identity for which `f` has a value.
@@ -348,7 +357,7 @@ impl LifecycleCollector {
         &self,
         enc: &mut DescriptorEncoder,
         l: &Labels,
-        history_len: usize,
+        own: &TrackerFigures,
     ) -> Result<(), std::fmt::Error> {
         let c = &self.shared.counters;
         let version = env!("CARGO_PKG_VERSION");
@@ -374,7 +383,7 @@ impl LifecycleCollector {
             ("lifecycle_agent_events_duplicate", "Replayed events dropped because they were already processed.", c.events_duplicate.get()),
             ("lifecycle_agent_stream_reconnects", "Times the runtime connection was lost and retried.", c.stream_reconnects.get()),
             ("lifecycle_agent_events_possibly_missed", "Replays that could not reach back to the last processed event (the runtime no longer held it); the gap was reconciled from list + inspect.", c.events_possibly_missed.get()),
-            ("lifecycle_agent_restarts_inferred", "Restarts counted from the runtime's state rather than from an observed event.", c.inferred_restarts.get()),
+            ("lifecycle_agent_restarts_inferred", "Restarts counted from the runtime's state rather than from an observed event.", own.inferred_restarts),
             ("lifecycle_agent_store_writes", "Group commits written to the state store.", c.store_writes.get()),
             ("lifecycle_agent_store_errors", "Failed state store writes (retried with the next commit).", c.store_errors.get()),
             ("lifecycle_agent_store_recoveries", "Unusable state files moved aside and rebuilt from the runtime.", c.store_recoveries.get()),
@@ -396,7 +405,7 @@ impl LifecycleCollector {
             "Events held in the history.",
             None,
             MetricType::Gauge,
-            vec![gauge(l.clone(), history_len as f64)],
+            vec![gauge(l.clone(), own.history_len as f64)],
         )?;
         self.encode_kube(enc, l)
     }

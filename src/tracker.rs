@@ -24,6 +24,8 @@ use crate::time::NANOS_PER_SEC;
 const DEDUP_CAPACITY: usize = 8192;
 const DAY_NANOS: i64 = 86_400 * NANOS_PER_SEC;
 const HOUR_NANOS: i64 = 3600 * NANOS_PER_SEC;
+/// Restarts inferred at once that enter the 1 h / 24 h statistics (each is one entry there).
+const MAX_INFERRED_TIMES: u64 = 1_000;
 
 /// Why the last session of an identity ended (`container_last_terminated_reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +161,19 @@ pub struct ReconcileReport {
     pub inferred_restarts: u64,
 }
 
+/// Restarts and whether the identity started before, for an identity met first through a
+/// container with kubelet ordinal `attempt` (its attempt number, which counts its own start)
+/// that `ran` already or not. A start still to come is counted when it is seen, so before it
+/// the count is one less; whatever order a snapshot lists an identity's containers in, and
+/// whether its start is seen live or inferred, the result after that start is the ordinal.
+fn first_sight(attempt: Option<u64>, ran: bool) -> (u64, bool) {
+    match attempt {
+        Some(a) if ran => (a, true),
+        Some(a) => (a.saturating_sub(1), a > 0),
+        None => (0, ran),
+    }
+}
+
 /// Remembers recently processed event keys (hashed) so a replay never counts twice.
 #[derive(Debug, Default)]
 struct RecentKeys {
@@ -213,6 +228,9 @@ pub struct Tracker {
     floor: Option<i64>,
     history: History,
     events_processed: u64,
+    /// Restarts counted from the runtime's counters or the kubelet's ordinals, not from an
+    /// observed start, since this process started (`lifecycle_agent_restarts_inferred_total`).
+    inferred: u64,
     journal: Option<Journal>,
 }
 
@@ -286,6 +304,7 @@ impl Tracker {
             floor: None,
             history: History::new(limits),
             events_processed: 0,
+            inferred: 0,
             journal: None,
         }
     }
@@ -383,6 +402,10 @@ impl Tracker {
 
     pub fn events_processed(&self) -> u64 {
         self.events_processed
+    }
+
+    pub fn inferred_restarts(&self) -> u64 {
+        self.inferred
     }
 
     pub fn history(&self) -> &History {
@@ -484,25 +507,31 @@ impl Tracker {
         let id = self.identity_entry(&identity);
         id.containers.push(ev.subject.container_id.clone());
         if fresh {
-            // First sight through a replayed or live event: the kubelet's ordinal is the best
-            // lower bound of what happened before (SPEC section 5).
-            if ev.kind != EventKind::Created {
-                if let Some(a) = attempt {
-                    id.restarts = a;
-                    id.ever_started = a > 0;
-                }
-            }
+            // First sight through a replayed or live event (SPEC section 5): any event but a
+            // create or a start says the container ran before.
+            let ran = !matches!(ev.kind, EventKind::Created | EventKind::Started);
+            let (restarts, ever_started) = first_sight(attempt, ran);
+            id.restarts = restarts;
+            id.ever_started = ever_started;
             id.max_attempt = attempt;
             let inferred = id.restarts;
             self.node_restarts += inferred;
+            self.inferred += inferred;
         } else {
-            self.note_attempt(&identity, attempt, false);
+            self.note_attempt(&identity, attempt, false, ev.time_nanos);
         }
     }
 
     /// A new kubelet container with ordinal `attempt` for a known identity: attempts between
-    /// the highest seen and this one started and died unseen, one restart each.
-    fn note_attempt(&mut self, identity: &Identity, attempt: Option<u64>, started: bool) -> u64 {
+    /// the highest seen and this one started and died unseen, one restart each, recently
+    /// (they count in the 1 h / 24 h statistics at `at`).
+    fn note_attempt(
+        &mut self,
+        identity: &Identity,
+        attempt: Option<u64>,
+        started: bool,
+        at: i64,
+    ) -> u64 {
         let Some(id) = self.identities.get_mut(identity) else {
             return 0;
         };
@@ -522,6 +551,10 @@ impl Tracker {
             id.ever_started = true;
         }
         self.node_restarts += unseen;
+        self.inferred += unseen;
+        for _ in 0..unseen.min(MAX_INFERRED_TIMES) {
+            self.push_restart_time(at);
+        }
         unseen
     }
 
@@ -759,12 +792,21 @@ impl Tracker {
         let inferred = if fresh {
             let id = self.identity_entry(&identity);
             // The best lower bound the runtime gives (SPEC section 5).
-            id.restarts = s.labels.k8s_restart_count.unwrap_or(s.restart_count);
+            let (restarts, ever_started) = match s.labels.k8s_restart_count {
+                Some(attempt) => first_sight(Some(attempt), started),
+                // Docker raises RestartCount when it schedules a restart: the start that
+                // follows the back-off is counted when it is seen, as for a known container.
+                None if s.state == SnapshotState::Restarting => {
+                    (s.restart_count.saturating_sub(1), true)
+                }
+                None => (s.restart_count, started),
+            };
+            id.restarts = restarts;
+            id.ever_started = ever_started;
             id.max_attempt = s.labels.k8s_restart_count;
-            id.ever_started = started || id.restarts > 0;
             id.restarts
         } else if s.labels.k8s_restart_count.is_some() {
-            self.note_attempt(&identity, s.labels.k8s_restart_count, started)
+            self.note_attempt(&identity, s.labels.k8s_restart_count, started, now)
         } else if started {
             // Same pod labels without the kubelet's ordinal: one unseen start.
             let id = self.identity_entry(&identity);
@@ -772,12 +814,17 @@ impl Tracker {
             id.restarts += n;
             id.ever_started = true;
             self.node_restarts += n;
+            self.inferred += n;
+            if n > 0 {
+                self.push_restart_time(now);
+            }
             n
         } else {
             0
         };
         if fresh {
             self.node_restarts += inferred;
+            self.inferred += inferred;
         }
         let id = self.identity_entry(&identity);
         id.containers.push(s.id.clone());
@@ -797,9 +844,6 @@ impl Tracker {
                     id.closed_uptime += (b - a).max(0);
                 }
             }
-        }
-        if inferred > 0 && !fresh {
-            self.push_restart_time(now);
         }
         inferred
     }
@@ -888,7 +932,8 @@ impl Tracker {
         }
         id.restarts += inferred;
         self.node_restarts += inferred;
-        if inferred > 0 {
+        self.inferred += inferred;
+        for _ in 0..inferred.min(MAX_INFERRED_TIMES) {
             self.push_restart_time(now);
         }
         inferred

@@ -94,6 +94,7 @@ both_runtimes!(
 );
 
 docker_only!(
+    an_agent_met_while_docker_backs_off_counts_that_restart_once,
     oom_kill_counts_once_with_exit_code_137,
     failing_health_check_is_unhealthy_and_in_the_history,
     hostile_label_values_survive_a_scrape_unchanged_or_cut,
@@ -226,6 +227,53 @@ fn restart_policy_on_failure_counts_each_restart_and_node_total_survives_removal
     // The node keeps every restart it saw.
     agent.wait_metric("containers_restarts_total", &[], 3.0);
     agent.wait_metric("containers_tracked", &[], 0.0);
+}
+
+/// Docker raises RestartCount when it schedules a policy restart, then waits (100 ms,
+/// doubling) before the start. An agent that first meets the container in that wait must
+/// count the restart once: Docker's count after the start, not one more.
+fn an_agent_met_while_docker_backs_off_counts_that_restart_once(case: &Case) {
+    let dir = std::env::temp_dir().join(common::unique("backoff"));
+    std::fs::create_dir_all(&dir).expect("volume dir");
+    let volume = format!("{}:/data", dir.display());
+    // Fails six times, then stays up; the sixth wait is 3.2 s.
+    let script = format!(
+        "n=$(cat /data/n 2>/dev/null || echo 0); echo $((n+1)) > /data/n; \
+         if [ $n -ge 6 ]; then {LOOP}; fi; exit 1"
+    );
+    let ctr = case.rt.run(
+        "backoff",
+        &case.opts(&["--restart", "always", "-v", &volume]),
+        &script,
+    );
+    let state = || {
+        case.rt.cli_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Restarting}} {{.RestartCount}}",
+            &ctr.name,
+        ])
+    };
+    wait_for(
+        "Docker to schedule the sixth restart",
+        Duration::from_secs(30),
+        || (state() == "true 6").then_some(()),
+    );
+    let agent = case.agent(&[]);
+    assert_eq!(
+        state(),
+        "true 6",
+        "the agent synced while Docker was still waiting to restart"
+    );
+    agent.wait_metric("container_running", &c(&ctr.name), 1.0);
+    assert_eq!(state(), "false 6");
+    assert_eq!(
+        common::metric(&agent.metrics(), "container_restarts_total", &c(&ctr.name)),
+        Some(6.0),
+        "Docker's RestartCount, the start after the wait counted once"
+    );
+    drop(ctr);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn oom_kill_counts_once_with_exit_code_137(case: &Case) {

@@ -124,10 +124,6 @@ async fn session<S: Source>(
         .tracker
         .write()
         .reconcile(&snapshot, true, now_nanos());
-    shared
-        .counters
-        .inferred_restarts
-        .add(report.inferred_restarts);
     info!(
         containers = snapshot.len(),
         added = report.added,

@@ -414,3 +414,122 @@ fn an_oom_event_after_its_die_still_names_the_reason() {
     assert_eq!(v.oom_kills, 1);
     assert_eq!(v.last_terminated_reason, Some(TerminationReason::OomKilled));
 }
+
+#[test]
+fn a_container_docker_is_restarting_counts_its_pending_restart_once() {
+    // Docker raises RestartCount before the back-off, then emits `start` when it restarts.
+    let mut t = tracker();
+    let mut s = snap("a", SnapshotState::Restarting, Some(2 * S), Some(3 * S));
+    s.restart_count = 3;
+    t.reconcile(&[s], true, 4 * S);
+    assert_eq!(
+        only(&t, 4 * S).restarts,
+        2,
+        "the restart Docker scheduled counts when it starts, as for a known container"
+    );
+    apply_all(&mut t, &[ev(5 * S, "a", "start", EventKind::Started)]);
+    assert_eq!(only(&t, 6 * S).restarts, 3, "RestartCount after the start");
+    apply_all(
+        &mut t,
+        &[
+            die(7 * S, "a", 1),
+            ev(8 * S, "a", "start", EventKind::Started),
+        ],
+    );
+    assert_eq!(only(&t, 9 * S).restarts, 4);
+    assert_eq!(t.node_counts().restarts_total, 4);
+}
+
+#[test]
+fn a_kubelet_container_not_started_yet_counts_its_ordinal_once_in_any_order() {
+    // Attempt 2 is created, attempt 1 has exited: kubectl says 2 restarts, in either order.
+    let created = |labels| {
+        let mut s = snap("b", SnapshotState::Created, None, None);
+        s.labels = labels;
+        s
+    };
+    let exited = |labels| {
+        let mut s = snap("a", SnapshotState::Exited, Some(S), Some(2 * S));
+        s.labels = labels;
+        s
+    };
+    for order in [[0, 1], [1, 0]] {
+        let both = [created(pod_labels(Some(2))), exited(pod_labels(Some(1)))];
+        let snaps: Vec<_> = order.iter().map(|&i| both[i].clone()).collect();
+        let mut t = tracker();
+        t.reconcile(&snaps, true, 3 * S);
+        assert_eq!(
+            only(&t, 3 * S).restarts,
+            1,
+            "the start of attempt 2 counts when seen; order {order:?}"
+        );
+        let mut start = ev(4 * S, "b", "start", EventKind::Started);
+        start.subject_mut().labels = pod_labels(Some(2));
+        t.apply(&start, 4 * S);
+        assert_eq!(only(&t, 5 * S).restarts, 2, "order {order:?}");
+        assert_eq!(t.node_counts().restarts_total, 2, "order {order:?}");
+    }
+}
+
+#[test]
+fn first_sight_through_an_event_counts_the_ordinal_once() {
+    let with = |mut e: RuntimeEvent, attempt| {
+        e.subject_mut().labels = pod_labels(Some(attempt));
+        e
+    };
+    // Met at its start: the ordinal includes that start.
+    let mut t = tracker();
+    apply_all(&mut t, &[with(ev(S, "a", "start", EventKind::Started), 3)]);
+    assert_eq!(only(&t, 2 * S).restarts, 3);
+    // Met at its create: the ordinal is the lower bound there too.
+    let mut t = tracker();
+    apply_all(
+        &mut t,
+        &[
+            with(ev(S, "a", "create", EventKind::Created), 3),
+            with(ev(2 * S, "a", "start", EventKind::Started), 3),
+        ],
+    );
+    assert_eq!(only(&t, 3 * S).restarts, 3);
+    assert_eq!(t.inferred_restarts(), 2, "the start itself was seen");
+    // Met at the death of attempt 0: the next attempt's start is a restart.
+    let mut t = tracker();
+    apply_all(
+        &mut t,
+        &[
+            with(die(S, "a", 1), 0),
+            with(ev(2 * S, "b", "create", EventKind::Created), 1),
+            with(ev(3 * S, "b", "start", EventKind::Started), 1),
+        ],
+    );
+    assert_eq!(only(&t, 4 * S).restarts, 1);
+    assert_eq!(t.restarts_last_hour(4 * S), 1);
+}
+
+#[test]
+fn attempts_skipped_unseen_count_as_recent_inferred_restarts() {
+    let with = |mut e: RuntimeEvent, attempt| {
+        e.subject_mut().labels = pod_labels(Some(attempt));
+        e
+    };
+    let mut t = tracker();
+    apply_all(
+        &mut t,
+        &[
+            with(ev(S, "a", "create", EventKind::Created), 0),
+            with(ev(2 * S, "a", "start", EventKind::Started), 0),
+            with(die(3 * S, "a", 1), 0),
+            // Attempts 1 and 2 came and went while nothing was seen; attempt 3 starts.
+            with(ev(10 * S, "d", "create", EventKind::Created), 3),
+            with(ev(11 * S, "d", "start", EventKind::Started), 3),
+        ],
+    );
+    assert_eq!(only(&t, 12 * S).restarts, 3);
+    assert_eq!(t.inferred_restarts(), 2);
+    assert_eq!(
+        t.restarts_last_hour(12 * S),
+        3,
+        "the unseen restarts are recent"
+    );
+    assert_eq!(t.node_counts().restarts_total, 3);
+}
