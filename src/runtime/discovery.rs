@@ -58,41 +58,46 @@ pub fn candidates(
             origin: "--socket",
         }];
     }
+    let docker = matches!(choice, RuntimeChoice::Auto | RuntimeChoice::Docker);
+    let podman = matches!(choice, RuntimeChoice::Auto | RuntimeChoice::Podman);
+    let docker_host = env("DOCKER_HOST").filter(|v| !v.is_empty());
+    let container_host = env("CONTAINER_HOST").filter(|v| !v.is_empty());
+    // What the environment names first (SPEC: DOCKER_HOST / CONTAINER_HOST, then the usual
+    // paths): someone who set CONTAINER_HOST on a host that also has a Docker socket means Podman.
     let mut out = Vec::new();
-    if matches!(choice, RuntimeChoice::Auto | RuntimeChoice::Docker) {
-        match env("DOCKER_HOST").filter(|v| !v.is_empty()) {
-            Some(h) => out.push(Candidate {
-                expected: "docker",
-                endpoint: normalize_endpoint(&h),
-                origin: "DOCKER_HOST",
-            }),
-            None => out.push(Candidate {
-                expected: "docker",
-                endpoint: "unix:///var/run/docker.sock".into(),
-                origin: "default Docker socket",
-            }),
-        }
+    if let (true, Some(h)) = (docker, &docker_host) {
+        out.push(Candidate {
+            expected: "docker",
+            endpoint: normalize_endpoint(h),
+            origin: "DOCKER_HOST",
+        });
     }
-    if matches!(choice, RuntimeChoice::Auto | RuntimeChoice::Podman) {
-        if let Some(h) = env("CONTAINER_HOST").filter(|v| !v.is_empty()) {
+    if let (true, Some(h)) = (podman, &container_host) {
+        out.push(Candidate {
+            expected: "podman",
+            endpoint: normalize_endpoint(h),
+            origin: "CONTAINER_HOST",
+        });
+    }
+    if docker && docker_host.is_none() {
+        out.push(Candidate {
+            expected: "docker",
+            endpoint: "unix:///var/run/docker.sock".into(),
+            origin: "default Docker socket",
+        });
+    }
+    if podman && container_host.is_none() {
+        out.push(Candidate {
+            expected: "podman",
+            endpoint: "unix:///run/podman/podman.sock".into(),
+            origin: "rootful Podman socket",
+        });
+        if let Some(xdg) = env("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
             out.push(Candidate {
                 expected: "podman",
-                endpoint: normalize_endpoint(&h),
-                origin: "CONTAINER_HOST",
+                endpoint: format!("unix://{xdg}/podman/podman.sock"),
+                origin: "rootless Podman socket ($XDG_RUNTIME_DIR)",
             });
-        } else {
-            out.push(Candidate {
-                expected: "podman",
-                endpoint: "unix:///run/podman/podman.sock".into(),
-                origin: "rootful Podman socket",
-            });
-            if let Some(xdg) = env("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-                out.push(Candidate {
-                    expected: "podman",
-                    endpoint: format!("unix://{xdg}/podman/podman.sock"),
-                    origin: "rootless Podman socket ($XDG_RUNTIME_DIR)",
-                });
-            }
         }
     }
     out
@@ -224,6 +229,17 @@ mod test {
         );
         assert_eq!(c[0].endpoint, "tcp://127.0.0.1:2375");
         assert_eq!(c[1].endpoint, "unix:///x/p.sock");
+        let c = candidates(
+            RuntimeChoice::Auto,
+            None,
+            env(&[("CONTAINER_HOST", "/x/p.sock")]),
+        );
+        let eps: Vec<_> = c.iter().map(|c| c.endpoint.as_str()).collect();
+        assert_eq!(
+            eps,
+            vec!["unix:///x/p.sock", "unix:///var/run/docker.sock"],
+            "what the environment names comes before the usual paths"
+        );
         let c = candidates(RuntimeChoice::Podman, Some("/tmp/s.sock"), env(&[]));
         assert_eq!(c.len(), 1);
         assert_eq!(
