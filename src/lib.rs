@@ -16,6 +16,7 @@ pub mod event;
 pub mod history;
 pub mod kube;
 pub mod metrics;
+pub mod process;
 pub mod runtime;
 pub mod stats;
 pub mod store;

@@ -21,6 +21,7 @@ use crate::agent::Shared;
 use crate::event::EventKind;
 use crate::kube::pods::PodIndex;
 use crate::kube::WatchErrorReason;
+use crate::process::ProcessStats;
 use crate::time::{now_nanos, NANOS_PER_SEC};
 use crate::tracker::{IdentityView, NodeCounts};
 
@@ -407,7 +408,70 @@ impl LifecycleCollector {
             MetricType::Gauge,
             vec![gauge(l.clone(), own.history_len as f64)],
         )?;
+        self.encode_process(enc)?;
         self.encode_kube(enc, l)
+    }
+
+    /// `process_*`, unlabelled as every Prometheus client library exports them.
+    fn encode_process(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let p = ProcessStats::read();
+        let none: &[(&str, &str)] = &[];
+        let gauges = [
+            (
+                "process_resident_memory",
+                "Resident memory size.",
+                Some(Unit::Bytes),
+                p.resident_memory_bytes.map(|v| v as f64),
+            ),
+            (
+                "process_virtual_memory",
+                "Virtual memory size.",
+                Some(Unit::Bytes),
+                p.virtual_memory_bytes.map(|v| v as f64),
+            ),
+            (
+                "process_start_time",
+                "Start time of the process since the Unix epoch.",
+                Some(Unit::Seconds),
+                p.start_time_seconds,
+            ),
+            (
+                "process_open_fds",
+                "Open file descriptors.",
+                None,
+                p.open_fds.map(|v| v as f64),
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors (soft limit).",
+                None,
+                p.max_fds.map(|v| v as f64),
+            ),
+            (
+                "process_threads",
+                "OS threads of the process.",
+                None,
+                p.threads.map(|v| v as f64),
+            ),
+        ];
+        for (name, help, unit, v) in gauges {
+            family(
+                enc,
+                name,
+                help,
+                unit,
+                MetricType::Gauge,
+                v.map(|v| gauge(none, v)),
+            )?;
+        }
+        family(
+            enc,
+            "process_cpu",
+            "User and system CPU time spent.",
+            Some(Unit::Seconds),
+            MetricType::Counter,
+            p.cpu_seconds.map(|v| (none, ConstCounter::new(v))),
+        )
     }
 
     /// `lifecycle_agent_kube_*`, only when the Kubernetes side runs.

@@ -662,6 +662,17 @@ fn metrics_follow_the_exposition_formats(case: &Case) {
         common::metric(&text, "lifecycle_agent_runtime_connected", &[]),
         Some(1.0)
     );
+    // What the agent itself costs, as every Prometheus client library reports it.
+    let rss = common::metric(&text, "process_resident_memory_bytes", &[]).unwrap_or(0.0);
+    assert!(rss > 1e6 && rss < 1e9, "process_resident_memory_bytes {rss}");
+    for name in [
+        "process_cpu_seconds_total",
+        "process_start_time_seconds",
+        "process_open_fds",
+        "process_max_fds",
+    ] {
+        assert!(common::metric(&text, name, &[]).is_some(), "{name} missing");
+    }
     common::promtool_check(&text);
 }
 
