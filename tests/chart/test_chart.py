@@ -431,7 +431,7 @@ def test_alert_templates_are_escaped_for_prometheus():
     assert "{{ $labels.node }}" in crash["annotations"]["description"]
     assert '{{ printf "%.0f" $value }}' in crash["annotations"]["description"]
     assert crash["expr"] == ('sum by (node, runtime, namespace, pod, container) '
-                             '(increase(container_restarts_total{job="lifecycle-agent"}[15m])) > 3')
+                             '(increase(container_restarts_total{job="lifecycle-agent"}[30m])) > 2')
     assert crash["for"] == "5m"
 
 
@@ -475,8 +475,11 @@ def test_promtool_unit_tests_fire_every_alert(tmp_path):
         "tests": [{
             "interval": "1m",
             "input_series": [
-                # One restart a minute: more than 3 in 15m from minute ~4 on.
+                # One restart a minute: more than 2 in 30m from minute 3 on.
                 {"series": f"container_restarts_total{{{job}, {ident}}}", "values": "0+1x40"},
+                # The kubelet's steady back-off: one restart every 5 minutes, for two hours.
+                {"series": f'container_restarts_total{{{job}, {ident.replace("web-1", "web-2")}}}',
+                 "values": "0+0.2x120"},
                 {"series": f"container_restarts_total{{{job}, {plain}}}", "values": "0x40"},
                 # 30 restarts over 10 minutes on node n1.
                 {"series": f'containers_restarts_total{{{job}, node="n1", runtime="docker"}}',
@@ -495,8 +498,16 @@ def test_promtool_unit_tests_fire_every_alert(tmp_path):
                                    "namespace": "shop", "pod": "web-1", "container": "app"},
                     "exp_annotations": {
                         "summary": "A container is restarting over and over.",
-                        "description": "shop/web-1/app on node n1 restarted 15 times in 15m (threshold 3)."},
+                        "description": "shop/web-1/app on node n1 restarted 15 times in 30m (threshold 2)."},
                 }]},
+                # web-1's series ended at minute 40; the slow, steady loop still fires.
+                {"eval_time": "119m", "alertname": "LifecycleContainerCrashLooping", "exp_alerts": [
+                    {"exp_labels": {"severity": "warning", "node": "n1", "runtime": "docker",
+                                    "namespace": "shop", "pod": "web-2", "container": "app"},
+                     "exp_annotations": {
+                         "summary": "A container is restarting over and over.",
+                         "description": "shop/web-2/app on node n1 restarted 6 times in 30m (threshold 2)."}},
+                ]},
                 {"eval_time": "20m", "alertname": "LifecycleNodeRestartStorm", "exp_alerts": [{
                     "exp_labels": {"severity": "warning", "node": "n1"},
                     "exp_annotations": {
