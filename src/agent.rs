@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::event::RuntimeKind;
 use crate::history::HistoryLimits;
 use crate::kube::{self, KubeState};
-use crate::runtime::discovery::{self, Candidate};
+use crate::runtime::discovery::{self, Candidate, RuntimeChoice};
 use crate::runtime::{watch, AnySource, RuntimeInfo};
 use crate::store::Store;
 use crate::time::now_nanos;
@@ -93,7 +93,11 @@ impl Shared {
         Shared {
             tracker: RwLock::new(Tracker::new(
                 config.node_name.clone(),
-                RuntimeKind::Docker,
+                // Until a socket answers (or a saved state says otherwise): what was asked for.
+                match config.runtime {
+                    RuntimeChoice::Podman => RuntimeKind::Podman,
+                    RuntimeChoice::Docker | RuntimeChoice::Auto => RuntimeKind::Docker,
+                },
                 HistoryLimits {
                     max_events: config.max_history,
                     retention: config.history_retention,

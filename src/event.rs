@@ -114,9 +114,10 @@ impl Health {
 }
 
 /// Which daemon the events come from. Podman behind a Docker-compatible socket is still `podman`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RuntimeKind {
+    #[default]
     Docker,
     Podman,
 }

@@ -35,6 +35,8 @@ const KEY_VERSION: &str = "format_version";
 /// so a small cache costs nothing and keeps the agent's memory flat.
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
 const KEY_TRACKER: &str = "tracker";
+/// The runtime the records are of; absent in stores written before it was saved.
+const KEY_RUNTIME: &str = "runtime";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -312,8 +314,13 @@ impl Store {
             Some(v) => decode("tracker meta", v.value())?,
             None => TrackerMeta::default(),
         };
+        let runtime = match meta_t.get(KEY_RUNTIME).map_err(|x| e(&x))? {
+            Some(v) => Some(decode("runtime", v.value())?),
+            None => None,
+        };
         let mut saved = Saved {
             meta,
+            runtime,
             ..Default::default()
         };
         for row in tx
@@ -397,6 +404,8 @@ impl Store {
             }
             let mut t = tx.open_table(META).map_err(|x| e(&x))?;
             t.insert(KEY_TRACKER, encode(&d.meta)?.as_slice())
+                .map_err(|x| e(&x))?;
+            t.insert(KEY_RUNTIME, encode(&d.runtime)?.as_slice())
                 .map_err(|x| e(&x))?;
         }
         tx.commit().map_err(|x| e(&x))

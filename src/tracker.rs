@@ -259,6 +259,8 @@ pub struct Delta {
     pub identities: HashMap<Identity, Option<IdentityState>>,
     pub history: HistoryDelta,
     pub meta: TrackerMeta,
+    /// Which runtime the records are of, so a restart labels them right before it connects.
+    pub runtime: RuntimeKind,
 }
 
 impl Delta {
@@ -272,6 +274,7 @@ impl Delta {
         self.identities.extend(newer.identities);
         self.history.merge(newer.history);
         self.meta = newer.meta;
+        self.runtime = newer.runtime;
     }
 
     pub fn events(&self) -> usize {
@@ -287,6 +290,8 @@ pub struct Saved {
     /// Oldest first.
     pub events: Vec<HistoryEvent>,
     pub meta: TrackerMeta,
+    /// `None` from a store written before the runtime was saved.
+    pub runtime: Option<RuntimeKind>,
 }
 
 impl Tracker {
@@ -360,11 +365,15 @@ impl Tracker {
             identities,
             history,
             meta: self.meta(),
+            runtime: self.runtime,
         })
     }
 
     /// Rebuilds the state a store saved. Call before any event is applied.
     pub fn restore(&mut self, saved: Saved) {
+        if let Some(r) = saved.runtime {
+            self.runtime = r;
+        }
         self.containers = saved.containers.into_iter().collect();
         self.identities = saved
             .identities

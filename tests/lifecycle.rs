@@ -664,7 +664,10 @@ fn metrics_follow_the_exposition_formats(case: &Case) {
     );
     // What the agent itself costs, as every Prometheus client library reports it.
     let rss = common::metric(&text, "process_resident_memory_bytes", &[]).unwrap_or(0.0);
-    assert!(rss > 1e6 && rss < 1e9, "process_resident_memory_bytes {rss}");
+    assert!(
+        rss > 1e6 && rss < 1e9,
+        "process_resident_memory_bytes {rss}"
+    );
     for name in [
         "process_cpu_seconds_total",
         "process_start_time_seconds",

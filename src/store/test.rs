@@ -1,5 +1,5 @@
 use super::*;
-use crate::event::{ContainerLabels, RuntimeEvent, Subject};
+use crate::event::{ContainerLabels, RuntimeEvent, RuntimeKind, Subject};
 use crate::history::HistoryLimits;
 use crate::tracker::Tracker;
 
@@ -207,4 +207,26 @@ fn a_store_in_use_is_an_error_not_a_rebuild() {
         Err(StoreError::InUse { .. }) => {}
         other => panic!("expected InUse, got {other:?}"),
     }
+}
+
+#[test]
+fn the_runtime_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut t, _) = reopen(dir.path(), 100);
+    assert_eq!(
+        t.runtime(),
+        RuntimeKind::Docker,
+        "what a fresh tracker starts with"
+    );
+    t.set_runtime(RuntimeKind::Podman);
+    churn(&mut t, "a", S, 1);
+    flush(&mut t, &store);
+    drop(store);
+    let (_, t, recovered) = reopen(dir.path(), 100);
+    assert!(recovered.is_none());
+    assert_eq!(
+        t.runtime(),
+        RuntimeKind::Podman,
+        "restored records are labelled with their runtime before it answers"
+    );
 }
