@@ -46,8 +46,14 @@ pub struct RunArgs {
     /// $XDG_STATE_HOME/lifecycle-agent).
     #[arg(long, env = "LIFECYCLE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Keep everything in memory and write nothing.
-    #[arg(long, env = "LIFECYCLE_EPHEMERAL", num_args = 0..=1, default_missing_value = "true")]
+    /// Keep everything in memory and write nothing (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`).
+    #[arg(
+        long,
+        env = "LIFECYCLE_EPHEMERAL",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub ephemeral: Option<bool>,
     /// YAML configuration file; its keys are the flags' names in snake_case.
     #[arg(long, env = "LIFECYCLE_CONFIG")]
@@ -422,6 +428,27 @@ mod test {
         .unwrap_err()
         .to_string();
         assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn ephemeral_takes_the_usual_spellings_of_a_boolean() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        use clap::Parser as _;
+        for (arg, want) in [
+            ("--ephemeral", Some(true)),
+            ("--ephemeral=1", Some(true)),
+            ("--ephemeral=yes", Some(true)),
+            ("--ephemeral=off", Some(false)),
+            ("--ephemeral=0", Some(false)),
+        ] {
+            let cli = Cli::try_parse_from(["agent", arg]).expect(arg);
+            assert_eq!(cli.run.ephemeral, want, "{arg}");
+        }
+        assert!(Cli::try_parse_from(["agent", "--ephemeral=maybe"]).is_err());
     }
 
     #[test]
