@@ -235,6 +235,40 @@ impl RuntimeEvent {
     }
 }
 
+/// A container's new name (`docker rename`, `podman rename`). Not a lifecycle event (SPEC
+/// section 4): it changes the tracker's state, never the history or the event counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rename {
+    /// Nanoseconds since the Unix epoch, as the runtime stamped the event.
+    pub time_nanos: i64,
+    pub container_id: String,
+    /// The new name; empty if the runtime did not say.
+    pub name: String,
+}
+
+/// What a runtime's event stream says that the agent acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEvent {
+    Lifecycle(RuntimeEvent),
+    Renamed(Rename),
+}
+
+impl SourceEvent {
+    pub fn time_nanos(&self) -> i64 {
+        match self {
+            SourceEvent::Lifecycle(ev) => ev.time_nanos,
+            SourceEvent::Renamed(r) => r.time_nanos,
+        }
+    }
+
+    pub fn container_id(&self) -> &str {
+        match self {
+            SourceEvent::Lifecycle(ev) => ev.container_id(),
+            SourceEvent::Renamed(r) => &r.container_id,
+        }
+    }
+}
+
 /// Containers whose subject a [`SubjectCache`] remembers before it starts afresh: far above
 /// any node's container count, so the bound only matters against a runtime gone wrong.
 const SUBJECT_CACHE_CAPACITY: usize = 65_536;

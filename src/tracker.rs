@@ -14,7 +14,7 @@ use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{short_id, EventKind, Health, Identity, RuntimeEvent, RuntimeKind};
+use crate::event::{short_id, EventKind, Health, Identity, Rename, RuntimeEvent, RuntimeKind};
 use crate::history::{History, HistoryDelta, HistoryEvent, HistoryLimits, SubjectRef};
 use crate::runtime::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::time::NANOS_PER_SEC;
@@ -22,6 +22,10 @@ use crate::time::NANOS_PER_SEC;
 /// How many recent event keys are remembered to drop replayed duplicates. Docker replays at
 /// most 256 events; Podman's replay is bounded by the cursor, so this covers both edges.
 const DEDUP_CAPACITY: usize = 8192;
+/// Containers waiting for a look-up before new ones are left to the next reconciliation:
+/// the watch loop drains the queue after every batch, so only a runtime creating containers
+/// far faster than it answers inspects ever fills it.
+pub const LOOKUP_QUEUE_CAPACITY: usize = 16_384;
 const DAY_NANOS: i64 = 86_400 * NANOS_PER_SEC;
 const HOUR_NANOS: i64 = 3600 * NANOS_PER_SEC;
 /// Restarts inferred at once that enter the 1 h / 24 h statistics (each is one entry there).
@@ -153,6 +157,15 @@ pub enum Applied {
     Unchanged,
 }
 
+/// A container met first through an event, to inspect for what no event carries (its image
+/// ID). `name` is the name the tracker knew when it asked: an inspect that answers after a
+/// rename event must not put the old name back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    pub container_id: String,
+    pub name: String,
+}
+
 /// What a reconciliation changed, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
@@ -208,6 +221,25 @@ fn key_hash(ev: &RuntimeEvent) -> u64 {
     h.finish()
 }
 
+/// Takes a container's image ID, image and (if `with_name`) name from an inspect: the image
+/// ID is known only there, and a name changes when the container is renamed. Empty answers
+/// keep what is known. Returns whether anything changed.
+fn refresh_details(c: &mut ContainerState, s: &ContainerSnapshot, with_name: bool) -> bool {
+    let mut changed = false;
+    let mut take = |field: &mut String, value: &str| {
+        if !value.is_empty() && field != value {
+            value.clone_into(field);
+            changed = true;
+        }
+    };
+    take(&mut c.image_id, &s.image_id);
+    take(&mut c.image, &s.image);
+    if with_name {
+        take(&mut c.name, &s.name);
+    }
+    changed
+}
+
 #[derive(Debug)]
 pub struct Tracker {
     node: String,
@@ -232,6 +264,8 @@ pub struct Tracker {
     /// observed start, since this process started (`lifecycle_agent_restarts_inferred_total`).
     inferred: u64,
     journal: Option<Journal>,
+    /// Ids of containers whose state an event created without an image ID, oldest first.
+    lookups: VecDeque<String>,
 }
 
 /// Records changed since the last flush (only kept when a store is attached).
@@ -311,6 +345,7 @@ impl Tracker {
             events_processed: 0,
             inferred: 0,
             journal: None,
+            lookups: VecDeque::new(),
         }
     }
 
@@ -511,6 +546,9 @@ impl Tracker {
         };
         self.containers
             .insert(ev.subject.container_id.clone(), state);
+        if self.lookups.len() < LOOKUP_QUEUE_CAPACITY {
+            self.lookups.push_back(ev.subject.container_id.clone());
+        }
         let attempt = ev.subject.labels.k8s_restart_count;
         let fresh = !self.identities.contains_key(&identity);
         let id = self.identity_entry(&identity);
@@ -715,6 +753,65 @@ impl Tracker {
         h.push(event);
     }
 
+    /// Containers created through events since the last call, with the name each has now, to
+    /// look up without holding the tracker (the caller inspects them and calls
+    /// [`Tracker::enrich`]). Ones already gone or given an image ID meanwhile are left out.
+    pub fn take_lookups(&mut self) -> Vec<Lookup> {
+        let ids = std::mem::take(&mut self.lookups);
+        ids.into_iter()
+            .filter_map(|id| {
+                let name = self.containers.get(&id)?.name.clone();
+                self.needs_lookup(&id).then_some(Lookup {
+                    container_id: id,
+                    name,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether a look-up of `container_id` would still tell something: it is tracked and its
+    /// image ID unknown. Checked again just before inspecting, as a queue can wait.
+    pub fn needs_lookup(&self, container_id: &str) -> bool {
+        self.containers
+            .get(container_id)
+            .is_some_and(|c| c.image_id.is_empty())
+    }
+
+    /// Applies what an inspect of one container says about it that events do not: image ID,
+    /// image and name. The name only if no rename was applied since the look-up was asked
+    /// for, as the inspect may have answered before it. Returns whether anything changed.
+    pub fn enrich(&mut self, asked: &Lookup, s: &ContainerSnapshot) -> bool {
+        let Some(c) = self.containers.get_mut(&asked.container_id) else {
+            return false;
+        };
+        let name_current = c.name == asked.name;
+        let changed = refresh_details(c, s, name_current);
+        if changed {
+            let identity = c.identity.clone();
+            self.touch(&asked.container_id, &identity);
+        }
+        changed
+    }
+
+    /// A container got a new name. State only: a rename is not a lifecycle event (SPEC
+    /// section 4), so it enters neither the history nor the event counters, and it moves no
+    /// cursor (applying one twice changes nothing). Returns whether anything changed.
+    pub fn rename(&mut self, r: &Rename) -> bool {
+        if r.name.is_empty() {
+            return false;
+        }
+        let Some(c) = self.containers.get_mut(&r.container_id) else {
+            return false;
+        };
+        if c.name == r.name {
+            return false;
+        }
+        c.name.clone_from(&r.name);
+        let identity = c.identity.clone();
+        self.touch(&r.container_id, &identity);
+        true
+    }
+
     /// Forgets a container; its identity goes with its last container (SPEC section 5).
     fn remove_container(&mut self, container_id: &str) -> bool {
         let Some(c) = self.containers.remove(container_id) else {
@@ -863,6 +960,7 @@ impl Tracker {
             return 0;
         };
         let identity = c.identity.clone();
+        refresh_details(c, s, true);
         let mut ended: Option<(i64, i64)> = None;
         let mut unseen_starts = 0u64;
         let newer_start = match (s.started_at, c.started_at) {

@@ -91,6 +91,8 @@ both_runtimes!(
     containers_and_stats_endpoints,
     clearing_the_history_needs_the_admin_token,
     metrics_follow_the_exposition_formats,
+    a_container_created_after_ready_gets_its_image_id,
+    a_rename_renames_the_series_without_an_event,
 );
 
 docker_only!(
@@ -494,6 +496,89 @@ fn events_api_filters_and_names_bad_parameters(case: &Case) {
             "{query}: {body}"
         );
     }
+}
+
+/// The `container_info` labels of the series whose `container_id` is `id`.
+fn info_labels(agent: &Agent, id: &str) -> Option<Vec<(String, String)>> {
+    common::samples(&agent.metrics(), "container_info")
+        .into_iter()
+        .map(|(labels, _)| labels)
+        .find(|labels| labels.iter().any(|(k, v)| k == "container_id" && v == id))
+}
+
+fn label<'a>(labels: &'a [(String, String)], key: &str) -> &'a str {
+    labels
+        .iter()
+        .find(|(k, _)| k == key)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// Events carry no image ID: the agent looks a container it first meets through an event
+/// up, once, so `container_info` and the API name its image ID like the runtime's inspect.
+fn a_container_created_after_ready_gets_its_image_id(case: &Case) {
+    let agent = case.agent(&[]);
+    let ctr = case.rt.run("imageid", &case.opts(&[]), LOOP);
+    let id = case.rt.cli_ok(&["inspect", "-f", "{{.Id}}", &ctr.name]);
+    let want = case.rt.cli_ok(&["inspect", "-f", "{{.Image}}", &ctr.name]);
+    assert!(!want.is_empty(), "inspect names no image ID");
+    let labels = wait_for(
+        "container_info with an image ID",
+        Duration::from_secs(30),
+        || info_labels(&agent, &id).filter(|l| !label(l, "image_id").is_empty()),
+    );
+    assert_eq!(label(&labels, "image_id"), want);
+    assert_eq!(label(&labels, "name"), ctr.name);
+    let one = agent.json(&format!("/api/v1/containers/{}", ctr.name));
+    assert_eq!(one["image_id"], want.as_str());
+}
+
+/// A rename changes the `name` label (and `container`, the runtime name of a container
+/// outside Kubernetes), and is no lifecycle event: no history entry, no counter.
+fn a_rename_renames_the_series_without_an_event(case: &Case) {
+    let agent = case.agent(&[]);
+    let mut ctr = case.rt.run("rename", &case.opts(&[]), LOOP);
+    agent.wait_metric("container_running", &c(&ctr.name), 1.0);
+    let id = case.rt.cli_ok(&["inspect", "-f", "{{.Id}}", &ctr.name]);
+    let by_id = format!("container={}", &id[..12]);
+    let before = history(&agent, &by_id).len();
+    let new_name = common::unique("renamed");
+    case.rt.cli_ok(&["rename", &ctr.name, &new_name]);
+    // The container is removed under its new name when the test ends.
+    let old_name = std::mem::replace(&mut ctr.name, new_name.clone());
+    let labels = wait_for(
+        "container_info with the new name",
+        Duration::from_secs(30),
+        || info_labels(&agent, &id).filter(|l| label(l, "name") == new_name),
+    );
+    assert_eq!(label(&labels, "container"), new_name);
+    agent.wait_metric("container_running", &c(&new_name), 1.0);
+    let m = agent.metrics();
+    assert_eq!(common::metric(&m, "container_running", &c(&old_name)), None);
+    assert_eq!(
+        common::metric(&m, "container_restarts_total", &c(&new_name)),
+        Some(0.0)
+    );
+    assert_eq!(
+        agent.json(&format!("/api/v1/containers/{new_name}"))["container_id"],
+        id.as_str()
+    );
+    // The next lifecycle event is recorded under the new name; the rename itself is not.
+    case.rt.cli_ok(&["stop", "-t", "5", &new_name]);
+    agent.wait_metric("container_running", &c(&new_name), 0.0);
+    let ev = wait_for("the died event", Duration::from_secs(10), || {
+        let ev = history(&agent, &by_id);
+        types_of(&ev).contains(&"died".to_string()).then_some(ev)
+    });
+    assert!(
+        ev.iter().all(|e| e["action"] != "rename"),
+        "a rename in the history: {ev:?}"
+    );
+    assert!(ev.len() > before, "{ev:?}");
+    let died = ev.iter().find(|e| e["type"] == "died");
+    assert_eq!(
+        died.map(|e| &e["name"]),
+        Some(&Value::from(new_name.as_str()))
+    );
 }
 
 fn containers_and_stats_endpoints(case: &Case) {

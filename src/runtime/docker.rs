@@ -12,8 +12,12 @@ use bollard::Docker;
 use futures_util::stream::{self, BoxStream, StreamExt};
 
 use super::snapshot::{ContainerSnapshot, SnapshotState};
-use super::{error_chain, map_action, ContainerFilter, RuntimeInfo, Source, SourceError};
-use crate::event::{ContainerLabels, Health, RuntimeEvent, RuntimeKind, Subject};
+use super::{
+    error_chain, map_action, ContainerFilter, RuntimeInfo, Source, SourceError, RENAME_ACTION,
+};
+use crate::event::{
+    ContainerLabels, Health, Rename, RuntimeEvent, RuntimeKind, SourceEvent, Subject,
+};
 use crate::time::{format_docker_since, parse_rfc3339, NANOS_PER_SEC};
 
 /// Seconds bollard waits for response headers (not for the event stream's body).
@@ -126,7 +130,7 @@ impl Source for DockerSource {
         &self,
         since: Option<i64>,
         until: Option<i64>,
-    ) -> BoxStream<'static, Result<Option<RuntimeEvent>, SourceError>> {
+    ) -> BoxStream<'static, Result<Option<SourceEvent>, SourceError>> {
         let client = match self.client() {
             Ok(c) => c.clone(),
             Err(e) => return stream::once(async move { Err(e) }).boxed(),
@@ -142,7 +146,7 @@ impl Source for DockerSource {
         client
             .events(Some(opts))
             .map(move |item| match item {
-                Ok(msg) => Ok(to_runtime_event(msg)),
+                Ok(msg) => Ok(to_source_event(msg)),
                 Err(e) => Err(SourceError::Api {
                     endpoint: endpoint.clone(),
                     operation: "events",
@@ -165,25 +169,28 @@ impl Source for DockerSource {
             .map_err(|e| self.api("list containers", e))?;
         let ids: Vec<String> = list.into_iter().filter_map(|c| c.id).collect();
         let results: Vec<_> = stream::iter(ids)
-            .map(|id| {
-                let client = client.clone();
-                async move { (client.inspect_container(&id, None).await, id) }
-            })
+            .map(|id| async move { self.inspect(&id).await })
             .buffer_unordered(INSPECT_CONCURRENCY)
             .collect()
             .await;
         let mut out = Vec::with_capacity(results.len());
-        for (r, id) in results {
-            match r {
-                Ok(i) => out.push(to_snapshot(i, &id)),
-                // Removed between list and inspect: its destroy event tells the rest.
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => {}
-                Err(e) => return Err(self.api("inspect container", e)),
+        for r in results {
+            // `None`: removed between list and inspect; its destroy event tells the rest.
+            if let Some(s) = r? {
+                out.push(s);
             }
         }
         Ok(out)
+    }
+
+    async fn inspect(&self, container_id: &str) -> Result<Option<ContainerSnapshot>, SourceError> {
+        match self.client()?.inspect_container(container_id, None).await {
+            Ok(i) => Ok(Some(to_snapshot(i, container_id))),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.api("inspect container", e)),
+        }
     }
 
     async fn ping(&self) -> Result<(), SourceError> {
@@ -195,24 +202,32 @@ impl Source for DockerSource {
     }
 }
 
-/// Translates one Docker event; non-container and unmapped actions become `None`.
-pub fn to_runtime_event(msg: EventMessage) -> Option<RuntimeEvent> {
+/// Translates one Docker event; non-container and unmapped actions become `None`. A rename's
+/// `name` attribute is the new name (`oldName` the old one).
+pub fn to_source_event(msg: EventMessage) -> Option<SourceEvent> {
     if msg.typ != Some(EventMessageTypeEnum::CONTAINER) {
         return None;
     }
     let action = msg.action?;
-    let (kind, mut health) = map_action(&action)?;
     let actor = msg.actor?;
     let container_id = actor.id.filter(|id| !id.is_empty())?;
     let attrs = actor.attributes.unwrap_or_default();
     let get = |k: &str| attrs.get(k).map(String::as_str);
-    if health.is_none() {
-        health = get("health_status").and_then(Health::parse);
-    }
     let time_nanos = msg
         .time_nano
         .or_else(|| msg.time.map(|s| s.saturating_mul(NANOS_PER_SEC)))?;
-    Some(RuntimeEvent {
+    if action == RENAME_ACTION {
+        return Some(SourceEvent::Renamed(Rename {
+            time_nanos,
+            name: get("name").unwrap_or_default().to_string(),
+            container_id,
+        }));
+    }
+    let (kind, mut health) = map_action(&action)?;
+    if health.is_none() {
+        health = get("health_status").and_then(Health::parse);
+    }
+    Some(SourceEvent::Lifecycle(RuntimeEvent {
         time_nanos,
         kind,
         exit_code: get("exitCode").and_then(|c| c.parse().ok()),
@@ -224,7 +239,7 @@ pub fn to_runtime_event(msg: EventMessage) -> Option<RuntimeEvent> {
             container_id,
         }),
         action,
-    })
+    }))
 }
 
 fn to_snapshot(i: ContainerInspectResponse, id: &str) -> ContainerSnapshot {
@@ -270,6 +285,13 @@ mod test {
     use super::*;
     use bollard::models::EventActor;
 
+    fn lifecycle(msg: EventMessage) -> Option<RuntimeEvent> {
+        match to_source_event(msg)? {
+            SourceEvent::Lifecycle(ev) => Some(ev),
+            SourceEvent::Renamed(r) => panic!("expected a lifecycle event, got {r:?}"),
+        }
+    }
+
     fn msg(action: &str, attrs: &[(&str, &str)]) -> EventMessage {
         EventMessage {
             typ: Some(EventMessageTypeEnum::CONTAINER),
@@ -291,7 +313,7 @@ mod test {
 
     #[test]
     fn die_carries_its_exit_code_and_labels() {
-        let e = to_runtime_event(msg(
+        let e = lifecycle(msg(
             "die",
             &[
                 ("exitCode", "3"),
@@ -312,24 +334,37 @@ mod test {
     fn odd_events_are_dropped_not_fatal() {
         let mut m = msg("start", &[]);
         m.actor.as_mut().unwrap().id = None;
-        assert!(to_runtime_event(m).is_none());
+        assert!(lifecycle(m).is_none());
         let mut m = msg("connect", &[]);
         m.typ = Some(EventMessageTypeEnum::NETWORK);
-        assert!(to_runtime_event(m).is_none());
-        assert!(to_runtime_event(msg("exec_create: sh", &[])).is_none());
+        assert!(lifecycle(m).is_none());
+        assert!(lifecycle(msg("exec_create: sh", &[])).is_none());
         let mut m = msg("start", &[]);
         m.time_nano = None;
         assert_eq!(
-            to_runtime_event(m).unwrap().time_nanos,
+            lifecycle(m).unwrap().time_nanos,
             1_795_666_363 * NANOS_PER_SEC
         );
     }
 
     #[test]
     fn health_comes_from_the_action_or_the_attributes() {
-        let e = to_runtime_event(msg("health_status: unhealthy", &[])).unwrap();
+        let e = lifecycle(msg("health_status: unhealthy", &[])).unwrap();
         assert_eq!(e.health, Some(Health::Unhealthy));
-        let e = to_runtime_event(msg("health_status", &[("health_status", "healthy")])).unwrap();
+        let e = lifecycle(msg("health_status", &[("health_status", "healthy")])).unwrap();
         assert_eq!(e.health, Some(Health::Healthy));
+    }
+
+    #[test]
+    fn a_rename_carries_the_new_name_and_is_no_lifecycle_event() {
+        let e = to_source_event(msg("rename", &[("name", "web-2"), ("oldName", "/web")]));
+        assert_eq!(
+            e,
+            Some(SourceEvent::Renamed(Rename {
+                time_nanos: 1_795_666_363_974_644_679,
+                container_id: "f83aee481422".into(),
+                name: "web-2".into(),
+            }))
+        );
     }
 }

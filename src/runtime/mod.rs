@@ -11,7 +11,7 @@ use std::future::Future;
 
 use futures_util::stream::BoxStream;
 
-use crate::event::{EventKind, Health, RuntimeEvent, RuntimeKind};
+use crate::event::{EventKind, Health, RuntimeKind, SourceEvent};
 use docker::DockerSource;
 use podman::PodmanSource;
 use snapshot::ContainerSnapshot;
@@ -73,16 +73,23 @@ pub trait Source: Send + Sync + 'static {
     fn connect(&mut self) -> impl Future<Output = Result<RuntimeInfo, SourceError>> + Send;
 
     /// Container events from `since` (inclusive) to `until` (the stream ends there), or
-    /// without end. Items that are not lifecycle events come as `None` so callers can tell a
+    /// without end. Items the agent does not act on come as `None` so callers can tell a
     /// live stream from a silent one.
     fn events(
         &self,
         since: Option<i64>,
         until: Option<i64>,
-    ) -> BoxStream<'static, Result<Option<RuntimeEvent>, SourceError>>;
+    ) -> BoxStream<'static, Result<Option<SourceEvent>, SourceError>>;
 
     /// Every container (all states) with what inspect says about it.
     fn snapshot(&self) -> impl Future<Output = Result<Vec<ContainerSnapshot>, SourceError>> + Send;
+
+    /// What inspect says about one container; `None` if it is gone. Events carry no image
+    /// ID, so containers first met through an event are looked up once with this.
+    fn inspect(
+        &self,
+        container_id: &str,
+    ) -> impl Future<Output = Result<Option<ContainerSnapshot>, SourceError>> + Send;
 
     /// A cheap liveness check; idle event streams say nothing for hours.
     fn ping(&self) -> impl Future<Output = Result<(), SourceError>> + Send;
@@ -124,7 +131,7 @@ impl Source for AnySource {
         &self,
         since: Option<i64>,
         until: Option<i64>,
-    ) -> BoxStream<'static, Result<Option<RuntimeEvent>, SourceError>> {
+    ) -> BoxStream<'static, Result<Option<SourceEvent>, SourceError>> {
         match self {
             AnySource::Docker(s) => s.events(since, until),
             AnySource::Podman(s) => s.events(since, until),
@@ -138,6 +145,13 @@ impl Source for AnySource {
         }
     }
 
+    async fn inspect(&self, container_id: &str) -> Result<Option<ContainerSnapshot>, SourceError> {
+        match self {
+            AnySource::Docker(s) => s.inspect(container_id).await,
+            AnySource::Podman(s) => s.inspect(container_id).await,
+        }
+    }
+
     async fn ping(&self) -> Result<(), SourceError> {
         match self {
             AnySource::Docker(s) => s.ping().await,
@@ -145,6 +159,10 @@ impl Source for AnySource {
         }
     }
 }
+
+/// The action word of a container's rename, the same in Docker and Podman. Not a lifecycle
+/// event: the runtimes translate it into [`crate::event::Rename`], not through [`map_action`].
+pub const RENAME_ACTION: &str = "rename";
 
 /// Maps a runtime's action word onto an event type. Docker and Podman (libpod and its Docker
 /// compatibility layer) share most words; the ones that carry no lifecycle change (`init`,
@@ -209,6 +227,7 @@ mod test {
             ("cleanup", None),
             ("exec_start: sh -c true", None),
             ("attach", None),
+            ("rename", None),
             ("", None),
         ];
         for (action, want) in cases {

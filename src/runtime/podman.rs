@@ -30,8 +30,10 @@ use serde::Deserialize;
 use tracing::{debug, warn};
 
 use super::snapshot::{ContainerSnapshot, SnapshotState};
-use super::{map_action, ContainerFilter, RuntimeInfo, Source, SourceError};
-use crate::event::{ContainerLabels, EventKind, Health, RuntimeEvent, RuntimeKind, Subject};
+use super::{map_action, ContainerFilter, RuntimeInfo, Source, SourceError, RENAME_ACTION};
+use crate::event::{
+    ContainerLabels, EventKind, Health, Rename, RuntimeEvent, RuntimeKind, SourceEvent, Subject,
+};
 use crate::time::{format_rfc3339, parse_rfc3339, NANOS_PER_SEC};
 
 /// The libpod API prefix; Podman 4 and 5 answer it (their minimum libpod API is 4.0.0).
@@ -277,6 +279,32 @@ fn parse_line(line: &[u8]) -> Option<PodmanEvent> {
         .find_map(|(i, _)| serde_json::from_str(&text[i..]).ok())
 }
 
+/// A libpod rename, whose `name` attribute is the new name (libpod stamps the event after it
+/// renamed the container). `None` for anything else.
+fn to_rename(ev: &PodmanEvent) -> Option<Rename> {
+    if ev.typ != "container" || ev.action != RENAME_ACTION || ev.actor.id.is_empty() {
+        return None;
+    }
+    let name = ev
+        .actor
+        .attributes
+        .as_ref()
+        .and_then(|a| a.get("name"))
+        .cloned()
+        .unwrap_or_default();
+    Some(Rename {
+        time_nanos: event_time(ev)?,
+        container_id: ev.actor.id.clone(),
+        name,
+    })
+}
+
+fn event_time(ev: &PodmanEvent) -> Option<i64> {
+    ev.time_nano
+        .filter(|&t| t > 0)
+        .or_else(|| ev.time.map(|s| s.saturating_mul(NANOS_PER_SEC)))
+}
+
 /// A libpod event as a runtime event, before the pod-infra check. Non-container events and
 /// actions without a lifecycle meaning are `None`.
 fn to_runtime_event(ev: PodmanEvent) -> Option<RuntimeEvent> {
@@ -287,6 +315,7 @@ fn to_runtime_event(ev: PodmanEvent) -> Option<RuntimeEvent> {
     if ev.actor.id.is_empty() {
         return None;
     }
+    let time_nanos = event_time(&ev)?;
     let attrs = ev.actor.attributes.unwrap_or_default();
     let get = |k: &str| attrs.get(k).map(String::as_str);
     if kind == EventKind::HealthStatus && health.is_none() {
@@ -296,10 +325,6 @@ fn to_runtime_event(ev: PodmanEvent) -> Option<RuntimeEvent> {
             .or_else(|| get("health_status"))
             .and_then(Health::parse);
     }
-    let time_nanos = ev
-        .time_nano
-        .filter(|&t| t > 0)
-        .or_else(|| ev.time.map(|s| s.saturating_mul(NANOS_PER_SEC)))?;
     // Podman stamps `containerExitCode` on every event (usually "0"); only a death has one.
     let exit_code = if kind == EventKind::Died {
         get("containerExitCode")
@@ -569,8 +594,9 @@ impl StreamCtx {
         infra
     }
 
-    /// Translates one line, asking Podman whether a pod member is the pod's infra.
-    async fn translate(&self, line: Vec<u8>) -> Option<RuntimeEvent> {
+    /// Translates one line, asking Podman whether a pod member is the pod's infra. A rename
+    /// needs no such answer: the tracker holds no state for an infra container to rename.
+    async fn translate(&self, line: Vec<u8>) -> Option<SourceEvent> {
         let Some(raw) = parse_line(&line) else {
             warn!(
                 line = %String::from_utf8_lossy(&line[..line.len().min(200)]),
@@ -578,6 +604,9 @@ impl StreamCtx {
             );
             return None;
         };
+        if let Some(r) = to_rename(&raw) {
+            return Some(SourceEvent::Renamed(r));
+        }
         let pod = pod_of(&raw);
         let mut ev = to_runtime_event(raw)?;
         // Only some actions carry `podId` (a `died` written by the cleanup process does not),
@@ -595,11 +624,11 @@ impl StreamCtx {
         if ev.kind == EventKind::Destroyed {
             self.infra.lock().known.remove(ev.container_id());
         }
-        Some(ev)
+        Some(SourceEvent::Lifecycle(ev))
     }
 }
 
-type Item = Result<Option<RuntimeEvent>, SourceError>;
+type Item = Result<Option<SourceEvent>, SourceError>;
 
 /// The state of one event stream between items.
 struct EventStream {
@@ -656,11 +685,12 @@ impl EventStream {
                     let Some(ev) = self.ctx.translate(line).await else {
                         return Some(Ok(None));
                     };
-                    if self.until.is_some_and(|u| ev.time_nanos > u) {
+                    let t = ev.time_nanos();
+                    if self.until.is_some_and(|u| t > u) {
                         // The live stream brings it; a replay stops at `until`.
                         return Some(Ok(None));
                     }
-                    self.since = Some(self.since.map_or(ev.time_nanos, |s| s.max(ev.time_nanos)));
+                    self.since = Some(self.since.map_or(t, |s| s.max(t)));
                     return Some(Ok(Some(ev)));
                 }
                 Some(Err(e)) => {
@@ -790,26 +820,27 @@ impl Source for PodmanSource {
             }
         }
         let results: Vec<_> = stream::iter(list.into_iter().filter(|c| !c.is_infra))
-            .map(|c| {
-                let target = target.clone();
-                async move {
-                    let path = format!("{API}/containers/{}/json", encode(&c.id));
-                    target.get_json::<Inspect>(&path).await
-                }
-            })
+            .map(|c| async move { self.inspect(&c.id).await })
             .buffer_unordered(INSPECT_CONCURRENCY)
             .collect()
             .await;
         let mut out = Vec::with_capacity(results.len());
         for r in results {
-            match r {
-                Ok(i) => out.push(to_snapshot(i)),
-                // Removed between list and inspect: its remove event tells the rest.
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(self.error("inspect container", e)),
+            // `None`: removed between list and inspect; its remove event tells the rest.
+            if let Some(s) = r? {
+                out.push(s);
             }
         }
         Ok(out)
+    }
+
+    async fn inspect(&self, container_id: &str) -> Result<Option<ContainerSnapshot>, SourceError> {
+        let path = format!("{API}/containers/{}/json", encode(container_id));
+        match self.target()?.get_json::<Inspect>(&path).await {
+            Ok(i) => Ok(Some(to_snapshot(i))),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(self.error("inspect container", e)),
+        }
     }
 
     async fn ping(&self) -> Result<(), SourceError> {
@@ -926,5 +957,22 @@ mod test {
         assert_eq!(s.finished_at, None);
         assert_eq!(s.health, None);
         assert_eq!(s.name, "bcf91392c675-infra");
+    }
+
+    #[test]
+    fn a_rename_carries_the_new_name_and_is_no_lifecycle_event() {
+        let l = line("rename", "").replace(r#""name":"web""#, r#""name":"web-2""#);
+        let raw = parse_line(l.as_bytes()).unwrap();
+        assert_eq!(
+            to_rename(&raw),
+            Some(Rename {
+                time_nanos: 1_795_667_329_000_000_001,
+                container_id: "abc".into(),
+                name: "web-2".into(),
+            })
+        );
+        assert!(to_runtime_event(raw).is_none());
+        let start = parse_line(line("start", "").as_bytes()).unwrap();
+        assert!(to_rename(&start).is_none());
     }
 }

@@ -8,20 +8,28 @@
 //! replay that reaches the cursor brings its event back: an overlap, proof of no gap. The
 //! reading task only forwards into an unbounded channel: Docker drops events for a subscriber
 //! that stops reading, so it must never wait on the tracker.
+//!
+//! Events carry no image ID, so a container first met through an event is inspected once,
+//! beside the live stream ([`Lookups`]): never by the reading task, never under the tracker's
+//! lock. A look-up lost with its session is covered by the next reconciliation.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{BoxStream, StreamExt};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{BoxStream, FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::snapshot::ContainerSnapshot;
 use super::{Source, SourceError};
 use crate::agent::Shared;
-use crate::event::{RuntimeEvent, SubjectCache};
+use crate::event::{SourceEvent, SubjectCache};
 use crate::time::now_nanos;
-use crate::tracker::Applied;
+use crate::tracker::{Applied, Lookup, LOOKUP_QUEUE_CAPACITY};
 
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,8 +44,12 @@ const BATCH: usize = 512;
 /// `t0` can appear after the replay has read past it; the overlap catches it, and the tracker's
 /// duplicate check drops what both delivered.
 const LIVE_OVERLAP_NANOS: i64 = 2_000_000_000;
+/// Look-ups (inspects) in flight at once. Each is one local request, and containers are
+/// created far more rarely than their events arrive, so a few keep up without crowding the
+/// daemon.
+const LOOKUP_CONCURRENCY: usize = 4;
 
-type Item = Result<Option<RuntimeEvent>, SourceError>;
+type Item = Result<Option<SourceEvent>, SourceError>;
 
 /// Follows one runtime until `shutdown`, reconnecting with backoff.
 pub async fn run<S: Source>(mut source: S, shared: Arc<Shared>, shutdown: CancellationToken) {
@@ -76,7 +88,7 @@ async fn forward(
 ) {
     let mut subjects = SubjectCache::default();
     while let Some(mut item) = stream.next().await {
-        if let Ok(Some(ev)) = &mut item {
+        if let Ok(Some(SourceEvent::Lifecycle(ev))) = &mut item {
             subjects.share(ev);
         }
         let failed = item.is_err();
@@ -97,10 +109,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// One connected session. Returns only with the error that ended it.
-async fn session<S: Source>(
-    source: &mut S,
-    shared: &Shared,
-) -> Result<std::convert::Infallible, SourceError> {
+async fn session<S: Source>(source: &mut S, shared: &Shared) -> Result<Infallible, SourceError> {
     shared.set_disconnected(format!("connecting to {}", source.endpoint()));
     let info = source.connect().await?;
     info!(endpoint = %source.endpoint(), runtime = %info.runtime, version = %info.version, api_version = %info.api_version, "connected to runtime");
@@ -108,7 +117,7 @@ async fn session<S: Source>(
     *shared.runtime_info.lock() = Some(info);
 
     let t0 = now_nanos();
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     let _reader = AbortOnDrop(tokio::spawn(forward(
         source.events(Some(t0 - LIVE_OVERLAP_NANOS), None),
         tx,
@@ -133,17 +142,31 @@ async fn session<S: Source>(
     );
     shared.changed.notify_one();
     shared.set_ready();
+    follow(source, shared, rx).await
+}
 
+/// Follows the live stream of a connected session, looking up the containers its events
+/// create beside it. Returns only with the error that ended the session.
+async fn follow<S: Source>(
+    source: &S,
+    shared: &Shared,
+    mut rx: mpsc::UnboundedReceiver<Item>,
+) -> Result<Infallible, SourceError> {
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
     let mut batch = Vec::with_capacity(BATCH);
+    let mut lookups = Lookups::new(source);
     loop {
+        lookups.launch(shared);
         tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => {
                 if n == 0 {
                     return Err(SourceError::StreamEnded { endpoint: source.endpoint().to_string() });
                 }
-                apply_batch(shared, &mut batch)?;
+                lookups.queue(apply_batch(shared, &mut batch)?);
+            }
+            Some((asked, result)) = lookups.inflight.next(), if !lookups.inflight.is_empty() => {
+                Lookups::<S>::finish(shared, &asked, result);
             }
             _ = ping.tick() => {
                 match tokio::time::timeout(PING_TIMEOUT, source.ping()).await {
@@ -159,20 +182,100 @@ async fn session<S: Source>(
     }
 }
 
+type LookupResult = (Lookup, Result<Option<ContainerSnapshot>, SourceError>);
+
+/// Inspects of containers first met through events, for the image ID no event carries: at
+/// most [`LOOKUP_CONCURRENCY`] at once, polled by the session loop beside the event stream.
+/// The tracker is locked only to check and to apply, never across a request.
+struct Lookups<'a, S> {
+    source: &'a S,
+    waiting: VecDeque<Lookup>,
+    inflight: FuturesUnordered<BoxFuture<'a, LookupResult>>,
+}
+
+impl<'a, S: Source> Lookups<'a, S> {
+    fn new(source: &'a S) -> Self {
+        Lookups {
+            source,
+            waiting: VecDeque::new(),
+            inflight: FuturesUnordered::new(),
+        }
+    }
+
+    /// Queues look-ups; past [`LOOKUP_QUEUE_CAPACITY`] waiting, new ones are dropped.
+    fn queue(&mut self, new: Vec<Lookup>) {
+        let room = LOOKUP_QUEUE_CAPACITY.saturating_sub(self.waiting.len());
+        if new.len() > room {
+            warn!(
+                dropped = new.len() - room,
+                waiting = self.waiting.len(),
+                "too many new containers to look up; their image IDs wait for the next reconciliation"
+            );
+        }
+        self.waiting.extend(new.into_iter().take(room));
+    }
+
+    /// Starts waiting look-ups up to the limit, skipping containers that no longer need one
+    /// (removed, or reconciled meanwhile).
+    fn launch(&mut self, shared: &Shared) {
+        while self.inflight.len() < LOOKUP_CONCURRENCY {
+            let Some(asked) = self.waiting.pop_front() else {
+                return;
+            };
+            if !shared.tracker.read().needs_lookup(&asked.container_id) {
+                continue;
+            }
+            let source = self.source;
+            self.inflight.push(Box::pin(async move {
+                let result = source.inspect(&asked.container_id).await;
+                (asked, result)
+            }));
+        }
+    }
+
+    /// Applies one answer. A failed look-up does not end the session: if the runtime is
+    /// gone, the stream or the liveness check says so, and the reconciliation after the
+    /// reconnect brings the image ID.
+    fn finish(
+        shared: &Shared,
+        asked: &Lookup,
+        result: Result<Option<ContainerSnapshot>, SourceError>,
+    ) {
+        let id = &asked.container_id;
+        match result {
+            Ok(Some(snapshot)) => {
+                if shared.tracker.write().enrich(asked, &snapshot) {
+                    shared.changed.notify_one();
+                }
+                debug!(container_id = %id, image_id = %snapshot.image_id, "container looked up");
+            }
+            Ok(None) => debug!(container_id = %id, "container gone before its look-up"),
+            Err(e) => {
+                warn!(container_id = %id, error = %e, "cannot look up a container; its image ID waits for the next reconciliation")
+            }
+        }
+    }
+}
+
 /// Applies forwarded items under one lock; the first error ends the session after the
-/// events before it are applied.
-fn apply_batch(shared: &Shared, batch: &mut Vec<Item>) -> Result<(), SourceError> {
+/// events before it are applied. Returns the containers these events created that need a
+/// look-up.
+fn apply_batch(shared: &Shared, batch: &mut Vec<Item>) -> Result<Vec<Lookup>, SourceError> {
     let now = now_nanos();
     let mut failure = None;
-    {
+    let lookups = {
         let mut tracker = shared.tracker.write();
         for item in batch.drain(..) {
             match item {
-                Ok(Some(ev)) => {
+                Ok(Some(SourceEvent::Lifecycle(ev))) => {
                     let applied = tracker.apply(&ev, now);
                     // One line per event for lag measurements (bench/); off unless asked for.
                     debug!(target: "lifecycle_agent::events", time_nanos = ev.time_nanos, container_id = %ev.container_id(), action = %ev.action, ?applied, "event applied");
                     shared.counters.count(applied);
+                }
+                Ok(Some(SourceEvent::Renamed(r))) => {
+                    let renamed = tracker.rename(&r);
+                    debug!(container_id = %r.container_id, name = %r.name, renamed, "rename applied");
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -181,10 +284,11 @@ fn apply_batch(shared: &Shared, batch: &mut Vec<Item>) -> Result<(), SourceError
                 }
             }
         }
-    }
+        tracker.take_lookups()
+    };
     batch.clear();
     shared.changed.notify_one();
-    failure.map_or(Ok(()), Err)
+    failure.map_or(Ok(lookups), Err)
 }
 
 /// Applies the runtime's events from `cursor` to `until`. If none of them was seen before,
@@ -199,7 +303,14 @@ async fn replay<S: Source>(
     let mut overlapped = false;
     let mut replayed = 0u64;
     while let Some(item) = stream.next().await {
-        let Some(ev) = item? else { continue };
+        let ev = match item? {
+            Some(SourceEvent::Lifecycle(ev)) => ev,
+            Some(SourceEvent::Renamed(r)) => {
+                shared.tracker.write().rename(&r);
+                continue;
+            }
+            None => continue,
+        };
         let applied = shared.tracker.write().apply(&ev, now_nanos());
         shared.changed.notify_one();
         overlapped |= applied == Applied::Duplicate;

@@ -533,3 +533,125 @@ fn attempts_skipped_unseen_count_as_recent_inferred_restarts() {
     );
     assert_eq!(t.node_counts().restarts_total, 3);
 }
+
+fn rename(t: i64, id: &str, name: &str) -> Rename {
+    Rename {
+        time_nanos: t,
+        container_id: id.into(),
+        name: name.into(),
+    }
+}
+
+#[test]
+fn a_container_met_through_an_event_is_looked_up_once_and_takes_its_image_id() {
+    let mut t = tracker();
+    run(&mut t, "a");
+    let asked = t.take_lookups();
+    assert_eq!(
+        asked,
+        vec![Lookup {
+            container_id: "a".into(),
+            name: "name-a".into(),
+        }]
+    );
+    assert!(t.take_lookups().is_empty(), "asked for once");
+    assert_eq!(only(&t, 3 * S).image_id, "");
+    let answer = snap("a", SnapshotState::Running, Some(2 * S), None);
+    assert!(t.needs_lookup("a"));
+    assert!(t.enrich(&asked[0], &answer));
+    assert!(!t.needs_lookup("a"));
+    assert!(
+        !t.enrich(&asked[0], &answer),
+        "a second answer changes nothing"
+    );
+    let v = only(&t, 3 * S);
+    assert_eq!(
+        (v.image_id.as_str(), v.name.as_str()),
+        ("sha256:1", "name-a")
+    );
+    // Later events of a known container ask for nothing.
+    apply_all(&mut t, &[die(4 * S, "a", 0)]);
+    assert!(t.take_lookups().is_empty());
+}
+
+#[test]
+fn containers_from_a_snapshot_or_already_gone_are_not_looked_up() {
+    let mut t = tracker();
+    t.reconcile(
+        &[snap("a", SnapshotState::Running, Some(S), None)],
+        true,
+        2 * S,
+    );
+    apply_all(&mut t, &[die(3 * S, "a", 0)]);
+    run(&mut t, "b");
+    apply_all(&mut t, &[ev(4 * S, "b", "destroy", EventKind::Destroyed)]);
+    assert!(t.take_lookups().is_empty());
+    assert!(!t.needs_lookup("b"));
+    let asked = Lookup {
+        container_id: "b".into(),
+        name: "name-b".into(),
+    };
+    let answer = snap("b", SnapshotState::Exited, Some(S), Some(2 * S));
+    assert!(!t.enrich(&asked, &answer), "a gone container is skipped");
+}
+
+#[test]
+fn a_rename_changes_the_name_but_not_the_history_or_the_counters() {
+    let mut t = tracker();
+    t.enable_journal();
+    run(&mut t, "a");
+    t.take_delta();
+    let before = only(&t, 3 * S);
+    let history = t.history().len();
+    let cursor = t.cursor();
+    assert!(t.rename(&rename(3 * S, "a", "web-2")));
+    let v = only(&t, 3 * S);
+    assert_eq!((v.name.as_str(), v.container.as_str()), ("web-2", "web-2"));
+    assert_eq!((v.events, v.restarts), (before.events, before.restarts));
+    assert_eq!((t.history().len(), t.cursor()), (history, cursor));
+    let delta = t.take_delta().expect("the new name is persisted");
+    let stored = delta.containers["a"].as_ref().map(|c| c.name.as_str());
+    assert_eq!(stored, Some("web-2"));
+    assert!(!t.rename(&rename(3 * S, "a", "web-2")), "applied twice");
+    assert!(!t.rename(&rename(3 * S, "a", "")), "no name said");
+    assert!(!t.rename(&rename(3 * S, "zz", "other")), "not tracked");
+}
+
+#[test]
+fn a_look_up_answered_before_a_rename_does_not_bring_the_old_name_back() {
+    let mut t = tracker();
+    run(&mut t, "a");
+    let asked = t.take_lookups();
+    t.rename(&rename(3 * S, "a", "web-2"));
+    // The inspect ran before the rename: it still says the old name.
+    let answer = snap("a", SnapshotState::Running, Some(2 * S), None);
+    assert!(t.enrich(&asked[0], &answer));
+    let v = only(&t, 3 * S);
+    assert_eq!(
+        (v.name.as_str(), v.image_id.as_str()),
+        ("web-2", "sha256:1")
+    );
+    // One asked after the rename takes the name it finds.
+    let asked = Lookup {
+        container_id: "a".into(),
+        name: "web-2".into(),
+    };
+    let mut answer = answer;
+    answer.name = "web-3".into();
+    assert!(t.enrich(&asked, &answer));
+    assert_eq!(only(&t, 3 * S).name, "web-3");
+}
+
+#[test]
+fn reconciliation_refreshes_the_image_id_and_name_of_known_containers() {
+    let mut t = tracker();
+    run(&mut t, "a");
+    let mut s = snap("a", SnapshotState::Running, Some(2 * S), None);
+    s.name = "renamed-unseen".into();
+    t.reconcile(&[s], true, 3 * S);
+    let v = only(&t, 3 * S);
+    assert_eq!(
+        (v.name.as_str(), v.image_id.as_str(), v.restarts),
+        ("renamed-unseen", "sha256:1", 0)
+    );
+}
