@@ -51,6 +51,12 @@ fn pod_labels(attempt: Option<u64>) -> ContainerLabels {
     }
 }
 
+/// The event as the kubelet's container with attempt ordinal `attempt` of one pod.
+fn in_pod(mut e: RuntimeEvent, attempt: u64) -> RuntimeEvent {
+    e.subject_mut().labels = pod_labels(Some(attempt));
+    e
+}
+
 fn snap(
     id: &str,
     state: SnapshotState,
@@ -252,19 +258,15 @@ fn first_sight_starts_from_the_runtime_lower_bound() {
 #[test]
 fn kubelet_replacement_is_one_restart_of_the_same_identity() {
     let mut t = tracker();
-    let with = |mut e: RuntimeEvent, attempt| {
-        e.subject_mut().labels = pod_labels(Some(attempt));
-        e
-    };
     apply_all(
         &mut t,
         &[
-            with(ev(S, "a", "create", EventKind::Created), 0),
-            with(ev(2 * S, "a", "start", EventKind::Started), 0),
-            with(die(3 * S, "a", 1), 0),
-            with(ev(4 * S, "b", "create", EventKind::Created), 1),
-            with(ev(5 * S, "b", "start", EventKind::Started), 1),
-            with(ev(6 * S, "a", "destroy", EventKind::Destroyed), 0),
+            in_pod(ev(S, "a", "create", EventKind::Created), 0),
+            in_pod(ev(2 * S, "a", "start", EventKind::Started), 0),
+            in_pod(die(3 * S, "a", 1), 0),
+            in_pod(ev(4 * S, "b", "create", EventKind::Created), 1),
+            in_pod(ev(5 * S, "b", "start", EventKind::Started), 1),
+            in_pod(ev(6 * S, "a", "destroy", EventKind::Destroyed), 0),
         ],
     );
     let v = only(&t, 7 * S);
@@ -278,17 +280,17 @@ fn kubelet_replacement_is_one_restart_of_the_same_identity() {
     apply_all(
         &mut t,
         &[
-            with(die(8 * S, "b", 1), 1),
-            with(ev(9 * S, "c", "create", EventKind::Created), 4),
-            with(ev(10 * S, "c", "start", EventKind::Started), 4),
+            in_pod(die(8 * S, "b", 1), 1),
+            in_pod(ev(9 * S, "c", "create", EventKind::Created), 4),
+            in_pod(ev(10 * S, "c", "start", EventKind::Started), 4),
         ],
     );
     assert_eq!(only(&t, 11 * S).restarts, 4);
     apply_all(
         &mut t,
         &[
-            with(ev(12 * S, "b", "destroy", EventKind::Destroyed), 1),
-            with(ev(13 * S, "c", "destroy", EventKind::Destroyed), 4),
+            in_pod(ev(12 * S, "b", "destroy", EventKind::Destroyed), 1),
+            in_pod(ev(13 * S, "c", "destroy", EventKind::Destroyed), 4),
         ],
     );
     assert!(t.identities(14 * S).is_empty());
@@ -473,21 +475,20 @@ fn a_kubelet_container_not_started_yet_counts_its_ordinal_once_in_any_order() {
 
 #[test]
 fn first_sight_through_an_event_counts_the_ordinal_once() {
-    let with = |mut e: RuntimeEvent, attempt| {
-        e.subject_mut().labels = pod_labels(Some(attempt));
-        e
-    };
     // Met at its start: the ordinal includes that start.
     let mut t = tracker();
-    apply_all(&mut t, &[with(ev(S, "a", "start", EventKind::Started), 3)]);
+    apply_all(
+        &mut t,
+        &[in_pod(ev(S, "a", "start", EventKind::Started), 3)],
+    );
     assert_eq!(only(&t, 2 * S).restarts, 3);
     // Met at its create: the ordinal is the lower bound there too.
     let mut t = tracker();
     apply_all(
         &mut t,
         &[
-            with(ev(S, "a", "create", EventKind::Created), 3),
-            with(ev(2 * S, "a", "start", EventKind::Started), 3),
+            in_pod(ev(S, "a", "create", EventKind::Created), 3),
+            in_pod(ev(2 * S, "a", "start", EventKind::Started), 3),
         ],
     );
     assert_eq!(only(&t, 3 * S).restarts, 3);
@@ -497,9 +498,9 @@ fn first_sight_through_an_event_counts_the_ordinal_once() {
     apply_all(
         &mut t,
         &[
-            with(die(S, "a", 1), 0),
-            with(ev(2 * S, "b", "create", EventKind::Created), 1),
-            with(ev(3 * S, "b", "start", EventKind::Started), 1),
+            in_pod(die(S, "a", 1), 0),
+            in_pod(ev(2 * S, "b", "create", EventKind::Created), 1),
+            in_pod(ev(3 * S, "b", "start", EventKind::Started), 1),
         ],
     );
     assert_eq!(only(&t, 4 * S).restarts, 1);
@@ -508,20 +509,16 @@ fn first_sight_through_an_event_counts_the_ordinal_once() {
 
 #[test]
 fn attempts_skipped_unseen_count_as_recent_inferred_restarts() {
-    let with = |mut e: RuntimeEvent, attempt| {
-        e.subject_mut().labels = pod_labels(Some(attempt));
-        e
-    };
     let mut t = tracker();
     apply_all(
         &mut t,
         &[
-            with(ev(S, "a", "create", EventKind::Created), 0),
-            with(ev(2 * S, "a", "start", EventKind::Started), 0),
-            with(die(3 * S, "a", 1), 0),
+            in_pod(ev(S, "a", "create", EventKind::Created), 0),
+            in_pod(ev(2 * S, "a", "start", EventKind::Started), 0),
+            in_pod(die(3 * S, "a", 1), 0),
             // Attempts 1 and 2 came and went while nothing was seen; attempt 3 starts.
-            with(ev(10 * S, "d", "create", EventKind::Created), 3),
-            with(ev(11 * S, "d", "start", EventKind::Started), 3),
+            in_pod(ev(10 * S, "d", "create", EventKind::Created), 3),
+            in_pod(ev(11 * S, "d", "start", EventKind::Started), 3),
         ],
     );
     assert_eq!(only(&t, 12 * S).restarts, 3);
