@@ -170,6 +170,52 @@ fn restarts_while_the_agent_is_down_continue_the_counter_with_original_times() {
     let _ = std::fs::remove_dir_all(state);
 }
 
+#[test]
+fn history_retention_drops_what_aged_out_while_stopped_and_keeps_what_is_new() {
+    let Some(d) = DockerDaemon::shared() else {
+        return;
+    };
+    let label = label();
+    let state = state_dir();
+    let filter = ["--container-filter", label.as_str()];
+    let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+    let c = d.run("retained", &["--label", &label], LOOP);
+    let mine = format!("container={}", c.name);
+    wait_for(
+        "the create and start in the history",
+        Duration::from_secs(20),
+        || (history(&agent, &mine).len() == 2).then_some(()),
+    );
+    let newest = history(&agent, &mine)[0]["time_unix_nano"]
+        .as_i64()
+        .expect("event time");
+    assert!(agent.stop().success());
+    // The events age past the retention the next start is given.
+    wait_for("the events to be 3 s old", Duration::from_secs(20), || {
+        (chrono_now() - newest > 3_000_000_000).then_some(())
+    });
+    let agent = Agent::start_with_state(
+        &d.socket(),
+        &state,
+        &[filter[0], filter[1], "--history-retention", "3s"],
+    );
+    wait_for(
+        "the aged events to leave the history",
+        Duration::from_secs(20),
+        || history(&agent, &mine).is_empty().then_some(()),
+    );
+    d.docker_ok(&["restart", "-t", "5", &c.name]);
+    wait_for(
+        "the new restart in the history",
+        Duration::from_secs(20),
+        || (history(&agent, &format!("{mine}&type=restarted")).len() == 1).then_some(()),
+    );
+    agent.wait_metric("container_restarts_total", &[("container", &c.name)], 1.0);
+    drop(c);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(state);
+}
+
 fn chrono_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
