@@ -563,6 +563,13 @@ impl History {
     /// Appends an event, assigning its sequence number, and applies the size bound.
     pub fn push(&mut self, mut event: HistoryEvent) -> &HistoryEvent {
         self.share(&mut event);
+        self.push_shared(event)
+    }
+
+    /// [`History::push`] for an event already made of this history's shared parts: its
+    /// subject from [`History::subject`], its action from [`History::intern`]. The tracker's
+    /// ingest path, which would otherwise look both up twice per event.
+    pub(crate) fn push_shared(&mut self, mut event: HistoryEvent) -> &HistoryEvent {
         event.seq = self.next_seq;
         self.next_seq += 1;
         self.evict_to(self.limits.max_events.max(1) - 1);

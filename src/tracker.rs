@@ -750,7 +750,7 @@ impl Tracker {
             exit_code: ev.exit_code,
             health: ev.health,
         };
-        h.push(event);
+        h.push_shared(event);
     }
 
     /// Containers created through events since the last call, with the name each has now, to
