@@ -531,14 +531,7 @@ mod test {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn scrapes_beyond_the_limit_get_503_until_one_ends() {
         // Bodies far larger than the socket buffers: unread, each keeps its permit.
-        let addr = {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            tokio::spawn(axum::serve(listener, router(state(20_000))).into_future());
-            addr
-        };
+        let addr = serve(20_000).await;
         let mut held = Vec::new();
         for _ in 0..MAX_CONCURRENT_SCRAPES {
             let (s, status) = stalled_scrape(addr).await;

@@ -724,21 +724,24 @@ fn kube_on_without_any_configuration_exits_2_naming_it() {
 fn check_reports_the_kubernetes_api() {
     let Some(s) = Setup::new("check") else { return };
     s.fake.apply(&pod("web"));
-    let out = std::process::Command::new(common::agent_bin())
-        .args([
-            "check",
-            "--runtime",
-            "docker",
-            "--kube",
-            "on",
-            "--node-name",
-            NODE,
-            "--socket",
-        ])
-        .arg(s.docker.socket())
-        .env("KUBECONFIG", s.fake.kubeconfig())
-        .output()
-        .expect("check");
+    let check = || {
+        std::process::Command::new(common::agent_bin())
+            .args([
+                "check",
+                "--runtime",
+                "docker",
+                "--kube",
+                "on",
+                "--node-name",
+                NODE,
+                "--socket",
+            ])
+            .arg(s.docker.socket())
+            .env("KUBECONFIG", s.fake.kubeconfig())
+            .output()
+            .expect("check")
+    };
+    let out = check();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
@@ -746,21 +749,7 @@ fn check_reports_the_kubernetes_api() {
         "{text}"
     );
     s.fake.forbid(&["list"]);
-    let out = std::process::Command::new(common::agent_bin())
-        .args([
-            "check",
-            "--runtime",
-            "docker",
-            "--kube",
-            "on",
-            "--node-name",
-            NODE,
-            "--socket",
-        ])
-        .arg(s.docker.socket())
-        .env("KUBECONFIG", s.fake.kubeconfig())
-        .output()
-        .expect("check");
+    let out = check();
     let text = String::from_utf8_lossy(&out.stdout);
     // The runtime decides the exit status; the API is reported.
     assert!(out.status.success(), "{text}");
