@@ -157,6 +157,9 @@ pub async fn run(config: Config) -> Result<()> {
         .local_addr()
         .map_err(|e| Error::Listen(config.listen, e))?;
     info!(%addr, node = %config.node_name, "serving metrics and API");
+    if let Some(path) = &config.ready_file {
+        write_ready_file(path, addr).map_err(|e| Error::ReadyFile(path.clone(), e))?;
+    }
 
     let server = {
         let app = api::router(shared.clone());
@@ -257,6 +260,20 @@ pub async fn run(config: Config) -> Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Writes the bound address to `path` through a sibling temporary file and a rename, so a
+/// reader never sees a partial address (README "Configuration", `--ready-file`).
+fn write_ready_file(path: &std::path::Path, addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// How long requests in flight at shutdown may take to finish. A scraper that stopped reading

@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// Log level or filter (info, debug, lifecycle_agent=debug,warn).
     #[arg(long, env = "LIFECYCLE_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Once listening, write the bound address (e.g. 127.0.0.1:40123) to this file, for
+    /// scripts and supervisors that start the agent with `--listen 127.0.0.1:0`.
+    #[arg(long, env = "LIFECYCLE_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
 }
 
 /// The YAML file. Unknown keys are an error, not a silent no-op.
@@ -110,6 +114,7 @@ pub struct FileConfig {
     admin_token_file: Option<PathBuf>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
+    ready_file: Option<PathBuf>,
 }
 
 /// The resolved, validated configuration.
@@ -134,6 +139,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Where to write the bound address once listening (README "Configuration").
+    pub ready_file: Option<PathBuf>,
 }
 
 /// A configuration problem, naming where it is and which key.
@@ -336,6 +343,10 @@ impl Config {
                 .log_level
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
+            ready_file: args
+                .ready_file
+                .or(file.ready_file)
+                .filter(|p| !p.as_os_str().is_empty()),
         })
     }
 }

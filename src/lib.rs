@@ -29,6 +29,8 @@ pub mod tracker;
 pub enum Error {
     #[error("cannot listen on {0}: {1}")]
     Listen(std::net::SocketAddr, std::io::Error),
+    #[error("cannot write the ready file {0}: {1}")]
+    ReadyFile(std::path::PathBuf, std::io::Error),
     #[error(transparent)]
     Store(#[from] store::StoreError),
     /// A configuration problem (exit status 2, like the other configuration errors).

@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -91,39 +92,20 @@ fn check_against_a_missing_socket_fails_with_guidance() {
 
 #[test]
 fn run_without_a_runtime_says_what_it_tried_and_how_to_point_it() {
-    let port = common::free_port();
-    let log = std::env::temp_dir().join(common::unique("noruntime"));
-    let f = std::fs::File::create(&log).unwrap();
-    let mut child = Command::new(common::agent_bin())
-        .args([
-            "run",
-            "--ephemeral",
-            "--runtime",
-            "docker",
-            "--socket",
-            "/nonexistent/docker.sock",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stderr(f)
-        .spawn()
-        .unwrap();
+    let agent = common::Agent::builder("docker", Path::new("/nonexistent/docker.sock"))
+        .ephemeral()
+        .spawn();
     let body = common::wait_for("/readyz to explain", Duration::from_secs(20), || {
-        let (status, body) = common::http(port, "GET", "/readyz", &[]).ok()?;
+        let (status, body) = agent.get("/readyz");
         (status == 503 && body.contains("no container runtime reachable")).then_some(body)
     });
     assert!(body.contains("--socket"), "{body}");
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
-    assert!(status.success());
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = agent.log_text();
     assert!(
         text.contains("/nonexistent/docker.sock") && text.contains("Point the agent at a socket"),
         "{text}"
     );
-    let _ = std::fs::remove_file(log);
+    assert!(agent.stop().success());
 }
 
 #[test]

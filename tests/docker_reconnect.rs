@@ -12,7 +12,7 @@ fn survives_a_daemon_crash_and_counts_actions_during_reconnect_once() {
     let Some(daemon) = DockerDaemon::start_private() else {
         return;
     };
-    let agent = Agent::start(&daemon.socket(), &[]);
+    let agent = Agent::on(&*daemon).start();
     let a = daemon.run("crash-a", &[], LOOP);
     agent.wait_metric("container_running", &[("container", &a.name)], 1.0);
     agent.wait_metric("lifecycle_agent_runtime_connected", &[], 1.0);
@@ -45,6 +45,11 @@ fn survives_a_daemon_crash_and_counts_actions_during_reconnect_once() {
     agent.wait_metric("container_restarts_total", &[("container", &a.name)], 1.0);
     agent.wait_metric("container_running", &[("container", &a.name)], 1.0);
     agent.wait_metric("containers_restarts_total", &[], 3.0);
+    // After a barrier (the replay and reconcile are long done by then), the exact counts.
+    agent.barrier(&*daemon, &[]);
+    agent.assert_metric("container_restarts_total", &[("container", &b.name)], 2.0);
+    agent.assert_metric("container_restarts_total", &[("container", &a.name)], 1.0);
+    agent.assert_metric("containers_restarts_total", &[], 3.0);
     let m = agent.metrics();
     assert!(
         common::metric(&m, "lifecycle_agent_stream_reconnects_total", &[]).unwrap_or(0.0) >= 1.0
@@ -59,6 +64,11 @@ fn survives_a_daemon_crash_and_counts_actions_during_reconnect_once() {
             (ev["events"].as_array().map_or(0, Vec::len) == 3).then_some(())
         },
     );
+    // And the counts stay: a second barrier, the same counts and no duplicate.
+    agent.barrier(&*daemon, &[]);
+    agent.assert_metric("container_restarts_total", &[("container", &b.name)], 2.0);
+    agent.assert_metric("containers_restarts_total", &[], 3.0);
+    agent.assert_no_duplicate_events();
     drop(a);
     drop(b);
     assert!(agent.stop().success(), "SIGTERM is a clean exit");

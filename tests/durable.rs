@@ -94,8 +94,15 @@ fn history(agent: &Agent, query: &str) -> Vec<Value> {
     agent.events(&format!("limit=10000&{query}"))
 }
 
-/// Waits until every container's restart counter equals what docker did (starts - 1).
-fn assert_counts_match(agent: &Agent, rec: &Recorder, names: &[String]) {
+/// Waits until every container's restart counter equals what docker did (starts - 1), then,
+/// after a barrier on `label`, checks each count and history again: exactly, not "at least".
+fn assert_counts_match(
+    agent: &Agent,
+    d: &DockerDaemon,
+    label: &str,
+    rec: &Recorder,
+    names: &[String],
+) {
     let starts = rec.starts();
     for n in names {
         let want = starts.get(n).copied().unwrap_or(0).saturating_sub(1) as f64;
@@ -107,6 +114,17 @@ fn assert_counts_match(agent: &Agent, rec: &Recorder, names: &[String]) {
             Duration::from_secs(20),
             || (history(agent, &format!("container={n}&type=started")).len() == want).then_some(()),
         );
+    }
+    agent.barrier(d, &["--label", label]);
+    for n in names {
+        let want = starts.get(n).copied().unwrap_or(0);
+        agent.assert_metric(
+            "container_restarts_total",
+            &[("container", n)],
+            want.saturating_sub(1) as f64,
+        );
+        let got = history(agent, &format!("container={n}&type=started")).len();
+        assert_eq!(got, want as usize, "{n}: started events after the barrier");
     }
 }
 
@@ -121,8 +139,7 @@ fn restarts_while_the_agent_is_down_continue_the_counter_with_original_times() {
     };
     let label = label();
     let state = state_dir();
-    let filter = ["--container-filter", label.as_str()];
-    let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+    let agent = Agent::on(&*d).state_dir(&state).filter(&label).start();
     let c = d.run("durable", &["--label", &label], LOOP);
     let sel = [("container", c.name.as_str())];
     d.docker_ok(&["restart", "-t", "5", &c.name]);
@@ -135,9 +152,12 @@ fn restarts_while_the_agent_is_down_continue_the_counter_with_original_times() {
         d.docker_ok(&["restart", "-t", "5", &c.name]);
         windows.push((before, chrono_now()));
     }
-    let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+    let agent = Agent::on(&*d).state_dir(&state).filter(&label).start();
     agent.wait_metric("container_restarts_total", &sel, 4.0);
     agent.wait_metric("containers_restarts_total", &[], 4.0);
+    agent.barrier(&*d, &["--label", &label]);
+    agent.assert_metric("container_restarts_total", &sel, 4.0);
+    agent.assert_metric("containers_restarts_total", &[], 4.0);
     let restarted = history(&agent, &format!("container={}&type=restarted", c.name));
     assert_eq!(restarted.len(), 4, "{restarted:?}");
     // Newest first: the last three are the ones done while the agent was down, at their own times.
@@ -177,8 +197,7 @@ fn history_retention_drops_what_aged_out_while_stopped_and_keeps_what_is_new() {
     };
     let label = label();
     let state = state_dir();
-    let filter = ["--container-filter", label.as_str()];
-    let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+    let agent = Agent::on(&*d).state_dir(&state).filter(&label).start();
     let c = d.run("retained", &["--label", &label], LOOP);
     let mine = format!("container={}", c.name);
     wait_for(
@@ -194,11 +213,11 @@ fn history_retention_drops_what_aged_out_while_stopped_and_keeps_what_is_new() {
     wait_for("the events to be 3 s old", Duration::from_secs(20), || {
         (chrono_now() - newest > 3_000_000_000).then_some(())
     });
-    let agent = Agent::start_with_state(
-        &d.socket(),
-        &state,
-        &[filter[0], filter[1], "--history-retention", "3s"],
-    );
+    let agent = Agent::on(&*d)
+        .state_dir(&state)
+        .filter(&label)
+        .args(&["--history-retention", "3s"])
+        .start();
     wait_for(
         "the aged events to leave the history",
         Duration::from_secs(20),
@@ -211,6 +230,9 @@ fn history_retention_drops_what_aged_out_while_stopped_and_keeps_what_is_new() {
         || (history(&agent, &format!("{mine}&type=restarted")).len() == 1).then_some(()),
     );
     agent.wait_metric("container_restarts_total", &[("container", &c.name)], 1.0);
+    agent.barrier(&*d, &["--label", &label]);
+    agent.assert_metric("container_restarts_total", &[("container", &c.name)], 1.0);
+    assert_eq!(history(&agent, &format!("{mine}&type=restarted")).len(), 1);
     drop(c);
     drop(agent);
     let _ = std::fs::remove_dir_all(state);
@@ -243,9 +265,8 @@ fn kill_9_in_the_middle_of_a_burst_loses_and_doubles_nothing() {
     };
     let label = label();
     let state = state_dir();
-    let filter = ["--container-filter", label.as_str()];
     let rec = Recorder::start(&d, &label);
-    let mut agent = Agent::start_with_state(&d.socket(), &state, &filter);
+    let mut agent = Agent::on(&*d).state_dir(&state).filter(&label).start();
     let ctrs: Vec<_> = (0..4)
         .map(|_| d.run("burst", &["--label", &label], LOOP))
         .collect();
@@ -253,12 +274,12 @@ fn kill_9_in_the_middle_of_a_burst_loses_and_doubles_nothing() {
     for i in 0..200 {
         if i == 100 {
             agent.kill9();
-            agent = Agent::spawn(&d.socket(), Some(&state), &filter);
+            agent = Agent::on(&*d).state_dir(&state).filter(&label).spawn();
         }
         act(&d, &names[i % 4], i / 4);
     }
     agent.wait_ready();
-    assert_counts_match(&agent, &rec, &names);
+    assert_counts_match(&agent, &d, &label, &rec, &names);
     let starts: u64 = rec
         .starts()
         .iter()
@@ -266,6 +287,8 @@ fn kill_9_in_the_middle_of_a_burst_loses_and_doubles_nothing() {
         .map(|(_, v)| v - 1)
         .sum();
     agent.wait_metric("containers_restarts_total", &[], starts as f64);
+    agent.barrier(&*d, &["--label", &label]);
+    agent.assert_metric("containers_restarts_total", &[], starts as f64);
     agent.assert_no_duplicate_events();
     drop(ctrs);
     drop(agent);
@@ -280,10 +303,9 @@ fn twenty_agent_restarts_under_a_steady_stream_leave_no_duplicates() {
     };
     let label = label();
     let state = state_dir();
-    let filter = ["--container-filter", label.as_str()];
     let rec = Recorder::start(&d, &label);
     // The agent sees the container from its creation, so every start is in the history.
-    let first = Agent::start_with_state(&d.socket(), &state, &filter);
+    let first = Agent::on(&*d).state_dir(&state).filter(&label).start();
     let c = d.run("steady", &["--label", &label], LOOP);
     let name = c.name.clone();
     first.wait_metric("container_running", &[("container", name.as_str())], 1.0);
@@ -303,13 +325,13 @@ fn twenty_agent_restarts_under_a_steady_stream_leave_no_duplicates() {
         })
     };
     for _ in 0..20 {
-        let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+        let agent = Agent::on(&*d).state_dir(&state).filter(&label).start();
         assert!(agent.stop().success());
     }
     stop.store(true, Ordering::Relaxed);
     stream.join().unwrap();
-    let agent = Agent::start_with_state(&d.socket(), &state, &filter);
-    assert_counts_match(&agent, &rec, std::slice::from_ref(&name));
+    let agent = Agent::on(&*d).state_dir(&state).filter(&label).start();
+    assert_counts_match(&agent, &d, &label, &rec, std::slice::from_ref(&name));
     agent.assert_no_duplicate_events();
     drop(c);
     drop(agent);
@@ -324,8 +346,7 @@ fn a_gap_longer_than_dockers_buffer_is_reported() {
     };
     let label = label();
     let state = state_dir();
-    let filter = ["--container-filter", label.as_str()];
-    let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+    let agent = Agent::on(&*d).state_dir(&state).filter(&label).start();
     let c = d.run("gap", &["--label", &label], LOOP);
     agent.wait_metric("container_running", &[("container", c.name.as_str())], 1.0);
     assert!(agent.stop().success());
@@ -333,10 +354,12 @@ fn a_gap_longer_than_dockers_buffer_is_reported() {
     for i in 0..300 {
         d.docker_ok(&[if i % 2 == 0 { "pause" } else { "unpause" }, &c.name]);
     }
-    let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+    let agent = Agent::on(&*d).state_dir(&state).filter(&label).start();
     agent.wait_metric("lifecycle_agent_events_possibly_missed_total", &[], 1.0);
     agent.wait_metric("container_running", &[("container", c.name.as_str())], 1.0);
     agent.wait_metric("container_paused", &[("container", c.name.as_str())], 0.0);
+    agent.barrier(&*d, &["--label", &label]);
+    agent.assert_metric("lifecycle_agent_events_possibly_missed_total", &[], 1.0);
     drop(c);
     drop(agent);
     let _ = std::fs::remove_dir_all(state);
@@ -366,15 +389,16 @@ fn a_truncated_or_garbage_state_file_is_moved_aside_and_reported() {
     for how in ["garbage", "truncate"] {
         let label = label();
         let state = state_dir();
-        let filter = ["--container-filter", label.as_str()];
-        let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+        let agent = Agent::on(&*d).state_dir(&state).filter(&label).start();
         let c = d.run("corrupt", &["--label", &label], LOOP);
         agent.wait_metric("container_running", &[("container", c.name.as_str())], 1.0);
         assert!(agent.stop().success());
         corrupt(&state, how);
-        let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+        let agent = Agent::on(&*d).state_dir(&state).filter(&label).start();
         agent.wait_metric("lifecycle_agent_store_recoveries_total", &[], 1.0);
         agent.wait_metric("container_running", &[("container", c.name.as_str())], 1.0);
+        agent.barrier(&*d, &["--label", &label]);
+        agent.assert_metric("lifecycle_agent_store_recoveries_total", &[], 1.0);
         let kept = std::fs::read_dir(&state)
             .unwrap()
             .filter_map(|e| e.ok())
@@ -393,13 +417,19 @@ fn a_truncated_or_garbage_state_file_is_moved_aside_and_reported() {
             1.0,
         );
         assert!(agent.stop().success());
-        let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+        let agent = Agent::on(&*d).state_dir(&state).filter(&label).start();
         agent.wait_metric(
             "container_restarts_total",
             &[("container", c.name.as_str())],
             1.0,
         );
         agent.wait_metric("lifecycle_agent_store_recoveries_total", &[], 0.0);
+        agent.barrier(&*d, &["--label", &label]);
+        agent.assert_metric(
+            "container_restarts_total",
+            &[("container", c.name.as_str())],
+            1.0,
+        );
         drop(c);
         drop(agent);
         let _ = std::fs::remove_dir_all(state);
@@ -412,22 +442,12 @@ fn a_second_agent_on_the_same_state_dir_refuses_clearly() {
         return;
     };
     let state = state_dir();
-    let first = Agent::start_with_state(&d.socket(), &state, &[]);
-    let out = Command::new(common::agent_bin())
-        .args([
-            "run",
-            "--socket",
-            d.socket().to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{}", common::free_port()),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("in use by another process"), "{err}");
+    let first = Agent::on(&*d).state_dir(&state).start();
+    let (status, log) = Agent::on(&*d)
+        .state_dir(&state)
+        .run_to_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(log.contains("in use by another process"), "{log}");
     drop(first);
     let _ = std::fs::remove_dir_all(state);
 }

@@ -34,14 +34,20 @@ impl Setup {
 
     /// An agent with `--kube on` against the fake server, tracking this test's containers.
     fn agent(&self, extra: &[&str]) -> Agent {
-        let mut args = vec!["--kube", "on", "--container-filter", &self.filter];
-        args.extend_from_slice(extra);
         let kubeconfig = self.fake.kubeconfig();
-        Agent::start_env(
-            &self.docker.socket(),
-            &args,
-            &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))],
-        )
+        Agent::on(&*self.docker)
+            .ephemeral()
+            .args(&["--kube", "on"])
+            .filter(&self.filter)
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))
+            .start()
+    }
+
+    /// Returns once the agent has applied all the runtime did so far (a sentinel container
+    /// with this test's label): exact counts are read after it.
+    fn settle(&self, agent: &Agent) {
+        agent.barrier(&*self.docker, &["--label", &self.filter]);
     }
 
     /// A container as the kubelet creates one for `pod` (cri-dockerd's name and labels),
@@ -279,7 +285,7 @@ fn allowlisted_annotations_and_labels_are_on_every_series_and_in_the_api() {
             "--json",
             "--url",
         ])
-        .arg(format!("http://127.0.0.1:{}", agent.port))
+        .arg(agent.url())
         .output()
         .expect("events CLI");
     assert!(
@@ -321,7 +327,9 @@ fn kubelet_replacement_stays_one_identity_with_its_pod_metadata() {
     wait_value(&agent, "container_restarts_total", &labels, 1.0);
     drop(first);
     wait_value(&agent, "containers_tracked", &[], 1.0);
+    s.settle(&agent);
     let text = agent.metrics();
+    assert_eq!(metric(&text, "containers_tracked", &[]), Some(1.0));
     let restarts = samples(&text, "container_restarts_total");
     assert_eq!(restarts.len(), 1, "one identity: {restarts:?}");
     assert_eq!(
@@ -365,6 +373,7 @@ fn a_pod_arriving_late_labels_existing_series_and_a_deleted_pod_takes_them_away(
     let labelled = with(id(&p), &[("annotation_team", "shop")]);
     wait_value(&agent, "container_running", &labelled, 1.0);
     wait_value(&agent, "lifecycle_agent_kube_pods", &[], 2.0);
+    s.settle(&agent);
     let text = agent.metrics();
     assert_eq!(
         metric_label(&text, "container_info", p.name(), "container_id"),
@@ -427,6 +436,8 @@ fn api_server_outage_keeps_lifecycle_metrics_and_labels_come_back() {
     // Lifecycle metrics keep flowing; the known pod keeps its labels (no series churn).
     s.docker.cli_ok(&["restart", "-t", "5", &ctr_a.name]);
     wait_value(&agent, "container_restarts_total", &a_labels, 1.0);
+    s.settle(&agent);
+    agent.assert_metric("container_restarts_total", &a_labels, 1.0);
     assert_eq!(
         agent.get("/readyz").0,
         200,
@@ -455,6 +466,12 @@ fn api_server_outage_keeps_lifecycle_metrics_and_labels_come_back() {
         1.0,
     );
     wait_value(&agent, "container_restarts_total", &a_labels, 1.0);
+    s.settle(&agent);
+    agent.assert_metric("container_restarts_total", &a_labels, 1.0);
+    assert_eq!(
+        metric(&agent.metrics(), "containers_restarts_total", &[]),
+        Some(1.0)
+    );
     // Reachability errors are logged once a minute at most (the outage may just cross a
     // minute while the backoff grows), and the recovery once.
     let warned = log_lines(&agent, "cannot follow the node's pods");

@@ -34,9 +34,13 @@ impl Case {
     }
 
     fn agent(&self, extra: &[&str]) -> Agent {
-        let mut args = vec!["--container-filter", &self.label];
-        args.extend_from_slice(extra);
-        Agent::start_on(self.rt.kind(), &self.rt.socket(), &args)
+        Agent::on(&*self.rt).filter(&self.label).args(extra).start()
+    }
+
+    /// Returns once the agent has applied all this case's runtime did so far (a sentinel
+    /// container with the case's label): exact counts are read after it.
+    fn settle(&self, agent: &Agent) -> String {
+        agent.barrier(&*self.rt, &self.opts(&[]))
     }
 
     fn opts<'a>(&'a self, more: &[&'a str]) -> Vec<&'a str> {
@@ -127,12 +131,18 @@ fn restart_counts_exactly_one(case: &Case) {
     agent.wait_metric("container_restarts_total", &c(&ctr.name), 1.0);
     agent.wait_metric("container_running", &c(&ctr.name), 1.0);
     // The restart's own events are all in the history, each once.
-    let ev = wait_for("the restarted event", Duration::from_secs(10), || {
+    wait_for("the restarted event", Duration::from_secs(10), || {
         let ev = history(&agent, &format!("container={}", ctr.name));
         types_of(&ev)
             .contains(&"restarted".to_string())
-            .then_some(ev)
+            .then_some(())
     });
+    case.settle(&agent);
+    agent.assert_metric("container_restarts_total", &c(&ctr.name), 1.0);
+    // And it stays there: a second barrier, the same count.
+    case.settle(&agent);
+    agent.assert_metric("container_restarts_total", &c(&ctr.name), 1.0);
+    let ev = history(&agent, &format!("container={}", ctr.name));
     let t = types_of(&ev);
     assert_eq!(t.iter().filter(|x| *x == "started").count(), 2, "{t:?}");
     assert_eq!(t.iter().filter(|x| *x == "died").count(), 1, "{t:?}");
@@ -163,7 +173,8 @@ fn stop_then_start_counts_one_and_pause_counts_none(case: &Case) {
     agent.wait_metric("container_running", &c(&ctr.name), 1.0);
     case.rt.cli_ok(&["unpause", &ctr.name]);
     agent.wait_metric("container_paused", &c(&ctr.name), 0.0);
-    agent.wait_metric("container_restarts_total", &c(&ctr.name), 0.0);
+    case.settle(&agent);
+    agent.assert_metric("container_restarts_total", &c(&ctr.name), 0.0);
     case.rt.cli_ok(&["stop", "-t", "5", &ctr.name]);
     agent.wait_metric("container_running", &c(&ctr.name), 0.0);
     agent.wait_metric(
@@ -182,6 +193,8 @@ fn stop_then_start_counts_one_and_pause_counts_none(case: &Case) {
     case.rt.cli_ok(&["start", &ctr.name]);
     agent.wait_metric("container_running", &c(&ctr.name), 1.0);
     agent.wait_metric("container_restarts_total", &c(&ctr.name), 1.0);
+    case.settle(&agent);
+    agent.assert_metric("container_restarts_total", &c(&ctr.name), 1.0);
     let m = agent.metrics();
     assert!(common::metric(&m, "container_time_since_start_seconds", &c(&ctr.name)).is_some());
     assert!(
@@ -213,6 +226,9 @@ fn restart_policy_on_failure_counts_each_restart_and_node_total_survives_removal
     ]);
     assert_eq!(inspect, "3 exited");
     agent.wait_metric("containers_restarts_total", &[], 3.0);
+    case.settle(&agent);
+    agent.assert_metric("container_restarts_total", &c(&ctr.name), 3.0);
+    agent.assert_metric("containers_restarts_total", &[], 3.0);
     let stats = agent.json("/api/v1/stats/restarts");
     assert_eq!(stats["total_restarts"], 3);
     assert_eq!(stats["restarts_last_1h"], 3);
@@ -229,6 +245,9 @@ fn restart_policy_on_failure_counts_each_restart_and_node_total_survives_removal
     // The node keeps every restart it saw.
     agent.wait_metric("containers_restarts_total", &[], 3.0);
     agent.wait_metric("containers_tracked", &[], 0.0);
+    case.settle(&agent);
+    agent.assert_metric("containers_restarts_total", &[], 3.0);
+    agent.assert_metric("containers_tracked", &[], 0.0);
 }
 
 /// Docker raises RestartCount when it schedules a policy restart, then waits (100 ms,
@@ -269,6 +288,7 @@ fn an_agent_met_while_docker_backs_off_counts_that_restart_once(case: &Case) {
     );
     agent.wait_metric("container_running", &c(&ctr.name), 1.0);
     assert_eq!(state(), "false 6");
+    case.settle(&agent);
     assert_eq!(
         common::metric(&agent.metrics(), "container_restarts_total", &c(&ctr.name)),
         Some(6.0),
@@ -303,6 +323,8 @@ fn oom_kill_counts_once_with_exit_code_137(case: &Case) {
             &[("container", &ctr.name), ("reason", "oom_killed")],
             1.0,
         );
+        case.settle(&agent);
+        agent.assert_metric("container_oom_kills_total", &c(&ctr.name), 1.0);
         let ev = history(&agent, &format!("container={}&type=oom", ctr.name));
         assert_eq!(ev.len(), 1, "{ev:?}");
         return;
@@ -331,6 +353,7 @@ fn failing_health_check_is_unhealthy_and_in_the_history(case: &Case) {
         &[("container", &ctr.name), ("status", "unhealthy")],
         1.0,
     );
+    case.settle(&agent);
     let ev = history(
         &agent,
         &format!("container={}&type=health_status", ctr.name),
@@ -403,6 +426,9 @@ fn kubelet_style_replacement_is_one_restart_of_the_same_identity(case: &Case) {
     drop(first);
     agent.wait_metric("containers_tracked", &[], 1.0);
     agent.wait_metric("container_restarts_total", &id, 1.0);
+    case.settle(&agent);
+    agent.assert_metric("container_restarts_total", &id, 1.0);
+    agent.assert_metric("containers_tracked", &[], 1.0);
     assert_eq!(
         common::samples(&agent.metrics(), "container_restarts_total").len(),
         1
@@ -426,6 +452,8 @@ fn kubelet_style_replacement_is_one_restart_of_the_same_identity(case: &Case) {
         },
     );
     agent.wait_metric("containers_restarts_total", &[], 1.0);
+    case.settle(&agent);
+    agent.assert_metric("containers_restarts_total", &[], 1.0);
 }
 
 fn events_api_filters_and_names_bad_parameters(case: &Case) {
@@ -436,6 +464,8 @@ fn events_api_filters_and_names_bad_parameters(case: &Case) {
     agent.wait_metric("container_last_exit_code", &c(&a.name), 0.0);
     case.rt.cli_ok(&["kill", &b.name]);
     agent.wait_metric("container_running", &c(&b.name), 0.0);
+    // The sentinel adds its own `created` and `destroyed`: neither is counted below.
+    case.settle(&agent);
 
     let by_a = history(&agent, &format!("container={}", a.name));
     assert_eq!(
@@ -552,6 +582,7 @@ fn a_rename_renames_the_series_without_an_event(case: &Case) {
     );
     assert_eq!(label(&labels, "container"), new_name);
     agent.wait_metric("container_running", &c(&new_name), 1.0);
+    case.settle(&agent);
     let m = agent.metrics();
     assert_eq!(common::metric(&m, "container_running", &c(&old_name)), None);
     assert_eq!(
@@ -607,6 +638,8 @@ fn containers_and_stats_endpoints(case: &Case) {
 
     case.rt.cli_ok(&["restart", "-t", "5", &a.name]);
     agent.wait_metric("container_restarts_total", &c(&a.name), 1.0);
+    case.settle(&agent);
+    agent.assert_metric("container_restarts_total", &c(&a.name), 1.0);
     let r = agent.json("/api/v1/stats/restarts");
     for key in [
         "total_containers",
@@ -640,12 +673,7 @@ fn containers_and_stats_endpoints(case: &Case) {
 
     // The CLI reads the same numbers.
     let out = std::process::Command::new(common::agent_bin())
-        .args([
-            "stats",
-            "--json",
-            "--url",
-            &format!("http://127.0.0.1:{}", agent.port),
-        ])
+        .args(["stats", "--json", "--url", &agent.url()])
         .output()
         .unwrap();
     assert!(
@@ -663,7 +691,7 @@ fn containers_and_stats_endpoints(case: &Case) {
             "--type",
             "restarted",
             "--url",
-            &format!("http://127.0.0.1:{}", agent.port),
+            &agent.url(),
         ])
         .output()
         .unwrap();
@@ -700,10 +728,23 @@ fn clearing_the_history_needs_the_admin_token(case: &Case) {
     assert!(body.contains("before"), "{body}");
     let (status, body) = http(agent.port, "DELETE", "/api/v1/events?before=1h", &auth).unwrap();
     assert_eq!((status, body.trim()), (200, r#"{"cleared":0}"#));
-    let (status, body) = http(agent.port, "DELETE", "/api/v1/events?before=0s", &auth).unwrap();
+    // Everything before the barrier: the container's events, each once.
+    let settled = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let sentinel = case.settle(&agent);
+    let before = format!("/api/v1/events?before={}", settled.replace(':', "%3A"));
+    let (status, body) = http(agent.port, "DELETE", &before, &auth).unwrap();
     assert_eq!(status, 200, "{body}");
     let cleared: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(cleared["cleared"], 3, "create, start, die");
+    let left = history(&agent, "");
+    assert!(
+        left.iter().all(|e| e["name"] == sentinel.as_str()),
+        "{left:?}"
+    );
+    let (status, body) = http(agent.port, "DELETE", "/api/v1/events?before=0s", &auth).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let cleared: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(cleared["cleared"], left.len(), "{body}");
     assert!(history(&agent, "").is_empty());
     let _ = std::fs::remove_file(token);
 }

@@ -28,7 +28,7 @@ fn health_checks_count_status_changes_not_checks() {
         return;
     };
     let l = label("health");
-    let agent = Agent::start_on("podman", &pm.socket(), &["--container-filter", &l]);
+    let agent = Agent::on(&*pm).filter(&l).start();
     // Podman runs health checks from systemd timers, which these machines lack: the test
     // runs each check itself, as the timer would (`podman healthcheck run`).
     let ctr = pm.run(
@@ -67,6 +67,7 @@ fn health_checks_count_status_changes_not_checks() {
         &[("container", &ctr.name), ("status", "healthy")],
         1.0,
     );
+    agent.barrier(&*pm, &["--label", &l]);
     // Podman emitted one health_status event per check; the agent keeps the changes.
     let ev = history(
         &agent,
@@ -103,7 +104,7 @@ fn an_oom_kill_is_exit_137_without_an_oom_event() {
         return;
     };
     let l = label("oom");
-    let agent = Agent::start_on("podman", &pm.socket(), &["--container-filter", &l]);
+    let agent = Agent::on(&*pm).filter(&l).start();
     let ctr = pm.run(
         "oom",
         &["--label", &l, "--memory", "16m", "--memory-swap", "16m"],
@@ -117,6 +118,8 @@ fn an_oom_kill_is_exit_137_without_an_oom_event() {
         1.0,
     );
     agent.wait_metric("container_oom_kills_total", &c(&ctr.name), 0.0);
+    agent.barrier(&*pm, &["--label", &l]);
+    agent.assert_metric("container_oom_kills_total", &c(&ctr.name), 0.0);
     assert_eq!(
         pm.cli_ok(&["inspect", "-f", "{{.State.OOMKilled}}", &ctr.name]),
         "false"
@@ -130,7 +133,7 @@ fn pod_infra_containers_are_not_tracked_and_members_are() {
         return;
     };
     // No label filter: the infra container must be left out by the agent itself.
-    let agent = Agent::start_on("podman", &pm.socket(), &[]);
+    let agent = Agent::on(&*pm).start();
     let pod = common::unique("pod");
     pm.pod_create(&pod, &[]);
     let member = common::unique("member");
@@ -155,18 +158,26 @@ fn pod_infra_containers_are_not_tracked_and_members_are() {
     );
     agent.wait_metric("containers_tracked", &[], 1.0);
     agent.wait_metric("containers_running", &[], 1.0);
+    agent.barrier(&*pm, &[]);
+    agent.assert_metric("containers_tracked", &[], 1.0);
 
     // A pod restart restarts its members (one restart each) and its infra (not tracked).
     pm.cli_ok(&["pod", "restart", &pod]);
     agent.wait_metric("container_restarts_total", &c(&member), 1.0);
     agent.wait_metric("containers_restarts_total", &[], 1.0);
+    agent.barrier(&*pm, &[]);
+    agent.assert_metric("container_restarts_total", &c(&member), 1.0);
+    agent.assert_metric("containers_restarts_total", &[], 1.0);
     pm.cli_ok(&["pod", "stop", "-t", "5", &pod]);
     agent.wait_metric("container_running", &c(&member), 0.0);
 
     // Adopted from list + inspect too: a second agent sees the same single container.
-    let late = Agent::start_on("podman", &pm.socket(), &[]);
+    let late = Agent::on(&*pm).start();
     late.wait_metric("containers_tracked", &[], 1.0);
     late.wait_metric("container_restarts_total", &c(&member), 0.0);
+    late.barrier(&*pm, &[]);
+    late.assert_metric("containers_tracked", &[], 1.0);
+    late.assert_metric("container_restarts_total", &c(&member), 0.0);
     let m = late.metrics();
     assert!(
         common::metric(&m, "container_running", &c(&infra_name)).is_none(),
@@ -189,7 +200,7 @@ fn a_rotating_event_log_is_not_a_lost_connection() {
     let Some(pm) = PodmanService::start_private_with(r#"events_logfile_max_size = "16k""#) else {
         return;
     };
-    let agent = Agent::start_on("podman", &pm.socket(), &[]);
+    let agent = Agent::on(&*pm).start();
     let ctr = pm.run("rotate", &[], LOOP);
     agent.wait_metric("container_running", &c(&ctr.name), 1.0);
     let log = pm.event_log();
@@ -226,6 +237,15 @@ fn a_rotating_event_log_is_not_a_lost_connection() {
         &[("container", &ctr.name), ("event", "unpaused")],
         n,
     );
+    agent.barrier(&*pm, &[]);
+    agent.assert_metric("container_restarts_total", &c(&ctr.name), 1.0);
+    for event in ["paused", "unpaused"] {
+        agent.assert_metric(
+            "container_events_total",
+            &[("container", &ctr.name), ("event", event)],
+            n,
+        );
+    }
     let m = agent.metrics();
     assert_eq!(
         common::metric(&m, "lifecycle_agent_stream_reconnects_total", &[]),
@@ -310,7 +330,7 @@ fn auto_runs_the_podman_source_on_a_podman_socket() {
         return;
     };
     let l = label("auto");
-    let agent = Agent::start_on("auto", &pm.socket(), &["--container-filter", &l]);
+    let agent = Agent::builder("auto", &pm.socket()).filter(&l).start();
     let ctr = pm.run("auto", &["--label", &l], "exit 7");
     agent.wait_metric("container_last_exit_code", &c(&ctr.name), 7.0);
     let ev = history(&agent, &format!("container={}", ctr.name));

@@ -13,7 +13,7 @@ fn survives_a_service_crash_and_counts_actions_while_down_once() {
     let Some(pm) = PodmanService::start_private() else {
         return;
     };
-    let agent = Agent::start_on("podman", &pm.socket(), &[]);
+    let agent = Agent::on(&*pm).start();
     let a = pm.run("crash-a", &[], LOOP);
     agent.wait_metric("container_running", &[("container", &a.name)], 1.0);
     agent.wait_metric("lifecycle_agent_runtime_connected", &[], 1.0);
@@ -57,6 +57,10 @@ fn survives_a_service_crash_and_counts_actions_while_down_once() {
     agent.wait_metric("container_running", &[("container", &a.name)], 1.0);
     agent.wait_metric("container_running", &[("container", &b.name)], 1.0);
     agent.wait_metric("containers_restarts_total", &[], 3.0);
+    agent.barrier(&*pm, &[]);
+    agent.assert_metric("container_restarts_total", &[("container", &a.name)], 1.0);
+    agent.assert_metric("container_restarts_total", &[("container", &b.name)], 2.0);
+    agent.assert_metric("containers_restarts_total", &[], 3.0);
     let m = agent.metrics();
     assert!(
         common::metric(&m, "lifecycle_agent_stream_reconnects_total", &[]).unwrap_or(0.0) >= 1.0
@@ -87,6 +91,10 @@ fn survives_a_service_crash_and_counts_actions_while_down_once() {
         Duration::from_secs(20),
         || (started(&a.name) == 2).then_some(()),
     );
+    // And the counts stay: a second barrier, the same counts.
+    agent.barrier(&*pm, &[]);
+    agent.assert_metric("containers_restarts_total", &[], 3.0);
+    assert_eq!((started(&a.name), started(&b.name)), (2, 3));
     agent.assert_no_duplicate_events();
     // The outage's own events are in the history: replayed, not inferred.
     drop(a);

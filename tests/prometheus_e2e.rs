@@ -54,7 +54,7 @@ fn prometheus_sees_restarts_by_node_and_running_gauges() {
         return;
     };
     let filter = format!("lat.test={}", common::unique("prom"));
-    let agent = Agent::start(&daemon.socket(), &["--container-filter", &filter]);
+    let agent = Agent::on(&*daemon).filter(&filter).start();
     let Some(prom) = Prometheus::start(&config(agent.port, false), &[]) else {
         return;
     };
@@ -101,6 +101,27 @@ fn prometheus_sees_restarts_by_node_and_running_gauges() {
                 && label(m, "namespace").is_none()
                 && label(m, "pod").is_none()
         },
+    );
+
+    // Exactly, once the counts settled: the agent has applied a sentinel container made after
+    // the actions, and Prometheus has scraped it since.
+    agent.barrier(&*daemon, &opts);
+    let settled = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    agent.assert_metric("container_restarts_total", &[("container", &a.name)], 2.0);
+    agent.assert_metric("container_restarts_total", &[("container", &b.name)], 1.0);
+    prom.wait_scraped_after(JOB, settled);
+    prom.assert_sample("sum by (node) (container_restarts_total)", |m, v| {
+        m.len() == 1 && label(m, "node") == Some("test-node") && v == 3.0
+    });
+    prom.assert_sample("sum by (node) (containers_restarts_total)", |m, v| {
+        label(m, "node") == Some("test-node") && v == 3.0
+    });
+    prom.assert_sample(
+        &format!(r#"container_restarts_total{{container="{}"}}"#, a.name),
+        |_, v| v == 2.0,
     );
 
     // The running gauges.
@@ -194,7 +215,7 @@ fn chart_alerts_fire_for_a_crash_looping_container_and_a_lost_agent() {
     let rules = std::fs::read_to_string(&rules).expect("rendered rules");
 
     let filter = format!("lat.test={}", common::unique("alerts"));
-    let agent = Agent::start(&daemon.socket(), &["--container-filter", &filter]);
+    let agent = Agent::on(&*daemon).filter(&filter).start();
     let Some(prom) = Prometheus::start(&config(agent.port, true), &[("rules.yaml", &rules)]) else {
         return;
     };

@@ -3,7 +3,7 @@
 //! live under the service's own directory, and a watchdog stops the service, removes its
 //! containers and deletes the directory when the test process goes away.
 //!
-//! Two quirks of the build machines are configured here (see the shared ENVIRONMENT notes):
+//! Two quirks of the build machines are configured here:
 //! `crun` fails under cgroups v1 hybrid mode, so the runtime is `runc`; and the sandbox lacks
 //! CAP_SYS_RESOURCE, so Podman's default rlimits are lowered.
 
@@ -13,7 +13,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use super::{kill_daemon, require, spawn_watchdog, unix_get, wait_for, Runtime, IMAGE, SEQ};
+use super::runtime::{
+    busybox_rootfs, create_in, kill_daemon, run_in, spawn_watchdog, Ctr, Runtime,
+};
+use super::{require, unix_get, wait_for, IMAGE, SEQ};
 
 /// A private `podman system service`. Restartable: kill it and launch it again on the same
 /// storage; containers keep running under their conmon meanwhile.
@@ -179,7 +182,7 @@ fi"#,
     /// Imports the busybox image (no registry here), with `/bin/infra` as a pod infra
     /// command: Podman's own pause image needs `catatonit`, which these machines lack.
     fn import_image(&self) {
-        let root = super::busybox_rootfs(&self.dir);
+        let root = busybox_rootfs(&self.dir);
         let infra = root.join("bin/infra");
         std::fs::write(
             &infra,
@@ -246,11 +249,11 @@ impl Runtime for PodmanService {
             .expect("run the podman CLI")
     }
 
-    fn run(&self, prefix: &str, opts: &[&str], script: &str) -> super::Ctr<'_> {
-        super::run_in(self, prefix, opts, script)
+    fn run(&self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'_> {
+        run_in(self, prefix, opts, script)
     }
 
-    fn create(&self, prefix: &str, opts: &[&str], script: &str) -> super::Ctr<'_> {
-        super::create_in(self, prefix, opts, script)
+    fn create(&self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'_> {
+        create_in(self, prefix, opts, script)
     }
 }
