@@ -303,10 +303,7 @@ fn run_agent<'a>(img: &'a Image, filter: &str, user: &[&str], uid: Option<u32>) 
     args.push(&img.tag);
     d.docker_ok(&args);
     AgentCtr {
-        ctr: Ctr {
-            rt: d.as_ref(),
-            name,
-        },
+        ctr: Ctr::adopt(d.as_ref(), &name),
         port,
         state,
     }

@@ -59,25 +59,13 @@ impl Setup {
             pod.namespace(),
             pod.uid()
         );
-        let labels = [
-            self.filter.clone(),
-            format!("io.kubernetes.pod.namespace={}", pod.namespace()),
-            format!("io.kubernetes.pod.name={}", pod.name()),
-            format!("io.kubernetes.pod.uid={}", pod.uid()),
-            "io.kubernetes.container.name=web".to_string(),
-            "io.kubernetes.docker.type=container".to_string(),
-            format!("annotation.io.kubernetes.container.restartCount={attempt}"),
-        ];
-        let mut args = vec!["run", "-d", "--network", "none", "--name", &name];
-        for l in &labels {
-            args.extend_from_slice(&["--label", l]);
-        }
-        args.extend_from_slice(&[common::IMAGE, "/bin/sh", "-c", script]);
-        self.docker.cli_ok(&args);
-        Ctr {
-            rt: &*self.docker,
-            name,
-        }
+        self.docker
+            .container("k8s")
+            .named(&name)
+            .label(&self.filter)
+            .pod(pod.namespace(), pod.name(), pod.uid(), "web", attempt)
+            .label("io.kubernetes.docker.type=container")
+            .run(script)
     }
 
     /// Pods of other nodes are never asked for: every list and watch the fake server saw

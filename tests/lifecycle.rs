@@ -371,55 +371,25 @@ fn failing_health_check_is_unhealthy_and_in_the_history(case: &Case) {
     assert_eq!(count, Some(ev.len() as f64));
 }
 
-fn pod_labels<'a>(case: &'a Case, pod: &'a str, uid: &'a str, attempt: &'a str) -> Vec<&'a str> {
-    case.opts(&[
-        "--label",
-        "io.kubernetes.pod.namespace=shop",
-        "--label",
-        pod,
-        "--label",
-        uid,
-        "--label",
-        "io.kubernetes.container.name=web",
-        "--label",
-        attempt,
-    ])
-}
-
 fn kubelet_style_replacement_is_one_restart_of_the_same_identity(case: &Case) {
     let agent = case.agent(&[]);
-    let pod = format!("io.kubernetes.pod.name={}", common::unique("pod"));
-    let uid = format!("io.kubernetes.pod.uid={}", common::unique("uid"));
-    let pod_name = pod
-        .trim_start_matches("io.kubernetes.pod.name=")
-        .to_string();
+    let pod_name = common::unique("pod");
+    let uid = common::unique("uid");
     let id = [
         ("namespace", "shop"),
         ("pod", pod_name.as_str()),
         ("container", "web"),
     ];
-    let first = case.rt.run(
-        "k8s",
-        &pod_labels(
-            case,
-            &pod,
-            &uid,
-            "annotation.io.kubernetes.container.restartCount=0",
-        ),
-        "exit 1",
-    );
+    let attempt = |n| {
+        case.rt
+            .container("k8s")
+            .label(&case.label)
+            .pod("shop", &pod_name, &uid, "web", n)
+    };
+    let first = attempt(0).run("exit 1");
     agent.wait_metric("container_running", &id, 0.0);
     agent.wait_metric("container_restarts_total", &id, 0.0);
-    let second = case.rt.run(
-        "k8s",
-        &pod_labels(
-            case,
-            &pod,
-            &uid,
-            "annotation.io.kubernetes.container.restartCount=1",
-        ),
-        LOOP,
-    );
+    let second = attempt(1).run(LOOP);
     agent.wait_metric("container_running", &id, 1.0);
     agent.wait_metric("container_restarts_total", &id, 1.0);
     // The kubelet removes the old container later: still one identity, one restart.

@@ -26,10 +26,7 @@ fn survives_a_service_crash_and_counts_actions_while_down_once() {
 
     // While the service is down: restart `a`, run `b`, stop and start it.
     pm.local_ok(&["restart", "-t", "5", &a.name]);
-    let b = Ctr {
-        rt: &*pm,
-        name: common::unique("crash-b"),
-    };
+    let b = Ctr::adopt(&*pm, &common::unique("crash-b"));
     pm.local_ok(&[
         "run",
         "-d",

@@ -41,9 +41,7 @@ pub use podman::PodmanService;
 #[allow(unused_imports)]
 pub use prom::{chart_python, render_chart_rules, scrape_config, Prometheus};
 #[allow(unused_imports)]
-pub use runtime::{
-    busybox_rootfs, create_in, kill_daemon, run_in, spawn_watchdog, Ctr, Runtime, LOOP,
-};
+pub use runtime::{busybox_rootfs, kill_daemon, spawn_watchdog, Ctr, CtrBuilder, Runtime, LOOP};
 
 /// The busybox image every test daemon imports (no registry here).
 pub const IMAGE: &str = "lat-busybox:1";

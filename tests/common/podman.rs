@@ -13,9 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use super::runtime::{
-    busybox_rootfs, create_in, kill_daemon, run_in, spawn_watchdog, Ctr, Runtime,
-};
+use super::runtime::{busybox_rootfs, kill_daemon, spawn_watchdog, CtrBuilder, Runtime};
 use super::{require, unix_get, wait_for, IMAGE, SEQ};
 
 /// A private `podman system service`. Restartable: kill it and launch it again on the same
@@ -249,11 +247,7 @@ impl Runtime for PodmanService {
             .expect("run the podman CLI")
     }
 
-    fn run(&self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'_> {
-        run_in(self, prefix, opts, script)
-    }
-
-    fn create(&self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'_> {
-        create_in(self, prefix, opts, script)
+    fn container(&self, prefix: &str) -> CtrBuilder<'_> {
+        CtrBuilder::new(self, prefix)
     }
 }

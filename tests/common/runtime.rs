@@ -30,29 +30,85 @@ pub trait Runtime: Send + Sync {
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     }
 
+    /// A test container to make, with a unique name from `prefix`.
+    fn container(&self, prefix: &str) -> CtrBuilder<'_>;
+
     /// `run -d` with a unique name; `opts` go before the image.
-    fn run(&self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'_>;
+    fn run(&self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'_> {
+        self.container(prefix).opts(opts).run(script)
+    }
 
     /// `create` with a unique name.
-    fn create(&self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'_>;
+    fn create(&self, prefix: &str, opts: &[&str], script: &str) -> Ctr<'_> {
+        self.container(prefix).opts(opts).create(script)
+    }
 }
 
-pub fn run_in<'a>(rt: &'a dyn Runtime, prefix: &str, opts: &[&str], script: &str) -> Ctr<'a> {
-    let name = unique(prefix);
-    let mut args = vec!["run", "-d", "--network", "none", "--name", &name];
-    args.extend_from_slice(opts);
-    args.extend_from_slice(&[IMAGE, "/bin/sh", "-c", script]);
-    rt.cli_ok(&args);
-    Ctr { rt, name }
+/// A test container to make: its name, labels and options, then `run` or `create` it with a
+/// shell script on the busybox image (`--network none` always).
+pub struct CtrBuilder<'a> {
+    rt: &'a dyn Runtime,
+    name: String,
+    opts: Vec<String>,
 }
 
-pub fn create_in<'a>(rt: &'a dyn Runtime, prefix: &str, opts: &[&str], script: &str) -> Ctr<'a> {
-    let name = unique(prefix);
-    let mut args = vec!["create", "--network", "none", "--name", &name];
-    args.extend_from_slice(opts);
-    args.extend_from_slice(&[IMAGE, "/bin/sh", "-c", script]);
-    rt.cli_ok(&args);
-    Ctr { rt, name }
+impl<'a> CtrBuilder<'a> {
+    /// A container named uniquely after `prefix`.
+    pub fn new(rt: &'a dyn Runtime, prefix: &str) -> Self {
+        CtrBuilder {
+            rt,
+            name: unique(prefix),
+            opts: Vec::new(),
+        }
+    }
+
+    /// This exact name instead (e.g. the kubelet's naming), unique by the caller's care.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    /// A label, `KEY=VALUE`.
+    pub fn label(self, label: &str) -> Self {
+        self.opts(&["--label", label])
+    }
+
+    /// The labels the kubelet puts on a container of a pod (`namespace/pod` with `uid`),
+    /// `attempt` being its restart ordinal (cri-dockerd's restartCount annotation).
+    pub fn pod(self, namespace: &str, pod: &str, uid: &str, container: &str, attempt: u32) -> Self {
+        self.label(&format!("io.kubernetes.pod.namespace={namespace}"))
+            .label(&format!("io.kubernetes.pod.name={pod}"))
+            .label(&format!("io.kubernetes.pod.uid={uid}"))
+            .label(&format!("io.kubernetes.container.name={container}"))
+            .label(&format!(
+                "annotation.io.kubernetes.container.restartCount={attempt}"
+            ))
+    }
+
+    /// More CLI options, before the image.
+    pub fn opts(mut self, opts: &[&str]) -> Self {
+        self.opts.extend(opts.iter().map(|o| o.to_string()));
+        self
+    }
+
+    /// `run -d`: started.
+    pub fn run(self, script: &str) -> Ctr<'a> {
+        self.make(&["run", "-d"], script)
+    }
+
+    /// `create`: never started.
+    pub fn create(self, script: &str) -> Ctr<'a> {
+        self.make(&["create"], script)
+    }
+
+    fn make(self, verb: &[&str], script: &str) -> Ctr<'a> {
+        let mut args: Vec<&str> = verb.to_vec();
+        args.extend_from_slice(&["--network", "none", "--name", &self.name]);
+        args.extend(self.opts.iter().map(String::as_str));
+        args.extend_from_slice(&[IMAGE, "/bin/sh", "-c", script]);
+        self.rt.cli_ok(&args);
+        Ctr::adopt(self.rt, &self.name)
+    }
 }
 
 /// A folder with busybox and every applet as a symlink: the test image's root (no registry).
@@ -120,6 +176,16 @@ pub fn kill_daemon(pidfile: &Path, watchdog: &Mutex<Option<Child>>, what: &str) 
 pub struct Ctr<'a> {
     pub rt: &'a dyn Runtime,
     pub name: String,
+}
+
+impl<'a> Ctr<'a> {
+    /// Takes charge of a container made some other way (removed when dropped).
+    pub fn adopt(rt: &'a dyn Runtime, name: &str) -> Ctr<'a> {
+        Ctr {
+            rt,
+            name: name.to_string(),
+        }
+    }
 }
 
 impl Drop for Ctr<'_> {
