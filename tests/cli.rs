@@ -100,12 +100,69 @@ fn run_without_a_runtime_says_what_it_tried_and_how_to_point_it() {
         (status == 503 && body.contains("no container runtime reachable")).then_some(body)
     });
     assert!(body.contains("--socket"), "{body}");
+    // Alive all the same: liveness does not depend on the runtime.
+    assert_eq!(agent.get("/healthz"), (200, "ok\n".to_string()));
     let text = agent.log_text();
     assert!(
         text.contains("/nonexistent/docker.sock") && text.contains("Point the agent at a socket"),
         "{text}"
     );
     assert!(agent.stop().success());
+}
+
+#[test]
+fn version_names_the_package_version() {
+    let out = agent(&["--version"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("lifecycle-agent {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// The node name the agent reports (`/api/v1/containers`' `node`) and whether its log is JSON.
+fn node_and_json_log(file: &Path, env: &[(&str, &str)], flags: &[&str]) -> (String, bool) {
+    let mut b = common::Agent::builder("docker", "/nonexistent/docker.sock")
+        .ephemeral()
+        .without_node_name()
+        .args(&["--config", file.to_str().expect("utf-8 path")])
+        .args(flags);
+    for (k, v) in env {
+        b = b.env(k, v);
+    }
+    let agent = b.spawn();
+    let node = agent.json("/api/v1/containers")["node"]
+        .as_str()
+        .expect("node")
+        .to_string();
+    let (status, text) = agent.stop_with_log();
+    assert!(status.success(), "{text}");
+    let first = text.lines().next().unwrap_or_default();
+    let json = serde_json::from_str::<serde_json::Value>(first).is_ok();
+    (node, json)
+}
+
+#[test]
+fn a_flag_wins_over_env_and_env_over_the_file() {
+    let f = config_file("node_name: from-file\nlog_format: text\n");
+    let path = f.path();
+    assert_eq!(
+        node_and_json_log(path, &[], &[]),
+        ("from-file".to_string(), false)
+    );
+    let env = [("NODE_NAME", "from-env"), ("LIFECYCLE_LOG_FORMAT", "json")];
+    assert_eq!(
+        node_and_json_log(path, &env, &[]),
+        ("from-env".to_string(), true)
+    );
+    assert_eq!(
+        node_and_json_log(
+            path,
+            &env,
+            &["--node-name", "from-flag", "--log-format", "text"]
+        ),
+        ("from-flag".to_string(), false)
+    );
 }
 
 #[test]

@@ -446,7 +446,7 @@ fn a_second_agent_on_the_same_state_dir_refuses_clearly() {
     let (status, log) = Agent::on(&*d)
         .state_dir(&state)
         .run_to_exit(Duration::from_secs(30));
-    assert!(!status.success());
+    assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("in use by another process"), "{log}");
     drop(first);
     let _ = std::fs::remove_dir_all(state);

@@ -438,6 +438,8 @@ fn events_api_filters_and_names_bad_parameters(case: &Case) {
     case.settle(&agent);
 
     let by_a = history(&agent, &format!("container={}", a.name));
+    let whole = agent.json(&format!("/api/v1/events?container={}", a.name));
+    assert_eq!(whole["truncated"], false, "{whole}");
     assert_eq!(
         types_of(&by_a),
         vec!["created", "started", "died"],
@@ -696,6 +698,13 @@ fn clearing_the_history_needs_the_admin_token(case: &Case) {
     let (status, body) = http(agent.port, "DELETE", "/api/v1/events", &auth).unwrap();
     assert_eq!(status, 400);
     assert!(body.contains("before"), "{body}");
+    for bad in ["yesterday", "7x", "2024-13-01T00%3A00%3A00Z"] {
+        let path = format!("/api/v1/events?before={bad}");
+        let (status, body) = http(agent.port, "DELETE", &path, &auth).unwrap();
+        assert_eq!(status, 400, "before={bad}: {body}");
+        assert!(body.contains("before"), "before={bad}: {body}");
+    }
+    assert_eq!(history(&agent, &format!("container={}", ctr.name)).len(), 3);
     let (status, body) = http(agent.port, "DELETE", "/api/v1/events?before=1h", &auth).unwrap();
     assert_eq!((status, body.trim()), (200, r#"{"cleared":0}"#));
     // Everything before the barrier: the container's events, each once.

@@ -330,7 +330,7 @@ fn auto_runs_the_podman_source_on_a_podman_socket() {
         return;
     };
     let l = label("auto");
-    let agent = Agent::builder("auto", &pm.socket()).filter(&l).start();
+    let agent = Agent::builder("auto", pm.socket()).filter(&l).start();
     let ctr = pm.run("auto", &["--label", &l], "exit 7");
     agent.wait_metric("container_last_exit_code", &c(&ctr.name), 7.0);
     let ev = history(&agent, &format!("container={}", ctr.name));

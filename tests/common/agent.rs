@@ -38,7 +38,8 @@ enum StateDir {
 /// over the environment): the machine's own kubeconfig or cluster must never leak into a test.
 pub struct AgentBuilder {
     kind: String,
-    socket: PathBuf,
+    socket: String,
+    node_name: Option<String>,
     state: StateDir,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -60,6 +61,12 @@ impl AgentBuilder {
     /// Tracks only containers carrying `label` (`KEY=VALUE`): tests share a daemon safely.
     pub fn filter(self, label: &str) -> Self {
         self.args(&["--container-filter", label])
+    }
+
+    /// No `--node-name`: the agent takes it from the environment, the file or the host.
+    pub fn without_node_name(mut self) -> Self {
+        self.node_name = None;
+        self
     }
 
     /// More flags after the harness's own.
@@ -124,16 +131,17 @@ impl AgentBuilder {
             "--runtime".into(),
             self.kind,
             "--socket".into(),
-            self.socket.display().to_string(),
+            self.socket,
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--ready-file".into(),
             dir.join(READY_FILE).display().to_string(),
-            "--node-name".into(),
-            NODE.into(),
             "--log-level".into(),
             "lifecycle_agent=debug".into(),
         ];
+        if let Some(node) = self.node_name {
+            args.extend(["--node-name".into(), node]);
+        }
         match &self.state {
             StateDir::Fresh => args.extend([
                 "--state-dir".into(),
@@ -179,14 +187,16 @@ pub struct Agent {
 impl Agent {
     /// An agent watching `rt` (as `--runtime KIND --socket SOCKET`), with a fresh state dir.
     pub fn on(rt: &dyn Runtime) -> AgentBuilder {
-        Agent::builder(rt.kind(), &rt.socket())
+        Agent::builder(rt.kind(), rt.socket())
     }
 
-    /// An agent as `--runtime kind` (`auto` too) on `socket`, with a fresh state dir.
-    pub fn builder(kind: &str, socket: &Path) -> AgentBuilder {
+    /// An agent as `--runtime kind` (`auto` too) on `socket` (a path or a `unix://` or
+    /// `tcp://` URL), with a fresh state dir.
+    pub fn builder(kind: &str, socket: impl AsRef<std::ffi::OsStr>) -> AgentBuilder {
         AgentBuilder {
             kind: kind.to_string(),
-            socket: socket.to_path_buf(),
+            socket: socket.as_ref().to_string_lossy().into_owned(),
+            node_name: Some(NODE.to_string()),
             state: StateDir::Fresh,
             args: Vec::new(),
             env: Vec::new(),
@@ -344,6 +354,12 @@ impl Agent {
     /// SIGTERM, and the exit status.
     pub fn stop(mut self) -> ExitStatus {
         self.terminate()
+    }
+
+    /// SIGTERM; the exit status and the whole log, shutdown included.
+    pub fn stop_with_log(mut self) -> (ExitStatus, String) {
+        let status = self.terminate();
+        (status, self.log_text())
     }
 
     fn terminate(&mut self) -> ExitStatus {

@@ -15,12 +15,24 @@ use super::{require, unix_get, wait_for, IMAGE, SEQ};
 pub struct DockerDaemon {
     pub dir: PathBuf,
     namespace: String,
+    /// Also listening on `tcp://127.0.0.1:PORT` (no TLS: loopback only).
+    pub tcp_port: Option<u16>,
     watchdog: Mutex<Option<Child>>,
 }
 
 impl DockerDaemon {
     /// Starts a daemon of its own (for tests that kill it).
     pub fn start_private() -> Option<Arc<DockerDaemon>> {
+        DockerDaemon::start(None)
+    }
+
+    /// A daemon of its own that also answers on `tcp://127.0.0.1:PORT`, as a remote Docker
+    /// host does. (The port is probed free first: a test taking it meanwhile fails the start.)
+    pub fn start_private_tcp() -> Option<Arc<DockerDaemon>> {
+        DockerDaemon::start(Some(super::free_port()))
+    }
+
+    fn start(tcp_port: Option<u16>) -> Option<Arc<DockerDaemon>> {
         if !require("dockerd") || !require("docker") {
             return None;
         }
@@ -31,6 +43,7 @@ impl DockerDaemon {
         let d = Arc::new(DockerDaemon {
             dir,
             namespace: format!("lat{}x{n}", std::process::id()),
+            tcp_port,
             watchdog: Mutex::new(None),
         });
         d.launch();
@@ -62,8 +75,12 @@ impl DockerDaemon {
         let _ = std::fs::remove_file(self.dir.join("exec/containerd/containerd.pid"));
         let d = self.dir.display();
         let ns = &self.namespace;
+        let tcp = self
+            .tcp_port
+            .map(|p| format!("-H tcp://127.0.0.1:{p}"))
+            .unwrap_or_default();
         let script = format!(
-            r#"dockerd --data-root {d}/data --exec-root {d}/exec --pidfile {d}/docker.pid -H unix://{d}/docker.sock \
+            r#"dockerd --data-root {d}/data --exec-root {d}/exec --pidfile {d}/docker.pid -H unix://{d}/docker.sock {tcp} \
  --bridge=none --iptables=false --ip-masq=false --containerd-namespace {ns} --containerd-plugins-namespace {ns}p \
  >>{d}/dockerd.log 2>&1 &
 dpid=$!
