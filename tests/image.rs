@@ -11,9 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{
-    free_port, get, unique, wait_for, wait_metric_at, wait_ready_at, Ctr, DockerDaemon, Runtime,
-};
+use common::{get, unique, wait_for, wait_metric_at, wait_ready_at, Ctr, DockerDaemon, Runtime};
 
 #[cfg(target_arch = "x86_64")]
 const ARCH: (&str, &str) = ("x86_64-unknown-linux-gnu", "amd64");
@@ -257,10 +255,10 @@ impl AgentCtr<'_> {
 
 /// Runs the image as the chart does: configuration through the environment only, read-only
 /// root, no capabilities, no privilege escalation, the socket (read-only) and the state
-/// directory mounted. Host networking, with the agent bound to 127.0.0.1 only.
+/// directory mounted. Host networking, with the agent bound to 127.0.0.1 only, on a port of
+/// its choosing that it writes to a ready file in the state directory (`--ready-file`).
 fn run_agent<'a>(img: &'a Image, filter: &str, user: &[&str], uid: Option<u32>) -> AgentCtr<'a> {
     let d = &img.daemon;
-    let port = free_port();
     let state = tempfile::tempdir().expect("state dir");
     if let Some(uid) = uid {
         std::os::unix::fs::chown(state.path(), Some(uid), Some(uid)).expect("chown the state dir");
@@ -272,7 +270,8 @@ fn run_agent<'a>(img: &'a Image, filter: &str, user: &[&str], uid: Option<u32>) 
         "NODE_NAME=image-node".to_string(),
         "LIFECYCLE_RUNTIME=docker".into(),
         "LIFECYCLE_SOCKET=/var/run/docker.sock".into(),
-        format!("LIFECYCLE_LISTEN=127.0.0.1:{port}"),
+        "LIFECYCLE_LISTEN=127.0.0.1:0".into(),
+        "LIFECYCLE_READY_FILE=/var/lib/lifecycle-agent/addr".into(),
         "LIFECYCLE_STATE_DIR=/var/lib/lifecycle-agent".into(),
         "LIFECYCLE_KUBE=off".into(),
         format!("LIFECYCLE_CONTAINER_FILTER={filter}"),
@@ -302,9 +301,26 @@ fn run_agent<'a>(img: &'a Image, filter: &str, user: &[&str], uid: Option<u32>) 
     }
     args.push(&img.tag);
     d.docker_ok(&args);
+    let ctr = Ctr::adopt(d.as_ref(), &name);
+    let ready = state.path().join("addr");
+    let addr: std::net::SocketAddr = wait_for(
+        &format!("the agent container {name} to write its address"),
+        Duration::from_secs(30),
+        || {
+            if let Some(addr) = std::fs::read_to_string(&ready)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                return Some(addr);
+            }
+            let running = d.docker_ok(&["inspect", "-f", "{{.State.Running}}", &name]);
+            assert_eq!(running, "true", "the agent container exited at start");
+            None
+        },
+    );
     AgentCtr {
-        ctr: Ctr::adopt(d.as_ref(), &name),
-        port,
+        ctr,
+        port: addr.port(),
         state,
     }
 }
