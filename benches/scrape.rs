@@ -10,7 +10,7 @@ use lifecycle_agent::config::{Config, RunArgs};
 use lifecycle_agent::event::{
     ContainerLabels, EventKind, PodRef, RuntimeEvent, SourceEvent, Subject,
 };
-use lifecycle_agent::history::{parse_types, EventQuery};
+use lifecycle_agent::history::query::{parse_types, EventQuery};
 use lifecycle_agent::kube::pods::{PodIndex, PodMeta};
 use lifecycle_agent::kube::KubeState;
 use lifecycle_agent::metrics;

@@ -14,12 +14,13 @@ use serde_json::json;
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::history::{EventQuery, HistoryEvent, RawEventQuery};
+use crate::history::query::{EventQuery, RawEventQuery};
+use crate::history::HistoryEvent;
 use crate::kube::pods::{ApiFields, PodIndex};
 use crate::kube::KubeState;
 use crate::state::{HistoryClearer, StateReader};
 use crate::time::{now_nanos, parse_time_or_ago};
-use crate::tracker::IdentityView;
+use crate::tracker::view::IdentityView;
 use crate::{metrics, stats};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

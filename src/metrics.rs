@@ -26,7 +26,7 @@ use crate::labels::cut_label_value;
 use crate::process::ProcessStats;
 use crate::state::StateReader;
 use crate::time::{now_nanos, NANOS_PER_SEC};
-use crate::tracker::{IdentityView, NodeCounts};
+use crate::tracker::view::{IdentityView, NodeCounts};
 
 #[derive(Debug)]
 pub struct LifecycleCollector {

@@ -21,7 +21,9 @@ use crate::event::{Lookup, RuntimeKind, SourceEvent};
 use crate::history::HistoryLimits;
 use crate::runtime::RuntimeInfo;
 use crate::time::now_nanos;
-use crate::tracker::{Applied, Delta, ReconcileReport, Saved, Tracker};
+use crate::tracker::persist::{Delta, Saved};
+use crate::tracker::reconcile::ReconcileReport;
+use crate::tracker::{Applied, Tracker};
 
 /// Whether the runtime's initial sync is done and its stream connected (`/readyz`).
 #[derive(Debug, Clone)]
