@@ -2,15 +2,16 @@
 every object against strict schemas.
 
 No helm binary and no API server exist on the test machines: `helm-python-sdk` bundles the Helm
-SDK, and the schemas come from `../shared/k8s/` (relative to the repository root) plus
-`kubernetes-validate` for the core kinds the shared set lacks (NetworkPolicy).
+SDK, and the schemas are vendored under `tests/chart/k8s/` (see its README.md: where they come
+from, how to refresh them) plus `kubernetes-validate` for the core kinds that set lacks
+(NetworkPolicy).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,9 @@ NAMESPACE = "monitoring"
 KUBE_VERSION = "1.33.0"
 
 
-def shared_dir() -> Path:
-    """`shared/` beside the repository (CI: a copy of it beside the fresh clone)."""
-    return Path(os.environ.get("LIFECYCLE_SHARED_DIR") or REPO.parent / "shared")
-
-
 def k8s_dir() -> Path:
-    return shared_dir() / "k8s"
+    """The vendored strict schemas and CRDs (inside the repository: a bare clone passes)."""
+    return Path(__file__).resolve().parent / "k8s"
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -142,7 +139,7 @@ CRD_SCHEMAS = {
         "monitoring.coreos.com/prometheusrule_v1.json",
         "v0.88.1-minified/monitoring.coreos.com_prometheusrules.yaml"),
 }
-# Core kinds the shared set has no schema for: kubernetes-validate's strict schemas.
+# Core kinds the vendored set has no schema for: kubernetes-validate's strict schemas.
 KUBERNETES_VALIDATE_ONLY = {("networking.k8s.io/v1", "NetworkPolicy")}
 
 _cache: dict[str, Any] = {}
@@ -221,7 +218,8 @@ def schema_files() -> list[Path]:
 
 
 def verify_checksums() -> None:
-    """The schema files are the ones `SHA256SUMS` names (not edited to make a chart pass)."""
+    """The schema files are the ones `SHA256SUMS` names (not edited to make a chart pass), and
+    every vendored file is covered by it."""
     sums = {}
     for line in (k8s_dir() / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split(maxsplit=1)
@@ -229,6 +227,12 @@ def verify_checksums() -> None:
     for f in schema_files():
         rel = f.relative_to(k8s_dir()).as_posix()
         assert rel in sums, f"{rel} is not in SHA256SUMS"
+    vendored = sorted(p for p in k8s_dir().rglob("*")
+                      if p.is_file() and p.name not in ("SHA256SUMS", "README.md"))
+    assert {p.relative_to(k8s_dir()).as_posix() for p in vendored} == set(sums), \
+        "SHA256SUMS and the vendored files differ"
+    for f in vendored:
+        rel = f.relative_to(k8s_dir()).as_posix()
         assert hashlib.sha256(f.read_bytes()).hexdigest() == sums[rel], f"{rel}: checksum mismatch"
 
 
@@ -237,13 +241,16 @@ def prometheus_rule_groups(rendered: Rendered) -> dict[str, Any]:
     return {"groups": rendered.one("PrometheusRule")["spec"]["groups"]}
 
 
-def spec_env_names() -> set[str]:
-    """Environment variables of `lifecycle-agent run` named in SPEC section 2."""
+def agent_env_names() -> set[str]:
+    """Environment variables of `lifecycle-agent run`: the env column of the README's
+    Configuration table (the agent's documented interface)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
     names = set()
-    text = (shared_dir() / "SPEC.md").read_text()
-    section = text.split("## 2.", 1)[1].split("## 3.", 1)[0]
     for line in section.splitlines():
-        for word in line.split():
-            if word == "NODE_NAME" or (word.startswith("LIFECYCLE_") and word.isupper()):
-                names.add(word)
+        cells = [c.strip() for c in line.replace("\\|", "/").strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("`--"):
+            names.update(re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[1]))
+    assert "NODE_NAME" in names and "LIFECYCLE_RUNTIME" in names, \
+        "README's Configuration table not found or changed shape"
     return names

@@ -1,5 +1,6 @@
 """The Helm chart, offline: rendered by Helm's SDK, linted strictly, its values schema, every
-object against strict schemas, the SPEC section 7 contract, and the alert rules with promtool."""
+object against strict schemas, the DaemonSet contract the README describes, and the alert rules
+with promtool."""
 
 from __future__ import annotations
 
@@ -168,7 +169,7 @@ def test_every_value_in_values_yaml_is_in_the_schema():
     walk(schema, defaults, "")
 
 
-# --- the SPEC section 7 contract ----------------------------------------------------------
+# --- the DaemonSet contract (README "Kubernetes: the Helm chart") ----------------------------------------------------------
 
 
 def test_daemonset_defaults_follow_the_contract():
@@ -217,9 +218,9 @@ def test_daemonset_defaults_follow_the_contract():
     assert not pod.get("hostNetwork") and not pod.get("hostPID")
 
     # Configuration through the environment only (an unknown variable is ignored by older
-    # agents, an unknown flag is fatal), and every variable is one SPEC section 2 names.
+    # agents, an unknown flag is fatal), and every variable is one the README's Configuration table names.
     assert agent["args"] == ["run"]
-    assert set(env) <= chartlib.spec_env_names(), set(env) - chartlib.spec_env_names()
+    assert set(env) <= chartlib.agent_env_names(), set(env) - chartlib.agent_env_names()
 
     # Labels users know from the prometheus-node-exporter chart.
     labels = ds["spec"]["template"]["metadata"]["labels"]
@@ -294,12 +295,12 @@ def test_every_agent_setting_is_reachable_from_values():
     assert ds["spec"]["template"]["metadata"]["labels"]["tier"] == "node-agent"
     assert ds["spec"]["template"]["metadata"]["labels"]["team"] == "platform"
 
-    # Across the scenarios, every variable of `lifecycle-agent run` in SPEC section 2 is set.
+    # Across the scenarios, every variable of `lifecycle-agent run` the README documents is set.
     seen = set()
     for path in SCENARIOS:
         d = render(scenario_values(path)).one("DaemonSet")
         seen |= set(env_of(container(d, "agent")))
-    assert chartlib.spec_env_names() <= seen, chartlib.spec_env_names() - seen
+    assert chartlib.agent_env_names() <= seen, chartlib.agent_env_names() - seen
 
 
 def test_podman_and_non_root():
