@@ -139,6 +139,11 @@ CRD_SCHEMAS = {
         "monitoring.coreos.com/prometheusrule_v1.json",
         "v0.88.1-minified/monitoring.coreos.com_prometheusrules.yaml"),
 }
+# Kinds of other APIs with a strict JSON schema of their own.
+OTHER_SCHEMAS = {
+    ("autoscaling.k8s.io/v1", "VerticalPodAutoscaler"):
+        "autoscaling.k8s.io/verticalpodautoscaler_v1.json",
+}
 # Core kinds the vendored set has no schema for: kubernetes-validate's strict schemas.
 KUBERNETES_VALIDATE_ONLY = {("networking.k8s.io/v1", "NetworkPolicy")}
 
@@ -196,6 +201,9 @@ def validate_object(obj: dict[str, Any]) -> list[str]:
     if key in CORE_SCHEMAS:
         _check(_json_schema(CORE_SCHEMAS[key]), obj, f"{what} ({CORE_SCHEMAS[key]})")
         used.append(CORE_SCHEMAS[key])
+    if key in OTHER_SCHEMAS:
+        _check(_json_schema(OTHER_SCHEMAS[key]), obj, f"{what} ({OTHER_SCHEMAS[key]})")
+        used.append(OTHER_SCHEMAS[key])
     if key in CRD_SCHEMAS:
         strict_json, newer_crd = CRD_SCHEMAS[key]
         _check(_json_schema(strict_json), obj, f"{what} ({strict_json})")
@@ -212,7 +220,8 @@ def validate_object(obj: dict[str, Any]) -> list[str]:
 
 
 def schema_files() -> list[Path]:
-    return [k8s_dir() / "schemas" / rel for rel in CORE_SCHEMAS.values()] + [
+    return [k8s_dir() / "schemas" / rel
+            for rel in list(CORE_SCHEMAS.values()) + list(OTHER_SCHEMAS.values())] + [
         k8s_dir() / d / rel for pair in CRD_SCHEMAS.values()
         for d, rel in zip(("schemas", "crds"), pair)]
 
