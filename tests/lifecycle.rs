@@ -591,6 +591,8 @@ fn containers_and_stats_endpoints(case: &Case) {
     agent.wait_metric("container_running", &c(&a.name), 1.0);
     agent.wait_metric("containers_tracked", &[], 2.0);
     agent.wait_metric("containers_stopped", &[], 1.0);
+    case.settle(&agent);
+    agent.assert_metric("containers_tracked", &[], 2.0);
     let list = agent.json("/api/v1/containers");
     assert_eq!(list["containers"].as_array().unwrap().len(), 2);
     assert_eq!(list["node"], "test-node");
