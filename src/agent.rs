@@ -14,7 +14,7 @@ use crate::event::RuntimeKind;
 use crate::history::HistoryLimits;
 use crate::kube::{self, KubeState};
 use crate::runtime::discovery::{self, Candidate, RuntimeChoice};
-use crate::runtime::{watch, AnySource, RuntimeInfo};
+use crate::runtime::{watch, AnySource, RuntimeInfo, SourceOptions};
 use crate::store::Store;
 use crate::time::now_nanos;
 use crate::tracker::{Applied, Delta, Tracker};
@@ -96,6 +96,8 @@ impl Shared {
                 // Until a socket answers (or a saved state says otherwise): what was asked for.
                 match config.runtime {
                     RuntimeChoice::Podman => RuntimeKind::Podman,
+                    RuntimeChoice::Containerd => RuntimeKind::Containerd,
+                    RuntimeChoice::Crio => RuntimeKind::Crio,
                     RuntimeChoice::Docker | RuntimeChoice::Auto => RuntimeKind::Docker,
                 },
                 HistoryLimits {
@@ -180,7 +182,11 @@ pub async fn run(config: Config) -> Result<()> {
         let cands = discovery::candidates(config.runtime, config.socket.as_deref(), |k| {
             std::env::var(k).ok()
         });
-        let filter = config.container_filter.clone();
+        let options = SourceOptions {
+            filter: config.container_filter.clone(),
+            containerd_namespaces: config.containerd_namespaces.clone(),
+            generic_cri: config.runtime == RuntimeChoice::Crio,
+        };
         let choice = config.runtime;
         tokio::spawn(
             async move {
@@ -190,7 +196,7 @@ pub async fn run(config: Config) -> Result<()> {
                 if !discovery::matches_choice(choice, info.runtime) {
                     warn!(endpoint = %candidate.endpoint, runtime = %info.runtime, asked = ?choice, "the socket belongs to another runtime than asked for; following what answers there");
                 }
-                let source = AnySource::for_runtime(info.runtime, &candidate.endpoint, filter);
+                let source = AnySource::for_runtime(info.runtime, &candidate.endpoint, options);
                 watch::run(source, shared, stop).await;
             }
             .instrument(info_span!("runtime")),

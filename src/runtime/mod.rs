@@ -1,6 +1,8 @@
 //! Runtime event sources: the interface every runtime implements, runtime discovery, the
 //! mapping of runtime action words onto SPEC section 4, and the reconnect/replay loop.
 
+pub mod containerd;
+pub mod cri;
 pub mod discovery;
 pub mod docker;
 pub mod podman;
@@ -12,6 +14,8 @@ use std::future::Future;
 use futures_util::stream::BoxStream;
 
 use crate::event::{EventKind, Health, RuntimeKind, SourceEvent};
+use containerd::ContainerdSource;
+use cri::CriSource;
 use docker::DockerSource;
 use podman::PodmanSource;
 use snapshot::ContainerSnapshot;
@@ -69,6 +73,13 @@ pub trait Source: Send + Sync + 'static {
     /// Where it connects, for messages.
     fn endpoint(&self) -> &str;
 
+    /// Whether `events` can reach into the past (Docker's ring, Podman's log). Without it
+    /// (containerd, CRI) a reconnect or a restart goes straight to the reconciliation, which
+    /// counts what happened meanwhile from the runtime's state.
+    fn replays(&self) -> bool {
+        true
+    }
+
     /// Connects (negotiating the API version) and says what answered.
     fn connect(&mut self) -> impl Future<Output = Result<RuntimeInfo, SourceError>> + Send;
 
@@ -101,30 +112,64 @@ pub trait Source: Send + Sync + 'static {
 pub enum AnySource {
     Docker(DockerSource),
     Podman(PodmanSource),
+    Containerd(ContainerdSource),
+    Cri(CriSource),
+}
+
+/// What a source is told besides its socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceOptions {
+    pub filter: ContainerFilter,
+    /// containerd namespaces to follow (`--containerd-namespaces`).
+    pub containerd_namespaces: Vec<String>,
+    /// The generic CRI path was asked for (`--runtime crio`): it is used whatever CRI
+    /// runtime answers, containerd included.
+    pub generic_cri: bool,
 }
 
 impl AnySource {
-    pub fn for_runtime(runtime: RuntimeKind, endpoint: &str, filter: ContainerFilter) -> AnySource {
+    pub fn for_runtime(runtime: RuntimeKind, endpoint: &str, options: SourceOptions) -> AnySource {
+        let SourceOptions {
+            filter,
+            containerd_namespaces,
+            generic_cri,
+        } = options;
         match runtime {
             RuntimeKind::Docker => AnySource::Docker(DockerSource::new(endpoint, filter)),
             RuntimeKind::Podman => AnySource::Podman(PodmanSource::new(endpoint, filter)),
+            RuntimeKind::Containerd if !generic_cri => AnySource::Containerd(
+                ContainerdSource::new(endpoint, filter, containerd_namespaces),
+            ),
+            RuntimeKind::Containerd | RuntimeKind::Crio => {
+                AnySource::Cri(CriSource::new(endpoint, filter))
+            }
         }
     }
+}
+
+/// Calls the same method on whichever source it is.
+macro_rules! each {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            AnySource::Docker($s) => $e,
+            AnySource::Podman($s) => $e,
+            AnySource::Containerd($s) => $e,
+            AnySource::Cri($s) => $e,
+        }
+    };
 }
 
 impl Source for AnySource {
     fn endpoint(&self) -> &str {
-        match self {
-            AnySource::Docker(s) => s.endpoint(),
-            AnySource::Podman(s) => s.endpoint(),
-        }
+        each!(self, s => s.endpoint())
+    }
+
+    fn replays(&self) -> bool {
+        each!(self, s => s.replays())
     }
 
     async fn connect(&mut self) -> Result<RuntimeInfo, SourceError> {
-        match self {
-            AnySource::Docker(s) => s.connect().await,
-            AnySource::Podman(s) => s.connect().await,
-        }
+        each!(self, s => s.connect().await)
     }
 
     fn events(
@@ -132,31 +177,19 @@ impl Source for AnySource {
         since: Option<i64>,
         until: Option<i64>,
     ) -> BoxStream<'static, Result<Option<SourceEvent>, SourceError>> {
-        match self {
-            AnySource::Docker(s) => s.events(since, until),
-            AnySource::Podman(s) => s.events(since, until),
-        }
+        each!(self, s => s.events(since, until))
     }
 
     async fn snapshot(&self) -> Result<Vec<ContainerSnapshot>, SourceError> {
-        match self {
-            AnySource::Docker(s) => s.snapshot().await,
-            AnySource::Podman(s) => s.snapshot().await,
-        }
+        each!(self, s => s.snapshot().await)
     }
 
     async fn inspect(&self, container_id: &str) -> Result<Option<ContainerSnapshot>, SourceError> {
-        match self {
-            AnySource::Docker(s) => s.inspect(container_id).await,
-            AnySource::Podman(s) => s.inspect(container_id).await,
-        }
+        each!(self, s => s.inspect(container_id).await)
     }
 
     async fn ping(&self) -> Result<(), SourceError> {
-        match self {
-            AnySource::Docker(s) => s.ping().await,
-            AnySource::Podman(s) => s.ping().await,
-        }
+        each!(self, s => s.ping().await)
     }
 }
 

@@ -125,8 +125,10 @@ async fn session<S: Source>(source: &mut S, shared: &Shared) -> Result<Infallibl
     )));
 
     let cursor = shared.tracker.read().cursor();
-    if let Some(cursor) = cursor {
-        replay(source, shared, cursor, t0).await?;
+    match cursor {
+        Some(cursor) if source.replays() => replay(source, shared, cursor, t0).await?,
+        Some(_) => info!("the runtime keeps no event log: what happened meanwhile is counted by the reconciliation"),
+        None => {}
     }
     let snapshot = source.snapshot().await?;
     let report = shared
