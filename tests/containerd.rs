@@ -245,3 +245,88 @@ fn removed_containers_and_pods_leave_their_series() {
         "{ev:?}"
     );
 }
+
+/// An agent on a state dir of the test's, ready.
+fn agent_on_state(case: &Case, ctd: &Containerd, state: &std::path::Path) -> Agent {
+    let agent = Agent::spawn_on(
+        "containerd",
+        &ctd.socket(),
+        Some(state),
+        &["--container-filter", case.filter.as_str()],
+    );
+    agent.wait_ready();
+    agent
+}
+
+/// Runs attempt `attempt` of `app` to its (failed) end.
+fn failed_attempt(ctd: &Containerd, pod: &Pod, attempt: u32) {
+    let id = pod.run("app", attempt, &format!("exit {}", attempt + 1), None);
+    ctd.wait_exited(&id);
+}
+
+/// Settles (a barrier container seen running), then insists on `want` restarts.
+fn settled_restarts(agent: &Agent, ctd: &Containerd, pod: &Pod, barrier_name: &str, want: f64) {
+    let app = series(pod, "app");
+    agent.wait_metric("container_restarts_total", &app, want);
+    barrier(agent, ctd, pod, barrier_name);
+    let m = agent.metrics();
+    assert_eq!(
+        metric(&m, "container_restarts_total", &app),
+        Some(want),
+        "after settling ({barrier_name}): {m}"
+    );
+    assert_eq!(metric(&m, "containers_restarts_total", &[]), Some(want));
+}
+
+#[test]
+fn the_count_equals_the_attempt_across_sigterm_kill_9_and_a_containerd_restart() {
+    let Some(ctd) = Containerd::start_private() else {
+        return;
+    };
+    let case = Case::new("restarts");
+    let pod = case.pod(&ctd, "restarts");
+    let app = series(&pod, "app");
+    let state = tempfile::tempdir().expect("state dir");
+
+    let agent = agent_on_state(&case, &ctd, state.path());
+    failed_attempt(&ctd, &pod, 0);
+    agent.wait_metric("container_last_exit_code", &app, 1.0);
+    settled_restarts(&agent, &ctd, &pod, "b0", 0.0);
+
+    // Stopped cleanly (SIGTERM) while attempt 1 happens.
+    assert!(agent.stop().success());
+    failed_attempt(&ctd, &pod, 1);
+    let agent = agent_on_state(&case, &ctd, state.path());
+    agent.wait_metric("container_last_exit_code", &app, 2.0);
+    settled_restarts(&agent, &ctd, &pod, "b1", 1.0);
+
+    // Killed (-9) while attempt 2 happens.
+    agent.kill9();
+    failed_attempt(&ctd, &pod, 2);
+    let agent = agent_on_state(&case, &ctd, state.path());
+    agent.wait_metric("container_last_exit_code", &app, 3.0);
+    settled_restarts(&agent, &ctd, &pod, "b2", 2.0);
+    assert!(
+        agent
+            .events(&format!("pod={}&container=app&type=started", pod.name))
+            .len()
+            == 1,
+        "only the start that was seen is in the history"
+    );
+
+    // containerd crashes and comes back while attempt 3 happens; the agent stays up.
+    ctd.restart();
+    failed_attempt(&ctd, &pod, 3);
+    agent.wait_metric("container_last_exit_code", &app, 4.0);
+    settled_restarts(&agent, &ctd, &pod, "b3", 3.0);
+    let m = agent.metrics();
+    assert!(
+        metric(&m, "lifecycle_agent_stream_reconnects_total", &[]).unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "lifecycle_agent_runtime_connected", &[]),
+        Some(1.0)
+    );
+    agent.assert_no_duplicate_events();
+}

@@ -29,7 +29,7 @@ use containerd_client::services::v1::events_client::EventsClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
-    GetContainerRequest, ListContainersRequest, ListTasksRequest, SubscribeRequest,
+    GetContainerRequest, ListContainersRequest, ListTasksRequest, PublishRequest, SubscribeRequest,
 };
 use containerd_client::types::v1::Status as TaskStatus;
 use containerd_client::types::Envelope;
@@ -54,6 +54,10 @@ pub const CRI_NAMESPACE: &str = "k8s.io";
 pub const KIND_LABEL: &str = "io.cri-containerd.kind";
 /// How long a snapshot waits for the session's subscription to be on its way.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The topic of the agent's own marker events (see [`Marker`]).
+pub const SYNC_TOPIC: &str = "/lifecycle-agent/sync";
+/// How often a marker is published until the subscription delivers one.
+const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 /// gRPC metadata key that selects a containerd namespace.
 const NAMESPACE_HEADER: &str = "containerd-namespace";
 
@@ -69,7 +73,7 @@ pub struct ContainerdSource {
     cri: bool,
     /// Per (namespace, container id): what its events are about.
     known: Arc<Mutex<HashMap<(String, String), Known>>>,
-    /// Set by the current session's subscriber once its request is on its way.
+    /// Set by the current session's subscriber once its subscription is proven in place.
     subscribed: Mutex<Option<watch::Receiver<bool>>>,
 }
 
@@ -103,7 +107,7 @@ impl ContainerdSource {
         })
     }
 
-    /// Waits until the session's subscription request has gone out, so what the list says
+    /// Waits until the session's subscription is in place, so what the list says
     /// and what the stream says leave no gap between them.
     async fn wait_subscribed(&self) -> Result<(), SourceError> {
         let rx = self.subscribed.lock().take();
@@ -305,6 +309,63 @@ fn subject_of_record(record: &containerd_client::services::v1::Container) -> Sub
     }
 }
 
+/// The proof that a subscription is in place. containerd neither answers a subscription
+/// before its first event nor says when it is registered, and events published before that
+/// are not delivered to it: the list that follows must not start earlier. So the agent
+/// publishes a marker event of its own (topic [`SYNC_TOPIC`], a payload only this session
+/// knows) until the stream brings one back. Events are not stored by containerd: a marker
+/// reaches only the subscribers of the moment and changes nothing.
+struct Marker {
+    namespace: String,
+    nonce: Vec<u8>,
+    /// Publishing failed (a socket proxy may refuse it): the session goes on without proof.
+    refused: std::sync::atomic::AtomicBool,
+}
+
+impl Marker {
+    fn new(namespace: &str) -> Marker {
+        Marker {
+            namespace: namespace.to_string(),
+            nonce: format!("{}-{}", std::process::id(), now_nanos()).into_bytes(),
+            refused: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn is(&self, envelope: &Envelope) -> bool {
+        envelope
+            .event
+            .as_ref()
+            .is_some_and(|e| e.value == self.nonce)
+    }
+
+    /// Publishes one marker; false (and `subscribed` set) if containerd refuses it.
+    async fn publish(&self, lookup: &Lookup, subscribed: &watch::Sender<bool>) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.refused.load(Ordering::Relaxed) {
+            return false;
+        }
+        let req = PublishRequest {
+            topic: SYNC_TOPIC.into(),
+            event: Some(prost_types::Any {
+                type_url: "lifecycle-agent/sync".into(),
+                value: self.nonce.clone(),
+            }),
+        };
+        match EventsClient::new(lookup.channel.clone())
+            .publish(in_namespace(req, &self.namespace))
+            .await
+        {
+            Ok(_) => true,
+            Err(s) => {
+                warn!(endpoint = %lookup.endpoint, code = ?s.code(), error = %s.message(), "containerd refused the agent's marker event: listing without proof that the subscription is in place");
+                self.refused.store(true, Ordering::Relaxed);
+                let _ = subscribed.send(true);
+                false
+            }
+        }
+    }
+}
+
 type Tx = mpsc::UnboundedSender<Result<Option<SourceEvent>, SourceError>>;
 
 /// Reads containerd's event stream of the watched namespaces, places each event's container
@@ -318,36 +379,65 @@ async fn subscriber(
 ) {
     let endpoint = lookup.endpoint.clone();
     let mut events = EventsClient::new(lookup.channel.clone());
-    let filters = namespaces
+    let mut filters: Vec<String> = namespaces
         .iter()
         .map(|ns| format!("namespace=={ns},topic~=\"^/(tasks|containers)/\""))
         .collect();
+    filters.push(format!("topic==\"{SYNC_TOPIC}\""));
+    let marker = Marker::new(namespaces.first().map_or(CRI_NAMESPACE, String::as_str));
     let call = events.subscribe(SubscribeRequest { filters });
     tokio::pin!(call);
-    // containerd answers a subscription only with its first event, so the call cannot be
-    // awaited before listing: poll it once (the request is queued on the connection ahead of
-    // any list request), then let the session list.
-    let answered = tokio::select! {
-        biased;
-        r = &mut call => Some(r),
-        _ = std::future::ready(()) => None,
-    };
-    let _ = subscribed.send(true);
-    let answer = match answered {
-        Some(r) => r,
-        None => call.await,
-    };
-    let mut stream = match answer {
-        Ok(s) => s.into_inner(),
-        Err(s) => {
-            let _ = tx.send(Err(cri::call_error(&endpoint, "containerd Subscribe", &s)));
-            return;
+    let deadline = tokio::time::sleep(SUBSCRIBE_TIMEOUT);
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+    // containerd answers a subscription only with its first event: markers are published
+    // until one comes back, which proves the subscription is in place.
+    let mut stream = loop {
+        tokio::select! {
+            r = &mut call => match r {
+                Ok(s) => break s.into_inner(),
+                Err(s) => {
+                    let _ = tx.send(Err(cri::call_error(&endpoint, "containerd Subscribe", &s)));
+                    return;
+                }
+            },
+            _ = tick.tick() => {
+                if !marker.publish(&lookup, &subscribed).await {
+                    // Marked subscribed anyway: the stream is still followed.
+                    break match call.await {
+                        Ok(s) => s.into_inner(),
+                        Err(s) => {
+                            let _ = tx.send(Err(cri::call_error(&endpoint, "containerd Subscribe", &s)));
+                            return;
+                        }
+                    };
+                }
+            }
+            _ = &mut deadline => {
+                let _ = tx.send(Err(SourceError::Unresponsive { endpoint, seconds: SUBSCRIBE_TIMEOUT.as_secs() }));
+                return;
+            }
         }
     };
     debug!(endpoint = %endpoint, ?namespaces, "subscribed to containerd events");
     let mut order = StartOrder::default();
     loop {
-        let envelope = match stream.message().await {
+        let next = if *subscribed.borrow() {
+            stream.message().await
+        } else {
+            tokio::select! {
+                m = stream.message() => m,
+                _ = tick.tick() => {
+                    marker.publish(&lookup, &subscribed).await;
+                    continue;
+                }
+                _ = &mut deadline => {
+                    let _ = tx.send(Err(SourceError::Unresponsive { endpoint, seconds: SUBSCRIBE_TIMEOUT.as_secs() }));
+                    return;
+                }
+            }
+        };
+        let envelope = match next {
             Ok(Some(e)) => e,
             Ok(None) => {
                 let _ = tx.send(Err(SourceError::StreamEnded { endpoint }));
@@ -358,6 +448,13 @@ async fn subscriber(
                 return;
             }
         };
+        if envelope.topic == SYNC_TOPIC {
+            if marker.is(&envelope) && !*subscribed.borrow() {
+                debug!(endpoint = %endpoint, "containerd subscription confirmed");
+                let _ = subscribed.send(true);
+            }
+            continue;
+        }
         let ev = match lifecycle(&lookup, &known, &envelope).await {
             Ok(Some(ev)) => ev,
             Ok(None) => {
