@@ -1,4 +1,4 @@
-//! The HTTP surface (SPEC section 3): `/metrics`, probes and the JSON API, on one port.
+//! The HTTP surface (README "HTTP API"): `/metrics`, probes and the JSON API, on one port.
 
 use std::sync::Arc;
 
@@ -12,9 +12,12 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::agent::Shared;
+use prometheus_client::metrics::counter::Counter;
+
 use crate::history::{EventQuery, HistoryEvent, RawEventQuery};
 use crate::kube::pods::{ApiFields, PodIndex};
+use crate::kube::KubeState;
+use crate::state::{HistoryClearer, StateReader};
 use crate::time::{now_nanos, parse_time_or_ago};
 use crate::tracker::IdentityView;
 use crate::{metrics, stats};
@@ -22,12 +25,30 @@ use crate::{metrics, stats};
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// What the HTTP server serves: the state, read-only, and the pods of the node.
+pub struct App {
+    pub state: StateReader,
+    pub kube: Arc<KubeState>,
+    /// Enables `DELETE /api/v1/events` (`--admin-token-file`).
+    pub admin: Option<Admin>,
+}
+
+/// The bearer token of `DELETE /api/v1/events` and the one write it may do.
+pub struct Admin {
+    pub token: String,
+    pub history: HistoryClearer,
+}
+
 #[derive(Clone)]
 struct AppState {
-    shared: Arc<Shared>,
+    state: StateReader,
+    kube: Arc<KubeState>,
+    admin: Option<Arc<Admin>>,
     registry: Arc<Registry>,
     /// One permit per `/metrics` response being encoded.
     scrapes: Arc<tokio::sync::Semaphore>,
+    /// `lifecycle_agent_scrapes_rejected_total`.
+    scrapes_rejected: Counter,
 }
 
 /// `/metrics` responses encoded at once. Each holds a snapshot of every identity (about 5 MB
@@ -35,8 +56,13 @@ struct AppState {
 /// a few people with curl stay far below this, and a flood of scrapers cannot grow memory.
 pub const MAX_CONCURRENT_SCRAPES: usize = 8;
 
-pub fn router(shared: Arc<Shared>) -> Router {
-    let registry = Arc::new(metrics::registry(shared.clone()));
+pub fn router(app: App) -> Router {
+    let scrapes_rejected = Counter::default();
+    let registry = Arc::new(metrics::registry(
+        app.state.clone(),
+        app.kube.clone(),
+        scrapes_rejected.clone(),
+    ));
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -48,9 +74,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/stats/uptime", get(uptime_stats))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(AppState {
-            shared,
+            state: app.state,
+            kube: app.kube,
+            admin: app.admin.map(Arc::new),
             registry,
             scrapes: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SCRAPES)),
+            scrapes_rejected,
         })
 }
 
@@ -77,7 +106,7 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
         PROMETHEUS_TEXT
     };
     let Ok(permit) = s.scrapes.clone().try_acquire_owned() else {
-        s.shared.counters.scrapes_rejected.inc();
+        s.scrapes_rejected.inc();
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -199,7 +228,7 @@ impl std::fmt::Write for ChunkWriter {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    let r = s.shared.readiness.lock().clone();
+    let r = s.state.readiness();
     if r.ready {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -243,25 +272,25 @@ struct EventJson<'a> {
 
 async fn containers(State(s): State<AppState>) -> Response {
     let (node, runtime, mut list) = {
-        let t = s.shared.tracker.read();
+        let t = s.state.tracker();
         (t.node().to_string(), t.runtime(), t.identities(now_nanos()))
     };
     list.sort_by(|a, b| {
         (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container))
     });
-    let pods = s.shared.kube.pods();
+    let pods = s.kube.pods();
     let list: Vec<ContainerJson> = list.iter().map(|v| ContainerJson::new(v, &pods)).collect();
     Json(json!({ "node": node, "runtime": runtime, "containers": list })).into_response()
 }
 
 async fn container(State(s): State<AppState>, Path(key): Path<String>) -> Response {
-    let found = s.shared.tracker.read().find(&key, now_nanos());
+    let found = s.state.tracker().find(&key, now_nanos());
     match found.len() {
         0 => error(
             StatusCode::NOT_FOUND,
             format!("no tracked container matches {key:?}"),
         ),
-        1 => Json(ContainerJson::new(&found[0], &s.shared.kube.pods())).into_response(),
+        1 => Json(ContainerJson::new(&found[0], &s.kube.pods())).into_response(),
         n => error(
             StatusCode::CONFLICT,
             format!("{key:?} matches {n} containers; give a longer id prefix"),
@@ -283,8 +312,8 @@ async fn events(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response 
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let result = s.shared.tracker.read().history().query(&q);
-    let pods = s.shared.kube.pods();
+    let result = s.state.tracker().history().query(&q);
+    let pods = s.kube.pods();
     let events: Vec<EventJson> = result
         .events
         .iter()
@@ -320,7 +349,7 @@ async fn clear_events(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let Some(want) = s.shared.admin_token.as_deref() else {
+    let Some(admin) = s.admin.as_deref() else {
         return error(
             StatusCode::FORBIDDEN,
             "clearing the history is disabled; start the agent with --admin-token-file",
@@ -331,7 +360,7 @@ async fn clear_events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    if !given.is_some_and(|g| token_matches(g, want)) {
+    if !given.is_some_and(|g| token_matches(g, &admin.token)) {
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -353,25 +382,27 @@ async fn clear_events(
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("parameter `before`: {e}")),
     };
-    let cleared = s.shared.tracker.write().history_mut().clear_before(before);
-    s.shared.changed.notify_one();
+    let cleared = admin.history.clear_history(before);
     tracing::info!(cleared, "history cleared on request");
     Json(json!({ "cleared": cleared })).into_response()
 }
 
 async fn restart_stats(State(s): State<AppState>) -> Response {
-    Json(stats::restarts(&s.shared.tracker.read(), now_nanos())).into_response()
+    Json(stats::restarts(&s.state.tracker(), now_nanos())).into_response()
 }
 
 async fn uptime_stats(State(s): State<AppState>) -> Response {
-    Json(stats::uptime(&s.shared.tracker.read(), now_nanos())).into_response()
+    Json(stats::uptime(&s.state.tracker(), now_nanos())).into_response()
 }
 
 #[cfg(test)]
 mod test {
     use super::*;
-    use crate::config::{Config, RunArgs};
-    use crate::event::{ContainerLabels, EventKind, RuntimeEvent, Subject};
+    use crate::event::{
+        ContainerLabels, EventKind, RuntimeEvent, RuntimeKind, SourceEvent, Subject,
+    };
+    use crate::history::HistoryLimits;
+    use crate::state::State;
     use http_body_util::BodyExt;
     use std::future::IntoFuture;
     use std::time::Duration;
@@ -388,34 +419,36 @@ mod test {
     }
 
     /// An agent state with `n` started containers.
-    fn state(n: usize) -> Arc<Shared> {
-        let config = Config::resolve(RunArgs {
-            ephemeral: Some(true),
-            node_name: Some("node-1".into()),
-            ..Default::default()
-        })
-        .expect("config");
-        let shared = Arc::new(Shared::new(&config));
-        {
-            let mut t = shared.tracker.write();
-            for i in 0..n {
-                let ev = RuntimeEvent {
-                    time_nanos: 1_000 + i as i64,
-                    kind: EventKind::Started,
-                    action: "start".into(),
-                    subject: Arc::new(Subject {
-                        container_id: format!("{i:064x}"),
-                        name: format!("web-{i}"),
-                        image: "busybox".into(),
-                        labels: ContainerLabels::default(),
-                    }),
-                    exit_code: None,
-                    health: None,
-                };
-                t.apply(&ev, 2_000);
-            }
+    fn state(n: usize) -> App {
+        let state = State::new(
+            "node-1".into(),
+            RuntimeKind::Docker,
+            HistoryLimits {
+                max_events: 10_000,
+                retention: None,
+            },
+        );
+        state.ingest((0..n).map(|i| {
+            let ev = RuntimeEvent {
+                time_nanos: 1_000 + i as i64,
+                kind: EventKind::Started,
+                action: "start".into(),
+                subject: Arc::new(Subject {
+                    container_id: format!("{i:064x}"),
+                    name: format!("web-{i}"),
+                    image: "busybox".into(),
+                    labels: ContainerLabels::default(),
+                }),
+                exit_code: None,
+                health: None,
+            };
+            SourceEvent::Lifecycle(ev)
+        }));
+        App {
+            state: state.reader(),
+            kube: Arc::new(KubeState::default()),
+            admin: None,
         }
-        shared
     }
 
     async fn scrape(addr: std::net::SocketAddr) -> (http::response::Parts, String) {

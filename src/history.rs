@@ -1,5 +1,5 @@
-//! The bounded, searchable event history (seed: event history, `clear_history`,
-//! `max_history_size`).
+//! The bounded, searchable event history (`--max-history`, `--history-retention`,
+//! `GET`/`DELETE /api/v1/events`; README "HTTP API").
 //!
 //! Events are kept in arrival order with a sequence number. The in-memory ring is the query
 //! engine; persistence (the durable-state work) appends the same records to disk and loads

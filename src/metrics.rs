@@ -1,4 +1,4 @@
-//! The scrape-time collector (SPEC section 6). It reads one snapshot of the tracker per
+//! The scrape-time collector (README "Metrics"). It reads one snapshot of the tracker per
 //! scrape and encodes it; nothing here does I/O or waits, and a removed identity simply is
 //! not in the next snapshot, so its series disappear.
 //!
@@ -17,52 +17,32 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::agent::Shared;
+use prometheus_client::metrics::counter::Counter;
+
 use crate::event::EventKind;
 use crate::kube::pods::PodIndex;
-use crate::kube::WatchErrorReason;
+use crate::kube::{KubeState, WatchErrorReason};
+use crate::labels::cut_label_value;
 use crate::process::ProcessStats;
+use crate::state::StateReader;
 use crate::time::{now_nanos, NANOS_PER_SEC};
 use crate::tracker::{IdentityView, NodeCounts};
 
-/// Label values longer than this are cut (on a character boundary): one hostile container
-/// name must not bloat every scrape.
-pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
-
-/// Cuts a label value to [`MAX_LABEL_VALUE_BYTES`]; escaping is the encoder's job.
-pub fn cut_label_value(v: &str) -> &str {
-    if v.len() <= MAX_LABEL_VALUE_BYTES {
-        return v;
-    }
-    let mut end = MAX_LABEL_VALUE_BYTES;
-    while !v.is_char_boundary(end) {
-        end -= 1;
-    }
-    &v[..end]
-}
-
-/// Turns an arbitrary key (an annotation name) into a valid label name: `[a-zA-Z0-9_]`,
-/// not starting with a digit.
-pub fn sanitize_label_key(k: &str) -> String {
-    let mut s: String = k
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    if s.starts_with(|c: char| c.is_ascii_digit()) {
-        s.insert(0, '_');
-    }
-    s
-}
-
 #[derive(Debug)]
 pub struct LifecycleCollector {
-    shared: Arc<Shared>,
+    state: StateReader,
+    kube: Arc<KubeState>,
+    scrapes_rejected: Counter,
 }
 
 /// The registry behind `/metrics`.
-pub fn registry(shared: Arc<Shared>) -> Registry {
+pub fn registry(state: StateReader, kube: Arc<KubeState>, scrapes_rejected: Counter) -> Registry {
     let mut r = Registry::default();
-    r.register_collector(Box::new(LifecycleCollector { shared }));
+    r.register_collector(Box::new(LifecycleCollector {
+        state,
+        kube,
+        scrapes_rejected,
+    }));
     r
 }
 
@@ -136,7 +116,7 @@ impl Collector for LifecycleCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = now_nanos();
         let (node, runtime, views, counts, own) = {
-            let t = self.shared.tracker.read();
+            let t = self.state.tracker();
             (
                 t.node().to_string(),
                 t.runtime().as_str(),
@@ -149,7 +129,7 @@ impl Collector for LifecycleCollector {
             )
         };
         // `None` without an allowlist: then there is nothing to join.
-        let pods = self.shared.kube.pods_for_metrics();
+        let pods = self.kube.pods_for_metrics();
         let base: Vec<Labels> = views
             .iter()
             .map(|v| base_labels(&node, runtime, v, pods.as_deref()))
@@ -360,7 +340,7 @@ impl LifecycleCollector {
         l: &Labels,
         own: &TrackerFigures,
     ) -> Result<(), std::fmt::Error> {
-        let c = &self.shared.counters;
+        let c = self.state.counters();
         let version = env!("CARGO_PKG_VERSION");
         family(
             enc,
@@ -370,7 +350,7 @@ impl LifecycleCollector {
             MetricType::Gauge,
             vec![gauge(with(l, &[("version", version)]), 1.0)],
         )?;
-        let connected = if self.shared.is_connected() { 1.0 } else { 0.0 };
+        let connected = if self.state.is_connected() { 1.0 } else { 0.0 };
         family(
             enc,
             "lifecycle_agent_runtime_connected",
@@ -388,7 +368,7 @@ impl LifecycleCollector {
             ("lifecycle_agent_store_writes", "Group commits written to the state store.", c.store_writes.get()),
             ("lifecycle_agent_store_errors", "Failed state store writes (retried with the next commit).", c.store_errors.get()),
             ("lifecycle_agent_store_recoveries", "Unusable state files moved aside and rebuilt from the runtime.", c.store_recoveries.get()),
-            ("lifecycle_agent_scrapes_rejected", "/metrics requests answered 503 because the concurrent scrape limit was reached.", c.scrapes_rejected.get()),
+            ("lifecycle_agent_scrapes_rejected", "/metrics requests answered 503 because the concurrent scrape limit was reached.", self.scrapes_rejected.get()),
         ];
         for (name, help, v) in counters {
             family(
@@ -476,7 +456,7 @@ impl LifecycleCollector {
 
     /// `lifecycle_agent_kube_*`, only when the Kubernetes side runs.
     fn encode_kube(&self, enc: &mut DescriptorEncoder, l: &Labels) -> Result<(), std::fmt::Error> {
-        let k = &self.shared.kube;
+        let k = &self.kube;
         if !k.enabled() {
             return Ok(());
         }
@@ -512,15 +492,6 @@ impl LifecycleCollector {
 #[cfg(test)]
 mod test {
     use super::*;
-
-    #[test]
-    fn label_values_are_cut_on_a_character_boundary() {
-        let long = "é".repeat(1000);
-        let cut = cut_label_value(&long);
-        assert!(cut.len() <= MAX_LABEL_VALUE_BYTES);
-        assert_eq!(cut.len(), 1024);
-        assert_eq!(cut_label_value("short"), "short");
-    }
 
     #[test]
     fn pod_metadata_joins_identities_by_uid() {
@@ -574,11 +545,5 @@ mod test {
         let other = view("u2");
         assert_eq!(base_labels("n", "docker", &other, Some(&idx)).len(), 5);
         assert_eq!(base_labels("n", "docker", &known, None).len(), 5);
-    }
-
-    #[test]
-    fn label_keys_are_sanitized() {
-        assert_eq!(sanitize_label_key("example.com/owner"), "example_com_owner");
-        assert_eq!(sanitize_label_key("9lives"), "_9lives");
     }
 }

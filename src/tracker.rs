@@ -1,5 +1,5 @@
 //! Per-identity lifecycle state: where a Docker `die` or a Podman `died` becomes an exit, and
-//! where a start becomes a restart (SPEC section 5).
+//! where a start becomes a restart (`docs/design.md`, "Restart semantics").
 //!
 //! Restarts are counted on *starts*, never on the runtimes' `restart` action: Docker emits
 //! `start` then `restart`, Podman `restart` then `start`, and a restart policy may emit no
@@ -14,18 +14,20 @@ use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{short_id, EventKind, Health, Identity, Rename, RuntimeEvent, RuntimeKind};
+use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
+use crate::event::{
+    short_id, EventKind, Health, Identity, Lookup, Rename, RuntimeEvent, RuntimeKind,
+};
 use crate::history::{History, HistoryDelta, HistoryEvent, HistoryLimits, SubjectRef};
-use crate::runtime::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::time::NANOS_PER_SEC;
 
 /// How many recent event keys are remembered to drop replayed duplicates. Docker replays at
 /// most 256 events; Podman's replay is bounded by the cursor, so this covers both edges.
 const DEDUP_CAPACITY: usize = 8192;
 /// Containers waiting for a look-up before new ones are left to the next reconciliation:
-/// the watch loop drains the queue after every batch, so only a runtime creating containers
-/// far faster than it answers inspects ever fills it.
-pub const LOOKUP_QUEUE_CAPACITY: usize = 16_384;
+/// the watch loop takes from the queue beside every batch, so only a runtime creating
+/// containers far faster than it answers inspects ever fills it.
+const LOOKUP_QUEUE_CAPACITY: usize = 16_384;
 const DAY_NANOS: i64 = 86_400 * NANOS_PER_SEC;
 const HOUR_NANOS: i64 = 3600 * NANOS_PER_SEC;
 /// Restarts inferred at once that enter the 1 h / 24 h statistics (each is one entry there).
@@ -84,7 +86,7 @@ pub struct ContainerState {
     exited: bool,
 }
 
-/// Counters and state of one identity (SPEC section 5). Persisted as is by the store.
+/// Counters and state of one identity (`docs/design.md`, "Identity"). Persisted as is by the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IdentityState {
     pub identity: Identity,
@@ -155,15 +157,6 @@ pub enum Applied {
     Ignored,
     /// A repeat of the current health status (Podman reports every check).
     Unchanged,
-}
-
-/// A container met first through an event, to inspect for what no event carries (its image
-/// ID). `name` is the name the tracker knew when it asked: an inspect that answers after a
-/// rename event must not put the old name back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lookup {
-    pub container_id: String,
-    pub name: String,
 }
 
 /// What a reconciliation changed, for logs and tests.
@@ -266,6 +259,8 @@ pub struct Tracker {
     journal: Option<Journal>,
     /// Ids of containers whose state an event created without an image ID, oldest first.
     lookups: VecDeque<String>,
+    /// Whether look-ups were dropped since the queue last had room (logged once).
+    lookups_dropped: bool,
 }
 
 /// Records changed since the last flush (only kept when a store is attached).
@@ -346,6 +341,7 @@ impl Tracker {
             inferred: 0,
             journal: None,
             lookups: VecDeque::new(),
+            lookups_dropped: false,
         }
     }
 
@@ -548,13 +544,19 @@ impl Tracker {
             .insert(ev.subject.container_id.clone(), state);
         if self.lookups.len() < LOOKUP_QUEUE_CAPACITY {
             self.lookups.push_back(ev.subject.container_id.clone());
+            self.lookups_dropped = false;
+        } else if !std::mem::replace(&mut self.lookups_dropped, true) {
+            tracing::warn!(
+                waiting = self.lookups.len(),
+                "too many new containers to look up; their image IDs wait for the next reconciliation"
+            );
         }
         let attempt = ev.subject.labels.k8s_restart_count;
         let fresh = !self.identities.contains_key(&identity);
         let id = self.identity_entry(&identity);
         id.containers.push(ev.subject.container_id.clone());
         if fresh {
-            // First sight through a replayed or live event (SPEC section 5): any event but a
+            // First sight through a replayed or live event (`docs/design.md`, "Restart semantics"): any event but a
             // create or a start says the container ran before.
             let ran = !matches!(ev.kind, EventKind::Created | EventKind::Started);
             let (restarts, ever_started) = first_sight(attempt, ran);
@@ -753,24 +755,25 @@ impl Tracker {
         h.push_shared(event);
     }
 
-    /// Containers created through events since the last call, with the name each has now, to
-    /// look up without holding the tracker (the caller inspects them and calls
-    /// [`Tracker::enrich`]). Ones already gone or given an image ID meanwhile are left out.
-    pub fn take_lookups(&mut self) -> Vec<Lookup> {
-        let ids = std::mem::take(&mut self.lookups);
-        ids.into_iter()
-            .filter_map(|id| {
+    /// The next container created through an event that still needs a look-up, with the
+    /// name it has now: the one queue of look-ups. The caller inspects it without holding
+    /// the tracker and calls [`Tracker::enrich`]. Ones already gone or given an image ID
+    /// meanwhile (a reconciliation) are skipped.
+    pub fn next_lookup(&mut self) -> Option<Lookup> {
+        while let Some(id) = self.lookups.pop_front() {
+            if self.needs_lookup(&id) {
                 let name = self.containers.get(&id)?.name.clone();
-                self.needs_lookup(&id).then_some(Lookup {
+                return Some(Lookup {
                     container_id: id,
                     name,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        None
     }
 
     /// Whether a look-up of `container_id` would still tell something: it is tracked and its
-    /// image ID unknown. Checked again just before inspecting, as a queue can wait.
+    /// image ID unknown. Checked when a look-up leaves the queue, as a queue can wait.
     pub fn needs_lookup(&self, container_id: &str) -> bool {
         self.containers
             .get(container_id)
@@ -793,8 +796,8 @@ impl Tracker {
         changed
     }
 
-    /// A container got a new name. State only: a rename is not a lifecycle event (SPEC
-    /// section 4), so it enters neither the history nor the event counters, and it moves no
+    /// A container got a new name. State only: a rename is not a lifecycle event
+    /// (`docs/design.md`, "Events"), so it enters neither the history nor the event counters, and it moves no
     /// cursor (applying one twice changes nothing). Returns whether anything changed.
     pub fn rename(&mut self, r: &Rename) -> bool {
         if r.name.is_empty() {
@@ -812,7 +815,7 @@ impl Tracker {
         true
     }
 
-    /// Forgets a container; its identity goes with its last container (SPEC section 5).
+    /// Forgets a container; its identity goes with its last container (`docs/design.md`, "Identity").
     fn remove_container(&mut self, container_id: &str) -> bool {
         let Some(c) = self.containers.remove(container_id) else {
             return false;
@@ -897,7 +900,7 @@ impl Tracker {
         let fresh = !self.identities.contains_key(&identity);
         let inferred = if fresh {
             let id = self.identity_entry(&identity);
-            // The best lower bound the runtime gives (SPEC section 5).
+            // The best lower bound the runtime gives (`docs/design.md`, "Restart semantics").
             let (restarts, ever_started) = match s.labels.k8s_restart_count {
                 Some(attempt) => first_sight(Some(attempt), started),
                 // Docker raises RestartCount when it schedules a restart: the start that

@@ -29,8 +29,8 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use tracing::{debug, warn};
 
-use super::snapshot::{ContainerSnapshot, SnapshotState};
 use super::{map_action, ContainerFilter, RuntimeInfo, Source, SourceError, RENAME_ACTION};
+use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::event::{
     ContainerLabels, EventKind, Health, Rename, RuntimeEvent, RuntimeKind, SourceEvent, Subject,
 };
