@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
 use futures_util::stream::{self, BoxStream, StreamExt};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
@@ -239,7 +241,13 @@ pub struct CriSource {
     filter: ContainerFilter,
     channel: Option<Channel>,
     runtime: RuntimeKind,
+    /// The session's list, handed to the relist as the state its first diff starts from:
+    /// a change between the two lists can then not fall between them.
+    baseline: Arc<Mutex<Option<Listed>>>,
 }
+
+/// What one list said, per container id.
+type Listed = HashMap<String, (Seen, Arc<Subject>)>;
 
 impl CriSource {
     pub fn new(endpoint: &str, filter: ContainerFilter) -> CriSource {
@@ -248,6 +256,7 @@ impl CriSource {
             filter,
             channel: None,
             runtime: RuntimeKind::Crio,
+            baseline: Arc::default(),
         }
     }
 
@@ -289,10 +298,12 @@ impl Source for CriSource {
             Err(e) => return stream::once(async move { Err(e) }).boxed(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
+        *self.baseline.lock() = None;
         tokio::spawn(cri_events(
             cri,
             self.endpoint.clone(),
             self.filter.clone(),
+            self.baseline.clone(),
             tx,
         ));
         stream::unfold(rx, |mut rx| async move {
@@ -305,7 +316,15 @@ impl Source for CriSource {
     async fn snapshot(&self) -> Result<Vec<ContainerSnapshot>, SourceError> {
         let mut cri = self.client()?;
         let statuses = list_statuses(&mut cri, &self.endpoint, &self.filter).await?;
-        Ok(statuses.iter().map(snapshot_of).collect())
+        let snapshots: Vec<_> = statuses.iter().map(snapshot_of).collect();
+        *self.baseline.lock() = Some(
+            statuses
+                .iter()
+                .zip(&snapshots)
+                .map(|(st, s)| (s.id.clone(), (Seen::of(s), Arc::new(subject_of(st)))))
+                .collect(),
+        );
+        Ok(snapshots)
     }
 
     async fn inspect(&self, container_id: &str) -> Result<Option<ContainerSnapshot>, SourceError> {
@@ -336,6 +355,7 @@ async fn cri_events(
     mut cri: RuntimeServiceClient<Channel>,
     endpoint: String,
     filter: ContainerFilter,
+    baseline: Arc<Mutex<Option<Listed>>>,
     tx: Tx,
 ) {
     match cri.get_container_events(GetEventsRequest {}).await {
@@ -364,7 +384,7 @@ async fn cri_events(
         }
         Err(s) if s.code() == Code::Unimplemented => {
             info!(endpoint = %endpoint, interval_ms = RELIST_INTERVAL.as_millis() as u64, "the runtime has no CRI container events; relisting instead");
-            relist(cri, endpoint, filter, tx).await;
+            relist(cri, endpoint, filter, baseline, tx).await;
         }
         Err(s) => {
             let _ = tx.send(Err(call_error(&endpoint, "CRI GetContainerEvents", &s)));
@@ -491,6 +511,8 @@ pub fn relist_events(before: Option<Seen>, now: &ContainerSnapshot) -> Vec<Runti
     }
     let old_finish = before.and_then(|b| b.finished_at);
     if let Some(t) = now.finished_at.filter(|&t| Some(t) != old_finish) {
+        // Never before its start in the history (see `relist`).
+        let t = t.max(now.started_at.unwrap_or(t));
         if now.state != SnapshotState::Running {
             if now.oom_killed {
                 out.push(event(EventKind::Oom, t, None));
@@ -501,16 +523,16 @@ pub fn relist_events(before: Option<Seen>, now: &ContainerSnapshot) -> Vec<Runti
     out
 }
 
-/// Relists every [`RELIST_INTERVAL`] and sends what changed. The first list is the baseline
-/// (the session's reconciliation covers it).
+/// Relists every [`RELIST_INTERVAL`] and sends what changed since the previous list, the
+/// first time since the session's own list (its reconciliation covers what that showed).
 async fn relist(
     mut cri: RuntimeServiceClient<Channel>,
     endpoint: String,
     filter: ContainerFilter,
+    baseline: Arc<Mutex<Option<Listed>>>,
     tx: Tx,
 ) {
-    let mut known: HashMap<String, (Seen, Arc<Subject>)> = HashMap::new();
-    let mut first = true;
+    let mut known: Option<Listed> = None;
     let mut tick = tokio::time::interval(RELIST_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -518,6 +540,10 @@ async fn relist(
         if tx.is_closed() {
             return;
         }
+        let Some(before) = known.take().or_else(|| baseline.lock().take()) else {
+            // The session has not listed yet.
+            continue;
+        };
         let statuses = match list_statuses(&mut cri, &endpoint, &filter).await {
             Ok(s) => s,
             Err(e) => {
@@ -529,37 +555,35 @@ async fn relist(
         let mut items = Vec::new();
         for st in &statuses {
             let snap = snapshot_of(st);
-            let before = known.get(&snap.id).map(|(s, _)| *s);
-            if !first && before != Some(Seen::of(&snap)) {
-                items.extend(relist_events(before, &snap));
+            let was = before.get(&snap.id).map(|(s, _)| *s);
+            if was != Some(Seen::of(&snap)) {
+                items.extend(relist_events(was, &snap));
             }
-            let subject = Arc::new(subject_of(st));
-            next.insert(snap.id.clone(), (Seen::of(&snap), subject));
+            next.insert(snap.id.clone(), (Seen::of(&snap), Arc::new(subject_of(st))));
         }
-        if !first {
-            let now = now_nanos();
-            for (id, (_, subject)) in &known {
-                if !next.contains_key(id) {
-                    items.push(RuntimeEvent {
-                        time_nanos: now,
-                        kind: EventKind::Destroyed,
-                        action: "relist: destroyed".into(),
-                        subject: subject.clone(),
-                        exit_code: None,
-                        health: None,
-                    });
-                }
+        let now = now_nanos();
+        for (id, (_, subject)) in &before {
+            if !next.contains_key(id) {
+                items.push(RuntimeEvent {
+                    time_nanos: now,
+                    kind: EventKind::Destroyed,
+                    action: "relist: destroyed".into(),
+                    subject: subject.clone(),
+                    exit_code: None,
+                    health: None,
+                });
             }
         }
-        items.sort_by_key(|e| e.time_nanos);
+        // In list order, each container's events in their causal order: CRI's times are not
+        // (containerd stamps a start after the start call returns, and a process that exits at
+        // once has finished before that).
         debug!(containers = next.len(), changes = items.len(), "relisted");
         for ev in items {
             if tx.send(Ok(Some(SourceEvent::Lifecycle(ev)))).is_err() {
                 return;
             }
         }
-        known = next;
-        first = false;
+        known = Some(next);
     }
 }
 
