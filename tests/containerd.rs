@@ -361,3 +361,90 @@ fn the_count_equals_the_attempt_across_sigterm_kill_9_and_a_containerd_restart(k
     );
     agent.assert_no_duplicate_events();
 }
+
+/// A container of another containerd namespace (as Docker's live in `moby`), run with
+/// `ctr`; killed and deleted when dropped.
+struct Native<'a> {
+    ctd: &'a Containerd,
+    ns: String,
+    id: String,
+}
+
+impl Drop for Native<'_> {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = std::process::Command::new("ctr")
+                .arg("-a")
+                .arg(self.ctd.socket())
+                .args(["-n", &self.ns, "task", "kill", "-s", "KILL", &self.id])
+                .output();
+            let _ = std::process::Command::new("ctr")
+                .arg("-a")
+                .arg(self.ctd.socket())
+                .args(["-n", &self.ns, "task", "delete", "-f", &self.id])
+                .output();
+            let _ = std::process::Command::new("ctr")
+                .arg("-a")
+                .arg(self.ctd.socket())
+                .args(["-n", &self.ns, "containers", "delete", &self.id])
+                .output();
+        }));
+    }
+}
+
+#[test]
+fn other_namespaces_are_not_counted_unless_asked_for() {
+    let Some(ctd) = Containerd::shared() else {
+        return;
+    };
+    let ns = common::unique("ns").replace('-', "x");
+    let label = format!("lat.test={ns}");
+    ctd.import_into(&ns);
+    let id = common::unique("native");
+    ctd.ctr(
+        &ns,
+        &[
+            "run",
+            "-d",
+            "--label",
+            &label,
+            common::containerd::CRI_IMAGE,
+            &id,
+            "/bin/sh",
+            "-c",
+            LOOP,
+        ],
+    );
+    let native = Native {
+        ctd: &ctd,
+        ns: ns.clone(),
+        id: id.clone(),
+    };
+    let default = Agent::start_on("containerd", &ctd.socket(), &["--container-filter", &label]);
+    let namespaces = format!("k8s.io,{ns}");
+    let wide = Agent::start_on(
+        "containerd",
+        &ctd.socket(),
+        &[
+            "--container-filter",
+            &label,
+            "--containerd-namespaces",
+            &namespaces,
+        ],
+    );
+    let this = [("container", id.as_str())];
+    wide.wait_metric("container_running", &this, 1.0);
+    ctd.ctr(&ns, &["task", "kill", "-s", "KILL", &id]);
+    wide.wait_metric("container_last_exit_code", &this, 137.0);
+    wide.wait_metric("container_running", &this, 0.0);
+    let ev = wide.events(&format!("container={id}"));
+    assert_eq!(types_of(&ev), vec!["died"], "{ev:?}");
+
+    // The default agent listed after the container ran and followed its stream while it
+    // died: it never counted it.
+    let m = default.metrics();
+    assert_eq!(metric(&m, "containers_tracked", &[]), Some(0.0), "{m}");
+    assert!(metric(&m, "container_running", &this).is_none(), "{m}");
+    assert!(default.events("limit=100").is_empty());
+    drop(native);
+}

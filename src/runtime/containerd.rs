@@ -761,10 +761,18 @@ impl ContainerdSource {
             .map_err(|s| cri::call_error(&self.endpoint, "containerd Tasks.List", &s))?
             .into_inner()
             .tasks;
+        // Tasks.List gives each container's init process, named by `id` (containerd 1.6
+        // leaves `container_id` empty there).
         let tasks: HashMap<_, _> = tasks
             .into_iter()
-            .filter(|t| t.id.is_empty() || t.id == t.container_id)
-            .map(|t| (t.container_id.clone(), t))
+            .map(|t| {
+                let key = if t.container_id.is_empty() {
+                    t.id.clone()
+                } else {
+                    t.container_id.clone()
+                };
+                (key, t)
+            })
             .collect();
         let mut out = Vec::with_capacity(records.len());
         for r in records {

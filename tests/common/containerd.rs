@@ -239,6 +239,33 @@ rm -rf {d}"#,
         );
     }
 
+    /// Runs `ctr` against this containerd in `namespace`; insists on success.
+    pub fn ctr(&self, namespace: &str, args: &[&str]) -> String {
+        let out = Command::new("ctr")
+            .arg("-a")
+            .arg(self.socket())
+            .args(["-n", namespace])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr");
+        assert!(
+            out.status.success(),
+            "ctr -n {namespace} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The test image in another containerd namespace (Docker's own would be `moby`).
+    pub fn import_into(&self, namespace: &str) {
+        let archive = self.dir.join("image/image.tar");
+        self.ctr(
+            namespace,
+            &["images", "import", &archive.display().to_string()],
+        );
+    }
+
     async fn client(&self) -> Result<RuntimeServiceClient<Channel>, String> {
         let ch = containerd_client::connect(self.socket())
             .await
