@@ -444,7 +444,13 @@ pub fn map_cri_event(ev: &ContainerEventResponse, filter: &ContainerFilter) -> V
             let exit = status.map(|s| i64::from(s.exit_code));
             let at = status.and_then(|s| nanos(s.finished_at)).unwrap_or(at);
             if status.is_some_and(|s| s.reason == REASON_OOM_KILLED) {
-                out.push(event(EventKind::Oom, "CONTAINER_STOPPED_EVENT", at, None));
+                // Its own word: an event is known by time, container and action.
+                out.push(event(
+                    EventKind::Oom,
+                    "CONTAINER_STOPPED_EVENT: OOMKilled",
+                    at,
+                    None,
+                ));
             }
             out.push(event(EventKind::Died, "CONTAINER_STOPPED_EVENT", at, exit));
             out

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod containerd;
+pub mod fake_cri;
 pub mod fake_kube;
 pub mod podman;
 
