@@ -448,3 +448,41 @@ fn other_namespaces_are_not_counted_unless_asked_for() {
     assert!(default.events("limit=100").is_empty());
     drop(native);
 }
+
+/// `lifecycle-agent check` with these arguments: its exit status and output.
+fn check(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(common::agent_bin())
+        .arg("check")
+        .args(args)
+        .env("LIFECYCLE_KUBE", "off")
+        .output()
+        .expect("run check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+#[test]
+fn check_names_containerd_with_its_version_whatever_was_asked() {
+    let Some(ctd) = Containerd::shared() else {
+        return;
+    };
+    let sock = ctd.socket().display().to_string();
+    let endpoint = format!("unix://{sock}");
+    for runtime in ["containerd", "auto", "crio"] {
+        let (ok, out) = check(&["--runtime", runtime, "--socket", &sock]);
+        assert!(ok, "--runtime {runtime}: {out}");
+        assert!(
+            out.starts_with("ok    containerd 1.6"),
+            "--runtime {runtime}: {out}"
+        );
+        assert!(out.contains(&format!("at {endpoint} [--socket]")), "{out}");
+        assert!(
+            out.contains("would use: containerd 1.6"),
+            "--runtime {runtime}: {out}"
+        );
+    }
+    let (ok, out) = check(&["--runtime", "docker", "--socket", &sock]);
+    assert!(!ok, "a containerd socket is no Docker socket: {out}");
+}
