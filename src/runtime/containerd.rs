@@ -423,10 +423,15 @@ async fn subscriber(
     let mut order = StartOrder::default();
     loop {
         let next = if *subscribed.borrow() {
-            stream.message().await
+            tokio::select! {
+                m = stream.message() => m,
+                // The session ended: let go of the subscription.
+                _ = tx.closed() => return,
+            }
         } else {
             tokio::select! {
                 m = stream.message() => m,
+                _ = tx.closed() => return,
                 _ = tick.tick() => {
                     marker.publish(&lookup, &subscribed).await;
                     continue;

@@ -363,7 +363,12 @@ async fn cri_events(
             info!(endpoint = %endpoint, "following the runtime's CRI container events");
             let mut stream = stream.into_inner();
             loop {
-                match stream.message().await {
+                let next = tokio::select! {
+                    m = stream.message() => m,
+                    // The session ended: let go of the stream.
+                    _ = tx.closed() => return,
+                };
+                match next {
                     Ok(Some(ev)) => {
                         for item in map_cri_event(&ev, &filter) {
                             if tx.send(Ok(Some(item))).is_err() {
