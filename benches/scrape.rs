@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use lifecycle_agent::agent::new_state;
+use lifecycle_agent::api;
 use lifecycle_agent::config::{Config, RunArgs};
 use lifecycle_agent::event::{
     ContainerLabels, EventKind, PodRef, RuntimeEvent, SourceEvent, Subject,
 };
-use lifecycle_agent::history::{parse_types, EventQuery};
+use lifecycle_agent::history::query::{parse_types, EventQuery};
 use lifecycle_agent::kube::pods::{PodIndex, PodMeta};
 use lifecycle_agent::kube::KubeState;
-use lifecycle_agent::metrics;
 use lifecycle_agent::state::{State, StateReader};
 
 const T0: i64 = 1_700_000_000_000_000_000;
@@ -151,7 +151,7 @@ fn encode(c: &mut Criterion) {
     // on it.
     for (n, history) in [(100usize, 0), (1_000, 0), (10_000, 0), (1_000, 100_000)] {
         let (s, kube) = populated(n, history);
-        let registry = metrics::registry(s, kube, Default::default());
+        let registry = api::registry(&s, &kube, &Default::default());
         let mut probe = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut probe, &registry)
             .expect("encode");

@@ -23,7 +23,7 @@ use crate::runtime::{watch, RuntimeInfo};
 use crate::state::State;
 use crate::store::Store;
 use crate::time::now_nanos;
-use crate::tracker::Delta;
+use crate::tracker::persist::Delta;
 use crate::{api, Error, Result};
 
 /// How often the history's retention window is applied.

@@ -14,12 +14,14 @@ use serde_json::json;
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::history::{EventQuery, HistoryEvent, RawEventQuery};
+use crate::history::query::{EventQuery, RawEventQuery};
+use crate::history::HistoryEvent;
 use crate::kube::pods::{ApiFields, PodIndex};
 use crate::kube::KubeState;
+use crate::self_metrics::register_counters;
 use crate::state::{HistoryClearer, StateReader};
 use crate::time::{now_nanos, parse_time_or_ago};
-use crate::tracker::IdentityView;
+use crate::tracker::view::IdentityView;
 use crate::{metrics, stats};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -58,11 +60,7 @@ pub const MAX_CONCURRENT_SCRAPES: usize = 8;
 
 pub fn router(app: App) -> Router {
     let scrapes_rejected = Counter::default();
-    let registry = Arc::new(metrics::registry(
-        app.state.clone(),
-        app.kube.clone(),
-        scrapes_rejected.clone(),
-    ));
+    let registry = Arc::new(registry(&app.state, &app.kube, &scrapes_rejected));
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -81,6 +79,28 @@ pub fn router(app: App) -> Router {
             scrapes: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SCRAPES)),
             scrapes_rejected,
         })
+}
+
+/// The registry behind `/metrics`: the scrape-time collector, the state's counters and the
+/// HTTP server's own (`scrapes_rejected`).
+pub fn registry(
+    state: &StateReader,
+    kube: &Arc<KubeState>,
+    scrapes_rejected: &Counter,
+) -> Registry {
+    let mut r = Registry::default();
+    metrics::register(&mut r, state.clone(), kube.clone());
+    state.register(&mut r);
+    register_counters(
+        &mut r,
+        state.node_labels(),
+        vec![(
+            "lifecycle_agent_scrapes_rejected",
+            "/metrics requests answered 503 because the concurrent scrape limit was reached.",
+            scrapes_rejected.clone(),
+        )],
+    );
+    r
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {

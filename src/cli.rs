@@ -8,7 +8,8 @@ use serde::Deserialize;
 
 use crate::client::{get_json, ClientError};
 use crate::config::{Config, RunArgs};
-use crate::history::{parse_types, HistoryEvent, RawEventQuery};
+use crate::history::query::{parse_types, RawEventQuery};
+use crate::history::HistoryEvent;
 use crate::runtime::discovery::{self, Probe};
 use crate::stats::{RestartStats, UptimeStats};
 

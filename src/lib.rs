@@ -22,6 +22,7 @@ pub mod labels;
 pub mod metrics;
 pub mod process;
 pub mod runtime;
+pub mod self_metrics;
 pub mod state;
 pub mod stats;
 pub mod store;

@@ -17,8 +17,6 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use prometheus_client::metrics::counter::Counter;
-
 use crate::event::EventKind;
 use crate::kube::pods::PodIndex;
 use crate::kube::{KubeState, WatchErrorReason};
@@ -26,24 +24,20 @@ use crate::labels::cut_label_value;
 use crate::process::ProcessStats;
 use crate::state::StateReader;
 use crate::time::{now_nanos, NANOS_PER_SEC};
-use crate::tracker::{IdentityView, NodeCounts};
+use crate::tracker::view::{IdentityView, NodeCounts};
 
 #[derive(Debug)]
 pub struct LifecycleCollector {
     state: StateReader,
     kube: Arc<KubeState>,
-    scrapes_rejected: Counter,
 }
 
-/// The registry behind `/metrics`.
-pub fn registry(state: StateReader, kube: Arc<KubeState>, scrapes_rejected: Counter) -> Registry {
-    let mut r = Registry::default();
-    r.register_collector(Box::new(LifecycleCollector {
-        state,
-        kube,
-        scrapes_rejected,
-    }));
-    r
+/// Registers what `/metrics` computes at scrape time: the series of every identity, the
+/// node's counts, the agent's build, connection, history and process figures, and the
+/// Kubernetes side's health. The counters of the state and of the HTTP server are
+/// registered by their owners.
+pub fn register(r: &mut Registry, state: StateReader, kube: Arc<KubeState>) {
+    r.register_collector(Box::new(LifecycleCollector { state, kube }));
 }
 
 type Labels<'a> = Vec<(&'a str, &'a str)>;
@@ -340,7 +334,6 @@ impl LifecycleCollector {
         l: &Labels,
         own: &TrackerFigures,
     ) -> Result<(), std::fmt::Error> {
-        let c = self.state.counters();
         let version = env!("CARGO_PKG_VERSION");
         family(
             enc,
@@ -359,27 +352,14 @@ impl LifecycleCollector {
             MetricType::Gauge,
             vec![gauge(l.clone(), connected)],
         )?;
-        let counters = [
-            ("lifecycle_agent_events_processed", "Runtime events recorded.", c.events_processed.get()),
-            ("lifecycle_agent_events_duplicate", "Replayed events dropped because they were already processed.", c.events_duplicate.get()),
-            ("lifecycle_agent_stream_reconnects", "Times the runtime connection was lost and retried.", c.stream_reconnects.get()),
-            ("lifecycle_agent_events_possibly_missed", "Replays that could not reach back to the last processed event (the runtime no longer held it); the gap was reconciled from list + inspect.", c.events_possibly_missed.get()),
-            ("lifecycle_agent_restarts_inferred", "Restarts counted from the runtime's state rather than from an observed event.", own.inferred_restarts),
-            ("lifecycle_agent_store_writes", "Group commits written to the state store.", c.store_writes.get()),
-            ("lifecycle_agent_store_errors", "Failed state store writes (retried with the next commit).", c.store_errors.get()),
-            ("lifecycle_agent_store_recoveries", "Unusable state files moved aside and rebuilt from the runtime.", c.store_recoveries.get()),
-            ("lifecycle_agent_scrapes_rejected", "/metrics requests answered 503 because the concurrent scrape limit was reached.", self.scrapes_rejected.get()),
-        ];
-        for (name, help, v) in counters {
-            family(
-                enc,
-                name,
-                help,
-                None,
-                MetricType::Counter,
-                vec![counter(l.clone(), v)],
-            )?;
-        }
+        family(
+            enc,
+            "lifecycle_agent_restarts_inferred",
+            "Restarts counted from the runtime's state rather than from an observed event.",
+            None,
+            MetricType::Counter,
+            vec![counter(l.clone(), own.inferred_restarts)],
+        )?;
         family(
             enc,
             "lifecycle_agent_history_events",

@@ -13,15 +13,20 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::event::snapshot::ContainerSnapshot;
 use crate::event::{Lookup, RuntimeKind, SourceEvent};
 use crate::history::HistoryLimits;
+use crate::labels::cut_label_value;
 use crate::runtime::RuntimeInfo;
+use crate::self_metrics::{register_counters, NodeLabels};
 use crate::time::now_nanos;
-use crate::tracker::{Applied, Delta, ReconcileReport, Saved, Tracker};
+use crate::tracker::persist::{Delta, Saved};
+use crate::tracker::reconcile::ReconcileReport;
+use crate::tracker::{Applied, Tracker};
 
 /// Whether the runtime's initial sync is done and its stream connected (`/readyz`).
 #[derive(Debug, Clone)]
@@ -32,14 +37,33 @@ pub struct Readiness {
 
 /// The counters the state's verbs raise (`lifecycle_agent_*_total`).
 #[derive(Debug, Default)]
-pub struct StateCounters {
-    pub events_processed: Counter,
-    pub events_duplicate: Counter,
-    pub stream_reconnects: Counter,
-    pub events_possibly_missed: Counter,
-    pub store_writes: Counter,
-    pub store_errors: Counter,
-    pub store_recoveries: Counter,
+struct StateCounters {
+    events_processed: Counter,
+    events_duplicate: Counter,
+    stream_reconnects: Counter,
+    events_possibly_missed: Counter,
+    store_writes: Counter,
+    store_errors: Counter,
+    store_recoveries: Counter,
+}
+
+impl StateCounters {
+    fn register(&self, r: &mut Registry, labels: NodeLabels) {
+        let c = |name, help, counter: &Counter| (name, help, counter.clone());
+        register_counters(
+            r,
+            labels,
+            vec![
+                c("lifecycle_agent_events_processed", "Runtime events recorded.", &self.events_processed),
+                c("lifecycle_agent_events_duplicate", "Replayed events dropped because they were already processed.", &self.events_duplicate),
+                c("lifecycle_agent_stream_reconnects", "Times the runtime connection was lost and retried.", &self.stream_reconnects),
+                c("lifecycle_agent_events_possibly_missed", "Replays that could not reach back to the last processed event (the runtime no longer held it); the gap was reconciled from list + inspect.", &self.events_possibly_missed),
+                c("lifecycle_agent_store_writes", "Group commits written to the state store.", &self.store_writes),
+                c("lifecycle_agent_store_errors", "Failed state store writes (retried with the next commit).", &self.store_errors),
+                c("lifecycle_agent_store_recoveries", "Unusable state files moved aside and rebuilt from the runtime.", &self.store_recoveries),
+            ],
+        );
+    }
 }
 
 #[derive(Debug)]
@@ -261,7 +285,25 @@ impl StateReader {
         self.0.readiness.lock().ready
     }
 
-    pub fn counters(&self) -> &StateCounters {
+    /// The `node` and `runtime` labels of node-wide series, read at each scrape.
+    pub fn node_labels(&self) -> NodeLabels {
+        let inner = self.0.clone();
+        Arc::new(move || {
+            let t = inner.tracker.read();
+            [
+                ("node", cut_label_value(t.node()).to_string()),
+                ("runtime", t.runtime().as_str().to_string()),
+            ]
+        })
+    }
+
+    /// Registers the counters the state's verbs raise.
+    pub fn register(&self, r: &mut Registry) {
+        self.0.counters.register(r, self.node_labels());
+    }
+
+    #[cfg(test)]
+    fn counters(&self) -> &StateCounters {
         &self.0.counters
     }
 }

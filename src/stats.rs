@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::tracker::{IdentityView, Tracker};
+use crate::tracker::view::IdentityView;
+use crate::tracker::Tracker;
 
 /// How many of the most restarting identities `stats/restarts` lists.
 pub const TOP_RESTARTING: usize = 10;

@@ -1,5 +1,5 @@
 //! The crate is layered: no file of `src/` imports a file that (directly or through
-//! others) imports it back. `docs/design.md` ("Layers") names the layers; this test keeps
+//! others) imports it back; and no production file grows past [`MAX_FILE_LINES`]. `docs/design.md` ("Layers") names the layers; this test keeps
 //! them honest, and shows that it can fail on a synthetic cycle.
 //!
 //! An edge is every path a file names into the crate: `crate::...`, `super::...`,
@@ -9,6 +9,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+/// A file longer than this has seams to split along (README "Development").
+const MAX_FILE_LINES: usize = 800;
 
 /// One source file: its module path (`["runtime", "watch"]`) and its text.
 struct SourceFile {
@@ -479,4 +482,20 @@ fn child_modules_and_test_code_are_resolved_as_rust_does() {
         file("k/w", "use super::Conn;\npub struct Layer;\n"),
     ];
     assert_eq!(cycles(&graph(&files_with_cycle)), vec![vec!["k", "k/w"]]);
+}
+
+#[test]
+fn no_production_file_is_longer_than_the_limit() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    read_src(&root, &root, &mut files);
+    let long: Vec<(String, usize)> = files
+        .iter()
+        .map(|f| (name(&f.module), f.text.lines().count()))
+        .filter(|(_, n)| *n > MAX_FILE_LINES)
+        .collect();
+    assert!(
+        long.is_empty(),
+        "files over {MAX_FILE_LINES} lines: {long:?}"
+    );
 }

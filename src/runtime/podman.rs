@@ -16,488 +16,34 @@
 //!   stream reopens itself from its last event, so a rotation is not a lost connection.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::stream::{self, BoxStream, StreamExt};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use serde::Deserialize;
 use tracing::{debug, warn};
 
-use super::{map_action, ContainerFilter, RuntimeInfo, Source, SourceError, RENAME_ACTION};
-use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
-use crate::event::{
-    ContainerLabels, EventKind, Health, Rename, RuntimeEvent, RuntimeKind, SourceEvent, Subject,
-};
-use crate::time::{format_rfc3339, parse_rfc3339, NANOS_PER_SEC};
+mod http;
+mod wire;
+
+use super::{ContainerFilter, RuntimeInfo, Source, SourceError};
+use crate::event::snapshot::ContainerSnapshot;
+use crate::event::{EventKind, RuntimeKind, SourceEvent};
+use crate::time::format_rfc3339;
+use http::{encode, HttpError, Lines, Target};
+use wire::*;
 
 /// The libpod API prefix; Podman 4 and 5 answer it (their minimum libpod API is 4.0.0).
 const API: &str = "/v4.0.0/libpod";
-/// Time for one request's headers and (non-streaming) body.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// A list or inspect answer larger than this is refused rather than buffered.
-const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
-/// An event line longer than this is skipped: real ones are a few hundred bytes, label-heavy
-/// ones a few KiB.
-const MAX_LINE_BYTES: usize = 1024 * 1024;
 /// Inspects in flight at once while building a snapshot.
 const INSPECT_CONCURRENCY: usize = 8;
 /// Times in a row the live stream may end without delivering anything before the source
 /// reports it as ended (a rotation delivers at least the events before it).
 const MAX_EMPTY_REOPENS: u32 = 3;
 
-/// Where the API listens.
-#[derive(Debug, Clone)]
-enum Target {
-    Unix(PathBuf),
-    Tcp(String),
-}
-
-/// What can go wrong talking HTTP to Podman; turned into a [`SourceError`] at the edge.
-#[derive(Debug, thiserror::Error)]
-enum HttpError {
-    #[error("cannot connect: {0}")]
-    Connect(std::io::Error),
-    #[error("{0}")]
-    Hyper(#[from] hyper::Error),
-    #[error("cannot build the request: {0}")]
-    Request(#[from] hyper::http::Error),
-    #[error("answered {status}: {message}")]
-    Status { status: u16, message: String },
-    #[error("no answer within {0}s")]
-    Timeout(u64),
-    #[error("unexpected JSON: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("the answer is larger than {0} bytes")]
-    TooLarge(usize),
-}
-
-impl HttpError {
-    fn is_not_found(&self) -> bool {
-        matches!(self, HttpError::Status { status: 404, .. })
-    }
-}
-
-impl Target {
-    fn parse(endpoint: &str) -> Result<Target, String> {
-        if let Some(addr) = endpoint
-            .strip_prefix("tcp://")
-            .or_else(|| endpoint.strip_prefix("http://"))
-        {
-            return Ok(Target::Tcp(addr.trim_end_matches('/').to_string()));
-        }
-        let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
-        if path.is_empty() {
-            return Err("empty socket path".into());
-        }
-        Ok(Target::Unix(PathBuf::from(path)))
-    }
-
-    /// Sends one GET on a fresh connection; the connection lives as long as the body.
-    async fn get(&self, path_and_query: &str) -> Result<Response<Incoming>, HttpError> {
-        let req = Request::get(path_and_query)
-            .header(hyper::header::HOST, "podman")
-            .body(Empty::<Bytes>::new())?;
-        match self {
-            Target::Unix(p) => {
-                let io = tokio::net::UnixStream::connect(p)
-                    .await
-                    .map_err(HttpError::Connect)?;
-                send_over(io, req).await
-            }
-            Target::Tcp(addr) => {
-                let io = tokio::net::TcpStream::connect(addr.as_str())
-                    .await
-                    .map_err(HttpError::Connect)?;
-                send_over(io, req).await
-            }
-        }
-    }
-
-    /// GETs and checks the status; error bodies carry Podman's `message`.
-    async fn get_ok(&self, path_and_query: &str) -> Result<Response<Incoming>, HttpError> {
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.get(path_and_query))
-            .await
-            .map_err(|_| HttpError::Timeout(REQUEST_TIMEOUT.as_secs()))??;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(resp);
-        }
-        let body = Limited::new(resp.into_body(), 64 * 1024)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| {
-                v.get("message")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-        Err(HttpError::Status {
-            status: status.as_u16(),
-            message,
-        })
-    }
-
-    async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        path_and_query: &str,
-    ) -> Result<T, HttpError> {
-        let resp = self.get_ok(path_and_query).await?;
-        let body = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            Limited::new(resp.into_body(), MAX_BODY_BYTES).collect(),
-        )
-        .await
-        .map_err(|_| HttpError::Timeout(REQUEST_TIMEOUT.as_secs()))?
-        .map_err(|_| HttpError::TooLarge(MAX_BODY_BYTES))?
-        .to_bytes();
-        Ok(serde_json::from_slice(&body)?)
-    }
-}
-
-async fn send_over<T>(io: T, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>, HttpError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "podman API connection closed");
-        }
-    });
-    Ok(sender.send_request(req).await?)
-}
-
-/// Splits a streaming body into lines without waiting for more than the next chunk.
-struct Lines {
-    body: Incoming,
-    buf: Vec<u8>,
-    /// Skipping the rest of an over-long line.
-    skipping: bool,
-    done: bool,
-}
-
-impl Lines {
-    fn new(body: Incoming) -> Lines {
-        Lines {
-            body,
-            buf: Vec::new(),
-            skipping: false,
-            done: false,
-        }
-    }
-
-    /// The next complete line, `None` at the end of the body.
-    async fn next(&mut self) -> Option<Result<Vec<u8>, HttpError>> {
-        loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-                line.pop();
-                if std::mem::take(&mut self.skipping) {
-                    continue;
-                }
-                return Some(Ok(line));
-            }
-            if self.buf.len() > MAX_LINE_BYTES {
-                warn!(
-                    bytes = self.buf.len(),
-                    "skipping an over-long line in Podman's event stream"
-                );
-                self.buf.clear();
-                self.skipping = true;
-            }
-            if self.done {
-                if self.buf.is_empty() || self.skipping {
-                    return None;
-                }
-                return Some(Ok(std::mem::take(&mut self.buf)));
-            }
-            match self.body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Some(Err(e.into()));
-                }
-                None => self.done = true,
-            }
-        }
-    }
-}
-
-/// One line of libpod's event stream (the Docker-shaped JSON Podman 4 answers).
-#[derive(Debug, Deserialize)]
-struct PodmanEvent {
-    #[serde(rename = "Type", default)]
-    typ: String,
-    #[serde(rename = "Action", default)]
-    action: String,
-    #[serde(rename = "Actor", default)]
-    actor: Actor,
-    #[serde(rename = "timeNano", default)]
-    time_nano: Option<i64>,
-    #[serde(default)]
-    time: Option<i64>,
-    /// Podman puts a health check's result here, on every check.
-    #[serde(rename = "HealthStatus", default)]
-    health_status: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Actor {
-    #[serde(rename = "ID", default)]
-    id: String,
-    #[serde(rename = "Attributes", default)]
-    attributes: Option<HashMap<String, String>>,
-}
-
-/// Parses one event line. Podman 4.3's log reader can emit the start of a line and then the
-/// whole line again on the same line (a write it caught half-way): the last complete object
-/// in the line is the event.
-fn parse_line(line: &[u8]) -> Option<PodmanEvent> {
-    let text = std::str::from_utf8(line).ok()?.trim();
-    if text.is_empty() {
-        return None;
-    }
-    if let Ok(ev) = serde_json::from_str(text) {
-        return Some(ev);
-    }
-    text.match_indices("{\"")
-        .skip(1)
-        .find_map(|(i, _)| serde_json::from_str(&text[i..]).ok())
-}
-
-/// A libpod rename, whose `name` attribute is the new name (libpod stamps the event after it
-/// renamed the container). `None` for anything else.
-fn to_rename(ev: &PodmanEvent) -> Option<Rename> {
-    if ev.typ != "container" || ev.action != RENAME_ACTION || ev.actor.id.is_empty() {
-        return None;
-    }
-    let name = ev
-        .actor
-        .attributes
-        .as_ref()
-        .and_then(|a| a.get("name"))
-        .cloned()
-        .unwrap_or_default();
-    Some(Rename {
-        time_nanos: event_time(ev)?,
-        container_id: ev.actor.id.clone(),
-        name,
-    })
-}
-
-fn event_time(ev: &PodmanEvent) -> Option<i64> {
-    ev.time_nano
-        .filter(|&t| t > 0)
-        .or_else(|| ev.time.map(|s| s.saturating_mul(NANOS_PER_SEC)))
-}
-
-/// A libpod event as a runtime event, before the pod-infra check. Non-container events and
-/// actions without a lifecycle meaning are `None`.
-fn to_runtime_event(ev: PodmanEvent) -> Option<RuntimeEvent> {
-    if ev.typ != "container" {
-        return None;
-    }
-    let (kind, mut health) = map_action(&ev.action)?;
-    if ev.actor.id.is_empty() {
-        return None;
-    }
-    let time_nanos = event_time(&ev)?;
-    let attrs = ev.actor.attributes.unwrap_or_default();
-    let get = |k: &str| attrs.get(k).map(String::as_str);
-    if kind == EventKind::HealthStatus && health.is_none() {
-        health = ev
-            .health_status
-            .as_deref()
-            .or_else(|| get("health_status"))
-            .and_then(Health::parse);
-    }
-    // Podman stamps `containerExitCode` on every event (usually "0"); only a death has one.
-    let exit_code = if kind == EventKind::Died {
-        get("containerExitCode")
-            .or_else(|| get("exitCode"))
-            .and_then(|c| c.parse().ok())
-    } else {
-        None
-    };
-    Some(RuntimeEvent {
-        time_nanos,
-        kind,
-        exit_code,
-        health,
-        subject: Arc::new(Subject {
-            name: get("name").unwrap_or_default().to_string(),
-            image: get("image").unwrap_or_default().to_string(),
-            labels: ContainerLabels::from_lookup(get),
-            container_id: ev.actor.id,
-        }),
-        action: ev.action,
-    })
-}
-
-/// The pod an event's container belongs to, if any (`podId` attribute).
-fn pod_of(ev: &PodmanEvent) -> Option<String> {
-    ev.actor
-        .attributes
-        .as_ref()
-        .and_then(|a| a.get("podId"))
-        .filter(|p| !p.is_empty())
-        .cloned()
-}
-
-/// Podman names a pod's infra container `<first 12 of the pod id>-infra` unless told
-/// otherwise; the fallback when the container is gone and inspect cannot say.
-fn looks_like_infra(name: &str, pod_id: &str) -> bool {
-    name.strip_suffix("-infra")
-        .is_some_and(|p| !p.is_empty() && pod_id.starts_with(p))
-}
-
-/// The same judgement without the pod id: `<12 hex digits>-infra`.
-fn looks_like_default_infra(name: &str) -> bool {
-    name.strip_suffix("-infra").is_some_and(|p| {
-        p.len() == 12
-            && p.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
-
 /// Which containers are pod infra containers, learned from list, inspect and events.
 #[derive(Debug, Default)]
 struct InfraCache {
     known: HashMap<String, bool>,
-}
-
-#[derive(Debug, Deserialize)]
-struct VersionAnswer {
-    #[serde(rename = "Version", default)]
-    version: String,
-    #[serde(rename = "Components", default)]
-    components: Option<Vec<Component>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Component {
-    #[serde(rename = "Name", default)]
-    name: String,
-    #[serde(rename = "Details", default)]
-    details: Option<HashMap<String, serde_json::Value>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ListItem {
-    #[serde(rename = "Id")]
-    id: String,
-    #[serde(rename = "IsInfra", default)]
-    is_infra: bool,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Inspect {
-    #[serde(rename = "Id")]
-    id: String,
-    #[serde(rename = "Name")]
-    name: String,
-    #[serde(rename = "Created")]
-    created: Option<String>,
-    #[serde(rename = "Image")]
-    image_id: String,
-    #[serde(rename = "ImageName")]
-    image_name: String,
-    #[serde(rename = "RestartCount")]
-    restart_count: Option<i64>,
-    #[serde(rename = "IsInfra")]
-    is_infra: bool,
-    #[serde(rename = "State")]
-    state: InspectState,
-    #[serde(rename = "Config")]
-    config: InspectConfig,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct InspectState {
-    #[serde(rename = "Status")]
-    status: String,
-    #[serde(rename = "ExitCode")]
-    exit_code: Option<i64>,
-    #[serde(rename = "OOMKilled")]
-    oom_killed: bool,
-    #[serde(rename = "StartedAt")]
-    started_at: Option<String>,
-    #[serde(rename = "FinishedAt")]
-    finished_at: Option<String>,
-    /// `Health` in Podman 4, `Healthcheck` in Podman 3.
-    #[serde(rename = "Health", alias = "Healthcheck")]
-    health: Option<InspectHealth>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct InspectHealth {
-    #[serde(rename = "Status")]
-    status: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct InspectConfig {
-    #[serde(rename = "Labels")]
-    labels: Option<HashMap<String, String>>,
-}
-
-fn to_snapshot(i: Inspect) -> ContainerSnapshot {
-    let labels = i.config.labels.unwrap_or_default();
-    let mut l = ContainerLabels::from_lookup(|k| labels.get(k).map(String::as_str));
-    l.sandbox |= i.is_infra;
-    ContainerSnapshot {
-        name: i.name.trim_start_matches('/').to_string(),
-        image: i.image_name,
-        image_id: i.image_id,
-        labels: l,
-        state: SnapshotState::parse(&i.state.status),
-        started_at: i.state.started_at.as_deref().and_then(parse_rfc3339),
-        finished_at: i.state.finished_at.as_deref().and_then(parse_rfc3339),
-        created_at: i.created.as_deref().and_then(parse_rfc3339),
-        exit_code: i.state.exit_code,
-        // Podman 4 never sets it (it sees no OOM kill); kept for runtimes that do.
-        oom_killed: i.state.oom_killed,
-        health: i.state.health.and_then(|h| Health::parse(&h.status)),
-        restart_count: i.restart_count.unwrap_or(0).max(0) as u64,
-        id: i.id,
-    }
-}
-
-/// `since` for Podman: RFC 3339 with nanoseconds, one nanosecond early (Podman's `since` is
-/// exclusive; the watch loop's replays are inclusive).
-pub fn format_podman_since(nanos: i64) -> String {
-    format_rfc3339(nanos.saturating_sub(1))
-}
-
-/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 pub struct PodmanSource {
@@ -544,18 +90,17 @@ impl PodmanSource {
 
 /// Connection failures are `Unreachable` (back off and retry); answers Podman gave are `Api`.
 fn classify(endpoint: &str, operation: &'static str, e: HttpError) -> SourceError {
-    match e {
-        HttpError::Connect(_) | HttpError::Hyper(_) | HttpError::Timeout(_) => {
-            SourceError::Unreachable {
-                endpoint: endpoint.to_string(),
-                reason: format!("{operation}: {e}"),
-            }
+    if e.is_transport() {
+        SourceError::Unreachable {
+            endpoint: endpoint.to_string(),
+            reason: format!("{operation}: {e}"),
         }
-        other => SourceError::Api {
+    } else {
+        SourceError::Api {
             endpoint: endpoint.to_string(),
             operation,
-            reason: other.to_string(),
-        },
+            reason: e.to_string(),
+        }
     }
 }
 
@@ -731,7 +276,7 @@ impl Source for PodmanSource {
 
     async fn connect(&mut self) -> Result<RuntimeInfo, SourceError> {
         let target = self.target()?.clone();
-        if let Target::Unix(path) = &target {
+        if let Some(path) = target.socket_path() {
             if !path.exists() {
                 return Err(SourceError::Unreachable {
                     endpoint: self.endpoint.clone(),
@@ -857,6 +402,8 @@ impl Source for PodmanSource {
 #[cfg(test)]
 mod test {
     use super::*;
+    use crate::event::snapshot::SnapshotState;
+    use crate::event::{Health, Rename};
 
     const DIED: &str = r#"{"status":"died","id":"25e82be567f6","from":"localhost/lat-busybox:1","Type":"container","Action":"died","Actor":{"ID":"25e82be567f6","Attributes":{"a":"b","containerExitCode":"137","image":"localhost/lat-busybox:1","name":"t1","podId":""}},"scope":"local","time":1795667329,"timeNano":1795667329494075242}"#;
 

@@ -1,5 +1,6 @@
+use super::view::IdentityView;
 use super::*;
-use crate::event::snapshot::SnapshotState;
+use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::event::{ContainerLabels, PodRef, Subject};
 
 const S: i64 = NANOS_PER_SEC;
