@@ -18,7 +18,7 @@ use crate::runtime::{watch, AnySource, RuntimeInfo};
 use crate::store::Store;
 use crate::time::now_nanos;
 use crate::tracker::{Applied, Delta, Tracker};
-use crate::{api, Error, Result};
+use crate::{api, server, Error, Result};
 
 /// How often the history's retention window is applied.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
@@ -86,6 +86,8 @@ pub struct Shared {
     pub changed: tokio::sync::Notify,
     /// Pods of the node and the health of their watch; empty and idle without Kubernetes.
     pub kube: KubeState,
+    /// The HTTP server's connection and answer counters.
+    pub http: Arc<crate::server::HttpStats>,
 }
 
 impl Shared {
@@ -112,6 +114,7 @@ impl Shared {
             admin_token: config.admin_token.clone(),
             changed: tokio::sync::Notify::new(),
             kube: KubeState::new(&config.pod_metadata),
+            http: Arc::default(),
         }
     }
 
@@ -160,17 +163,10 @@ pub async fn run(config: Config) -> Result<()> {
 
     let server = {
         let app = api::router(shared.clone());
-        let stop = shutdown.clone();
+        let limits = server::Limits::for_fd_limit(crate::process::ProcessStats::read().max_fds);
         tokio::spawn(
-            async move {
-                let r = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(e) = r {
-                    error!(error = %e, "HTTP server failed");
-                }
-            }
-            .instrument(info_span!("http")),
+            server::serve(listener, app, shared.http.clone(), limits, shutdown.clone())
+                .instrument(info_span!("http")),
         )
     };
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::agent::Shared;
+use crate::answers::{AnswerBudget, ScrapeSlot, ScrapeSlots};
 use crate::history::{EventQuery, HistoryEvent, RawEventQuery};
 use crate::kube::pods::{ApiFields, PodIndex};
 use crate::time::{now_nanos, parse_time_or_ago};
@@ -27,7 +28,9 @@ struct AppState {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     /// One permit per `/metrics` response being encoded.
-    scrapes: Arc<tokio::sync::Semaphore>,
+    scrapes: Arc<ScrapeSlots>,
+    /// Memory for large JSON answers being sent.
+    budget: AnswerBudget,
 }
 
 /// `/metrics` responses encoded at once. Each holds a snapshot of every identity (about 5 MB
@@ -50,7 +53,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(AppState {
             shared,
             registry,
-            scrapes: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SCRAPES)),
+            scrapes: ScrapeSlots::new(MAX_CONCURRENT_SCRAPES),
+            budget: AnswerBudget::default(),
         })
 }
 
@@ -76,7 +80,7 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
     } else {
         PROMETHEUS_TEXT
     };
-    let Ok(permit) = s.scrapes.clone().try_acquire_owned() else {
+    let Some(grant) = s.scrapes.acquire().await else {
         s.shared.counters.scrapes_rejected.inc();
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -89,8 +93,7 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
     let registry = s.registry.clone();
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let mut out = ChunkWriter::new(tx.clone(), runtime.clone());
+        let mut out = ChunkWriter::new(tx.clone(), runtime.clone(), grant.slot.clone());
         // A panic must not end the body as if it were complete.
         let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if openmetrics {
@@ -103,6 +106,11 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
         match encoded {
             Ok(Ok(())) => {}
             _ if tx.is_closed() => {}
+            Ok(Err(_)) if grant.slot.cancel.is_cancelled() => {
+                tracing::debug!(
+                    "a /metrics scrape whose client read nothing was stopped for a new one"
+                );
+            }
             Ok(Err(_)) if out.stalled => {
                 tracing::warn!(
                     seconds = CHUNK_SEND_TIMEOUT.as_secs(),
@@ -155,15 +163,22 @@ struct ChunkWriter {
     runtime: tokio::runtime::Handle,
     /// The scraper read nothing for [`CHUNK_SEND_TIMEOUT`].
     stalled: bool,
+    /// Where a new scrape sees that this one waits for its client, and stops it.
+    slot: Arc<ScrapeSlot>,
 }
 
 impl ChunkWriter {
-    fn new(tx: tokio::sync::mpsc::Sender<Chunk>, runtime: tokio::runtime::Handle) -> Self {
+    fn new(
+        tx: tokio::sync::mpsc::Sender<Chunk>,
+        runtime: tokio::runtime::Handle,
+        slot: Arc<ScrapeSlot>,
+    ) -> Self {
         ChunkWriter {
             buf: String::with_capacity(CHUNK_BYTES + 4096),
             tx,
             runtime,
             stalled: false,
+            slot,
         }
     }
 
@@ -172,14 +187,20 @@ impl ChunkWriter {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, String::with_capacity(CHUNK_BYTES + 4096));
-        let sent = self.runtime.block_on(tokio::time::timeout(
-            CHUNK_SEND_TIMEOUT,
-            self.tx.send(Ok(Bytes::from(chunk))),
-        ));
+        self.slot.waiting();
+        let cancel = self.slot.cancel.clone();
+        let sent = self.runtime.block_on(async {
+            tokio::select! {
+                r = tokio::time::timeout(CHUNK_SEND_TIMEOUT, self.tx.send(Ok(Bytes::from(chunk)))) => Some(r),
+                _ = cancel.cancelled() => None,
+            }
+        });
+        self.slot.taken();
         match sent {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(std::fmt::Error),
-            Err(_) => {
+            None => Err(std::fmt::Error),
+            Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(_))) => Err(std::fmt::Error),
+            Some(Err(_)) => {
                 self.stalled = true;
                 Err(std::fmt::Error)
             }
@@ -251,7 +272,18 @@ async fn containers(State(s): State<AppState>) -> Response {
     });
     let pods = s.shared.kube.pods();
     let list: Vec<ContainerJson> = list.iter().map(|v| ContainerJson::new(v, &pods)).collect();
-    Json(json!({ "node": node, "runtime": runtime, "containers": list })).into_response()
+    #[derive(Serialize)]
+    struct Answer<'a> {
+        node: String,
+        runtime: crate::event::RuntimeKind,
+        containers: Vec<ContainerJson<'a>>,
+    }
+    let answer = Answer {
+        node,
+        runtime,
+        containers: list,
+    };
+    s.budget.json(&answer, &s.shared.http.answers_rejected)
 }
 
 async fn container(State(s): State<AppState>, Path(key): Path<String>) -> Response {
@@ -296,7 +328,16 @@ async fn events(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response 
                 .map(|p| p.api_fields()),
         })
         .collect();
-    Json(json!({ "events": events, "truncated": result.truncated })).into_response()
+    #[derive(Serialize)]
+    struct Answer<'a> {
+        events: Vec<EventJson<'a>>,
+        truncated: bool,
+    }
+    let answer = Answer {
+        events,
+        truncated: result.truncated,
+    };
+    s.budget.json(&answer, &s.shared.http.answers_rejected)
 }
 
 #[derive(Deserialize)]
@@ -373,7 +414,6 @@ mod test {
     use crate::config::{Config, RunArgs};
     use crate::event::{ContainerLabels, EventKind, RuntimeEvent, Subject};
     use http_body_util::BodyExt;
-    use std::future::IntoFuture;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -383,7 +423,15 @@ mod test {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(axum::serve(listener, router(state(n))).into_future());
+        let shared = state(n);
+        let stats = shared.http.clone();
+        tokio::spawn(crate::server::serve(
+            listener,
+            router(shared),
+            stats,
+            crate::server::Limits::for_fd_limit(None),
+            tokio_util::sync::CancellationToken::new(),
+        ));
         addr
     }
 
@@ -485,11 +533,15 @@ mod test {
         let addr = listener.local_addr().expect("addr");
         let stop = tokio_util::sync::CancellationToken::new();
         let graceful = stop.clone();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router(state(20_000)))
-                .with_graceful_shutdown(graceful.cancelled_owned())
-                .await;
-        });
+        let shared = state(20_000);
+        let stats = shared.http.clone();
+        let server = tokio::spawn(crate::server::serve(
+            listener,
+            router(shared),
+            stats,
+            crate::server::Limits::for_fd_limit(None),
+            graceful,
+        ));
         let (mut stalled, status) = stalled_scrape(addr).await;
         assert_eq!(status, "HTTP/1.1 200");
         stop.cancel();
@@ -529,8 +581,8 @@ mod test {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn scrapes_beyond_the_limit_get_503_until_one_ends() {
-        // Bodies far larger than the socket buffers: unread, each keeps its permit.
+    async fn scrapers_that_read_nothing_give_their_place_to_a_new_scrape() {
+        // Bodies far larger than the socket buffers: unread, each waits for its client.
         let addr = serve(20_000).await;
         let mut held = Vec::new();
         for _ in 0..MAX_CONCURRENT_SCRAPES {
@@ -538,21 +590,43 @@ mod test {
             assert_eq!(status, "HTTP/1.1 200");
             held.push(s);
         }
-        let (_, status) = stalled_scrape(addr).await;
-        assert_eq!(status, "HTTP/1.1 503", "one scrape beyond the limit");
-        drop(held);
+        // Once one of them has kept a chunk waiting for a second, a new scrape takes its place
+        // (before that, it may get 503: every permit is busy).
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut attempts = 0;
         loop {
-            let (_, status) = stalled_scrape(addr).await;
-            if status == "HTTP/1.1 200" {
+            attempts += 1;
+            let (parts, body) = scrape(addr).await;
+            if parts.status == StatusCode::OK {
+                assert!(body.ends_with("# EOF\n"), "the new scrape is complete");
                 break;
             }
+            assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
             assert!(
                 std::time::Instant::now() < deadline,
-                "the permits of scrapers that left come back"
+                "a stalled scrape gave its place up ({attempts} attempts)"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // One of the stalled scrapes was stopped: its body ends before `# EOF`.
+        let mut cut = 0;
+        for mut s in held {
+            let mut body = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return true,
+                        Ok(n) => body.extend_from_slice(&buf[..n]),
+                    }
+                }
+            })
+            .await;
+            if read == Ok(true) && !body.ends_with(b"# EOF\n0\r\n\r\n") {
+                cut += 1;
+            }
+        }
+        assert!(cut >= 1, "a stalled scrape was stopped");
     }
 
     #[test]

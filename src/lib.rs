@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod answers;
 pub mod api;
 pub mod cli;
 pub mod client;
@@ -18,6 +19,7 @@ pub mod kube;
 pub mod metrics;
 pub mod process;
 pub mod runtime;
+pub mod server;
 pub mod stats;
 pub mod store;
 pub mod telemetry;

@@ -361,6 +361,7 @@ impl LifecycleCollector {
         own: &TrackerFigures,
     ) -> Result<(), std::fmt::Error> {
         let c = &self.shared.counters;
+        let h = &self.shared.http;
         let version = env!("CARGO_PKG_VERSION");
         family(
             enc,
@@ -389,6 +390,8 @@ impl LifecycleCollector {
             ("lifecycle_agent_store_errors", "Failed state store writes (retried with the next commit).", c.store_errors.get()),
             ("lifecycle_agent_store_recoveries", "Unusable state files moved aside and rebuilt from the runtime.", c.store_recoveries.get()),
             ("lifecycle_agent_scrapes_rejected", "/metrics requests answered 503 because the concurrent scrape limit was reached.", c.scrapes_rejected.get()),
+            ("lifecycle_agent_http_answers_rejected", "Large JSON answers refused with 503 because the memory set aside for answers in flight was in use.", h.answers_rejected.get()),
+            ("lifecycle_agent_http_accept_errors", "Failed accepts of HTTP connections (the file-descriptor limit reached, most often).", h.accept_errors.get()),
         ];
         for (name, help, v) in counters {
             family(
@@ -400,6 +403,33 @@ impl LifecycleCollector {
                 vec![counter(l.clone(), v)],
             )?;
         }
+        let dropped = [
+            ("limit", h.refused.get()),
+            ("evicted", h.evicted.get()),
+            ("timeout", h.timed_out.get()),
+        ];
+        family(
+            enc,
+            "lifecycle_agent_http_connections_closed",
+            "HTTP connections the agent closed by `reason`: `limit` (refused at the connection cap), `evicted` (idle or not reading, closed for a new one at the cap), `timeout` (request head too slow, idle keep-alive, or a client not reading).",
+            None,
+            MetricType::Counter,
+            dropped
+                .iter()
+                .map(|(reason, v)| counter(with(l, &[("reason", reason)]), *v))
+                .collect::<Vec<_>>(),
+        )?;
+        family(
+            enc,
+            "lifecycle_agent_http_connections",
+            "HTTP connections open now.",
+            None,
+            MetricType::Gauge,
+            vec![gauge(
+                l.clone(),
+                h.open.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            )],
+        )?;
         family(
             enc,
             "lifecycle_agent_history_events",
