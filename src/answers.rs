@@ -26,7 +26,7 @@ use crate::agent::Counter;
 pub const ANSWER_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 /// Answers up to this size are never refused: probes, stats, errors and small lists.
 const SMALL_ANSWER_BYTES: usize = 64 * 1024;
-/// A body is handed to the connection in slices of this size.
+/// Answers are encoded in chunks of this size.
 const SLICE_BYTES: usize = 64 * 1024;
 
 /// The memory set aside for JSON answers being sent.
@@ -50,51 +50,45 @@ impl AnswerBudget {
         }
     }
 
-    /// `value` as a JSON answer with status 200, or 503 when the budget cannot hold it now
-    /// (counted in `rejected`).
-    pub fn json<T: serde::Serialize>(&self, value: &T, rejected: &Counter) -> Response {
-        let body = match serde_json::to_vec(value) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "encoding a JSON answer failed");
-                return (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    axum::Json(serde_json::json!({ "error": "encoding the answer failed" })),
-                )
-                    .into_response();
-            }
-        };
-        let json = [(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
-        )];
-        if body.len() <= SMALL_ANSWER_BYTES {
-            return (json, body).into_response();
+    /// Sets aside `estimate` bytes for an answer about to be built; `None` (counted in
+    /// `rejected`; answer [`busy`]) when the budget cannot hold it now. Reserving before
+    /// building means a flood of requests costs neither the memory nor the CPU of answers
+    /// it cannot send.
+    pub fn reserve(&self, estimate: usize, rejected: &Counter) -> Option<Reservation> {
+        let charge = self.charge(estimate);
+        if charge == 0 {
+            return Some(Reservation {
+                budget: self.clone(),
+                permit: None,
+            });
         }
-        // An answer larger than the whole budget takes all of it.
-        let charge = u32::try_from(body.len().min(self.total)).unwrap_or(u32::MAX);
-        let Ok(permit) = self.bytes.clone().try_acquire_many_owned(charge) else {
-            rejected.inc();
-            let mut r = (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(serde_json::json!({
-                    "error": "too many large answers are being sent at once; retry later or ask for less (limit)"
-                })),
-            )
-                .into_response();
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            return r;
-        };
-        let len = body.len();
-        let body = Body::from_stream(Charged {
-            rest: Bytes::from(body),
-            permit: Some(permit),
-        });
-        let mut r = (json, body).into_response();
-        r.headers_mut()
-            .insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
-        r
+        match self.bytes.clone().try_acquire_many_owned(charge) {
+            Ok(permit) => Some(Reservation {
+                budget: self.clone(),
+                permit: Some(permit),
+            }),
+            Err(_) => {
+                rejected.inc();
+                None
+            }
+        }
+    }
+
+    /// `value` as a JSON answer with status 200, or 503 when the budget cannot hold it now.
+    pub fn json<T: serde::Serialize>(&self, value: &T) -> Response {
+        Reservation {
+            budget: self.clone(),
+            permit: None,
+        }
+        .json(value)
+    }
+
+    /// What an answer of `bytes` is charged: nothing when small, at most the whole budget.
+    fn charge(&self, bytes: usize) -> u32 {
+        if bytes <= SMALL_ANSWER_BYTES {
+            return 0;
+        }
+        u32::try_from(bytes.min(self.total)).unwrap_or(u32::MAX)
     }
 
     /// Bytes of the budget free now.
@@ -103,31 +97,132 @@ impl AnswerBudget {
     }
 }
 
-/// A body in slices that holds its share of the budget until its last slice is taken (or
-/// the connection drops it).
-struct Charged {
-    rest: Bytes,
+/// The answer when the budget is spent: 503, retry in a second.
+pub fn busy() -> Response {
+    let mut r = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(serde_json::json!({
+            "error": "too many large answers are being sent at once; retry later or ask for less (limit)"
+        })),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
+}
+
+/// Budget set aside for one answer.
+pub struct Reservation {
+    budget: AnswerBudget,
     permit: Option<OwnedSemaphorePermit>,
 }
 
-impl futures_util::Stream for Charged {
-    type Item = Result<Bytes, std::convert::Infallible>;
+impl Reservation {
+    /// `value` as a JSON answer with status 200, its charge fitted to its real size: an
+    /// answer larger than reserved takes more if the budget has it (else it goes out
+    /// anyway, over by the estimate's error), a smaller one gives the rest back.
+    ///
+    /// The body is encoded into separate 64 KiB chunks, each holding its share of the
+    /// charge until the connection has written it: no large block to reallocate while it
+    /// grows or to fragment the heap afterwards, and the charge follows what the agent
+    /// still holds rather than what the kernel's socket buffer has taken.
+    pub fn json<T: serde::Serialize>(self, value: &T) -> Response {
+        let mut out = Chunks::default();
+        if let Err(e) = serde_json::to_writer(&mut out, value) {
+            tracing::warn!(error = %e, "encoding a JSON answer failed");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(serde_json::json!({ "error": "encoding the answer failed" })),
+            )
+                .into_response();
+        }
+        let len = out.len;
+        let json = [(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        )];
+        let want = usize::try_from(self.budget.charge(len)).unwrap_or(usize::MAX);
+        let mut permit = self.permit;
+        let held = permit.as_ref().map_or(0, |p| p.num_permits());
+        if want > held {
+            let more = u32::try_from(want - held).unwrap_or(u32::MAX);
+            match self.budget.bytes.clone().try_acquire_many_owned(more) {
+                Ok(extra) => match &mut permit {
+                    Some(p) => p.merge(extra),
+                    None => permit = Some(extra),
+                },
+                // Nothing reserved and no room: a large answer nobody planned for.
+                Err(_) if permit.is_none() => return busy(),
+                Err(_) => {}
+            }
+        } else if want == 0 {
+            permit = None;
+        } else if let Some(p) = &mut permit {
+            drop(p.split(held - want));
+        }
+        let mut chunks = Vec::with_capacity(out.done.len() + 1);
+        let last = std::mem::take(&mut out.current);
+        for data in out.done.into_iter().chain(std::iter::once(last)) {
+            if data.is_empty() {
+                continue;
+            }
+            let share = permit.as_mut().and_then(|p| {
+                let n = data.len().min(p.num_permits());
+                p.split(n)
+            });
+            chunks.push(Ok::<_, std::convert::Infallible>(Bytes::from_owner(
+                ChargedChunk {
+                    data,
+                    _share: share,
+                },
+            )));
+        }
+        let body = Body::from_stream(futures_util::stream::iter(chunks));
+        let mut r = (json, body).into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+        r
+    }
+}
 
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        if self.rest.is_empty() {
-            self.permit = None;
-            return std::task::Poll::Ready(None);
+/// An answer being encoded, in chunks of [`SLICE_BYTES`].
+#[derive(Default)]
+struct Chunks {
+    done: Vec<Vec<u8>>,
+    current: Vec<u8>,
+    len: usize,
+}
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.current.capacity() == 0 {
+            self.current.reserve_exact(SLICE_BYTES);
         }
-        let n = self.rest.len().min(SLICE_BYTES);
-        let slice = self.rest.split_to(n);
-        if self.rest.is_empty() {
-            // The slices share one allocation, freed when the connection has written them.
-            self.rest = Bytes::new();
+        let room = SLICE_BYTES.saturating_sub(self.current.len());
+        let n = buf.len().min(room);
+        self.current.extend_from_slice(&buf[..n]);
+        self.len += n;
+        if self.current.len() >= SLICE_BYTES {
+            self.done.push(std::mem::take(&mut self.current));
         }
-        std::task::Poll::Ready(Some(Ok(slice)))
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One chunk of an answer with its share of the budget, released when the connection
+/// drops the chunk (written, or the client gone).
+struct ChargedChunk {
+    data: Vec<u8>,
+    _share: Option<OwnedSemaphorePermit>,
+}
+
+impl AsRef<[u8]> for ChargedChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
     }
 }
 
@@ -259,21 +354,45 @@ mod test {
         let budget = AnswerBudget::new(300_000);
         let rejected = Counter::default();
         let big = vec!["x".repeat(1000); 200]; // about 200 KB of JSON
-        let first = budget.json(&big, &rejected);
+        let first = budget.json(&big);
         assert_eq!(first.status(), StatusCode::OK);
         assert!(budget.available() < 100_000);
-        let second = budget.json(&big, &rejected);
+        let second = budget.json(&big);
         assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // Reserved before building: refused without building, and counted.
+        assert!(budget.reserve(200_000, &rejected).is_none());
         assert_eq!(rejected.get(), 1);
         // Small answers pass whatever the budget.
-        assert_eq!(budget.json(&"ok", &rejected).status(), StatusCode::OK);
+        assert_eq!(budget.json(&"ok").status(), StatusCode::OK);
         let body = first.into_body().collect().await.expect("body").to_bytes();
         let back: Vec<String> = serde_json::from_slice(&body).expect("json");
         assert_eq!(back, big);
         assert_eq!(budget.available(), 300_000);
         // An answer larger than the whole budget is sent when the budget is free.
         let huge = vec!["y".repeat(1000); 400];
-        assert_eq!(budget.json(&huge, &rejected).status(), StatusCode::OK);
+        assert_eq!(budget.json(&huge).status(), StatusCode::OK);
+        // A reservation too small for its answer takes the rest; one too large gives back.
+        let r = budget.reserve(100_000, &rejected).expect("room");
+        assert_eq!(budget.available(), 200_000);
+        let fitted = r.json(&big);
+        let len: usize = fitted
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("length");
+        assert!(len > 100_000);
+        assert_eq!(budget.available(), 300_000 - len);
+        drop(fitted);
+        assert_eq!(budget.available(), 300_000);
+        let r = budget.reserve(250_000, &rejected).expect("room");
+        let fitted = r.json(&big);
+        assert_eq!(
+            budget.available(),
+            300_000 - len,
+            "the surplus is given back"
+        );
+        drop(fitted);
     }
 
     #[tokio::test]

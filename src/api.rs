@@ -31,6 +31,31 @@ struct AppState {
     scrapes: Arc<ScrapeSlots>,
     /// Memory for large JSON answers being sent.
     budget: AnswerBudget,
+    /// Large answers being built at once.
+    builders: Arc<tokio::sync::Semaphore>,
+}
+
+/// Large answers built at once, each on a blocking thread: the async workers stay free for
+/// the probes and `/metrics` however many clients ask for the whole history.
+const MAX_CONCURRENT_BUILDS: usize = 2;
+
+impl AppState {
+    /// Runs `build` on a blocking thread once one of [`MAX_CONCURRENT_BUILDS`] is free.
+    async fn build(&self, build: impl FnOnce() -> Response + Send + 'static) -> Response {
+        let Ok(_turn) = self.builders.clone().acquire_owned().await else {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        };
+        match tokio::task::spawn_blocking(build).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "building an answer failed");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "building the answer failed",
+                )
+            }
+        }
+    }
 }
 
 /// `/metrics` responses encoded at once. Each holds a snapshot of every identity (about 5 MB
@@ -55,6 +80,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             registry,
             scrapes: ScrapeSlots::new(MAX_CONCURRENT_SCRAPES),
             budget: AnswerBudget::default(),
+            builders: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_BUILDS)),
         })
 }
 
@@ -262,28 +288,42 @@ struct EventJson<'a> {
     pod_metadata: Option<ApiFields<'a>>,
 }
 
+/// Bytes of JSON per container, about, without pod metadata (see [`EVENT_JSON_ESTIMATE`]).
+const CONTAINER_JSON_ESTIMATE: usize = 600;
+
 async fn containers(State(s): State<AppState>) -> Response {
-    let (node, runtime, mut list) = {
-        let t = s.shared.tracker.read();
-        (t.node().to_string(), t.runtime(), t.identities(now_nanos()))
+    let most = s.shared.tracker.read().identity_count();
+    let Some(reservation) = s.budget.reserve(
+        most * CONTAINER_JSON_ESTIMATE,
+        &s.shared.http.answers_rejected,
+    ) else {
+        return crate::answers::busy();
     };
-    list.sort_by(|a, b| {
-        (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container))
-    });
-    let pods = s.shared.kube.pods();
-    let list: Vec<ContainerJson> = list.iter().map(|v| ContainerJson::new(v, &pods)).collect();
-    #[derive(Serialize)]
-    struct Answer<'a> {
-        node: String,
-        runtime: crate::event::RuntimeKind,
-        containers: Vec<ContainerJson<'a>>,
-    }
-    let answer = Answer {
-        node,
-        runtime,
-        containers: list,
-    };
-    s.budget.json(&answer, &s.shared.http.answers_rejected)
+    let shared = s.shared.clone();
+    s.build(move || {
+        let (node, runtime, mut list) = {
+            let t = shared.tracker.read();
+            (t.node().to_string(), t.runtime(), t.identities(now_nanos()))
+        };
+        list.sort_by(|a, b| {
+            (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container))
+        });
+        let pods = shared.kube.pods();
+        let list: Vec<ContainerJson> = list.iter().map(|v| ContainerJson::new(v, &pods)).collect();
+        #[derive(Serialize)]
+        struct Answer<'a> {
+            node: String,
+            runtime: crate::event::RuntimeKind,
+            containers: Vec<ContainerJson<'a>>,
+        }
+        let answer = Answer {
+            node,
+            runtime,
+            containers: list,
+        };
+        reservation.json(&answer)
+    })
+    .await
 }
 
 async fn container(State(s): State<AppState>, Path(key): Path<String>) -> Response {
@@ -306,6 +346,10 @@ fn parse_query<T: for<'de> Deserialize<'de>>(raw: Option<String>) -> Result<T, S
     serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| format!("bad query: {e}"))
 }
 
+/// Bytes of JSON per history event, about (a pod container's event is 300 to 400), to
+/// reserve answer memory before building it.
+const EVENT_JSON_ESTIMATE: usize = 320;
+
 async fn events(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     let raw: RawEventQuery = match parse_query(raw) {
         Ok(r) => r,
@@ -315,29 +359,42 @@ async fn events(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response 
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let result = s.shared.tracker.read().history().query(&q);
-    let pods = s.shared.kube.pods();
-    let events: Vec<EventJson> = result
-        .events
-        .iter()
-        .map(|event| EventJson {
-            event,
-            pod_metadata: (!event.subject.pod.is_empty())
-                .then(|| pods.by_name(&event.subject.namespace, &event.subject.pod))
-                .flatten()
-                .map(|p| p.api_fields()),
-        })
-        .collect();
-    #[derive(Serialize)]
-    struct Answer<'a> {
-        events: Vec<EventJson<'a>>,
-        truncated: bool,
-    }
-    let answer = Answer {
-        events,
-        truncated: result.truncated,
+    // Reserved for the most the query can return, before it runs: a flood of requests the
+    // budget cannot answer costs neither memory nor the query's CPU.
+    let most = q.limit.min(s.shared.tracker.read().history().len());
+    let Some(reservation) = s
+        .budget
+        .reserve(most * EVENT_JSON_ESTIMATE, &s.shared.http.answers_rejected)
+    else {
+        return crate::answers::busy();
     };
-    s.budget.json(&answer, &s.shared.http.answers_rejected)
+    let shared = s.shared.clone();
+    s.build(move || {
+        let result = shared.tracker.read().history().query(&q);
+        let pods = shared.kube.pods();
+        let events: Vec<EventJson> = result
+            .events
+            .iter()
+            .map(|event| EventJson {
+                event,
+                pod_metadata: (!event.subject.pod.is_empty())
+                    .then(|| pods.by_name(&event.subject.namespace, &event.subject.pod))
+                    .flatten()
+                    .map(|p| p.api_fields()),
+            })
+            .collect();
+        #[derive(Serialize)]
+        struct Answer<'a> {
+            events: Vec<EventJson<'a>>,
+            truncated: bool,
+        }
+        let answer = Answer {
+            events,
+            truncated: result.truncated,
+        };
+        reservation.json(&answer)
+    })
+    .await
 }
 
 #[derive(Deserialize)]

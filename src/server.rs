@@ -208,7 +208,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// A probe (or any client) sends its request within milliseconds of connecting and is
 /// read or written to continuously until its answer is sent, so only idle or stalled
 /// connections qualify.
-const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+const EVICTABLE_AFTER: Duration = Duration::from_millis(250);
 /// How long a new connection waits for an evicted one to let go of its place.
 const EVICTION_WAIT: Duration = Duration::from_millis(500);
 

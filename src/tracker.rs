@@ -1046,6 +1046,11 @@ impl Tracker {
         inferred
     }
 
+    /// Identities tracked.
+    pub fn identity_count(&self) -> usize {
+        self.identities.len()
+    }
+
     /// Per-identity views at `now`, for metrics and the API.
     pub fn identities(&self, now: i64) -> Vec<IdentityView> {
         self.identities
