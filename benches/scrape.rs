@@ -5,16 +5,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use lifecycle_agent::agent::Shared;
+use lifecycle_agent::agent::new_state;
+use lifecycle_agent::api;
 use lifecycle_agent::config::{Config, RunArgs};
-use lifecycle_agent::event::{ContainerLabels, EventKind, PodRef, RuntimeEvent, Subject};
-use lifecycle_agent::history::{parse_types, EventQuery};
+use lifecycle_agent::event::{
+    ContainerLabels, EventKind, PodRef, RuntimeEvent, SourceEvent, Subject,
+};
+use lifecycle_agent::history::query::{parse_types, EventQuery};
 use lifecycle_agent::kube::pods::{PodIndex, PodMeta};
-use lifecycle_agent::metrics;
+use lifecycle_agent::kube::KubeState;
+use lifecycle_agent::state::{State, StateReader};
 
 const T0: i64 = 1_700_000_000_000_000_000;
 
-fn shared(max_history: usize) -> (Arc<Shared>, Config) {
+fn shared(max_history: usize) -> (State, Arc<KubeState>, Config) {
     let config = Config::resolve(RunArgs {
         ephemeral: Some(true),
         max_history: Some(max_history),
@@ -23,11 +27,12 @@ fn shared(max_history: usize) -> (Arc<Shared>, Config) {
         ..Default::default()
     })
     .expect("config");
-    (Arc::new(Shared::new(&config)), config)
+    let kube = Arc::new(KubeState::new(&config.pod_metadata));
+    (new_state(&config), kube, config)
 }
 
 /// The pods of `n` containers, each with the two allowlisted annotations and one that is not.
-fn pods(s: &Shared, config: &Config, n: usize) {
+fn pods(kube: &KubeState, config: &Config, n: usize) {
     let mut idx = PodIndex::default();
     for i in 0..n {
         let annotations: BTreeMap<String, String> = [
@@ -53,7 +58,7 @@ fn pods(s: &Shared, config: &Config, n: usize) {
             idx.upsert(p);
         }
     }
-    s.kube.replace_pods(idx);
+    kube.replace_pods(idx);
 }
 
 fn pod_event(i: usize, t: i64, kind: EventKind) -> RuntimeEvent {
@@ -82,37 +87,42 @@ fn pod_event(i: usize, t: i64, kind: EventKind) -> RuntimeEvent {
 }
 
 /// `n` running pod containers, each restarted once (so every family has a series).
-fn populated(n: usize, history: usize) -> Arc<Shared> {
-    let (s, config) = shared(history.max(1));
-    pods(&s, &config, n);
-    {
-        let mut t = s.tracker.write();
-        let mut at = T0;
-        for i in 0..n {
-            for kind in [
+fn populated(n: usize, history: usize) -> (StateReader, Arc<KubeState>) {
+    let (s, kube, config) = shared(history.max(1));
+    pods(&kube, &config, n);
+    let reader = s.reader();
+    let mut at = T0;
+    for i in 0..n {
+        s.ingest(
+            [
                 EventKind::Created,
                 EventKind::Started,
                 EventKind::Died,
                 EventKind::Started,
-            ] {
+            ]
+            .map(|kind| {
                 at += 1_000;
-                t.apply(&pod_event(i, at, kind), at);
-            }
-        }
-        // Fill the history to `history` events with pause/unpause churn.
-        let mut i = 0;
-        while t.history().len() < history {
+                SourceEvent::Lifecycle(pod_event(i, at, kind))
+            }),
+        );
+    }
+    // Fill the history to `history` events with pause/unpause churn.
+    let mut i = 0;
+    while reader.tracker().history().len() < history {
+        let missing = history - reader.tracker().history().len();
+        s.ingest((0..missing).map(|_| {
             at += 1_000;
             let kind = if (i / n.max(1)) % 2 == 0 {
                 EventKind::Paused
             } else {
                 EventKind::Unpaused
             };
-            t.apply(&pod_event(i % n.max(1), at, kind), at);
+            let ev = pod_event(i % n.max(1), at, kind);
             i += 1;
-        }
+            SourceEvent::Lifecycle(ev)
+        }));
     }
-    s
+    (reader, kube)
 }
 
 /// What `/metrics` encodes into: a 64 KiB chunk handed to the response body when full (here
@@ -140,8 +150,8 @@ fn encode(c: &mut Criterion) {
     // The last case is 1 000 containers again with a full history: encoding must not depend
     // on it.
     for (n, history) in [(100usize, 0), (1_000, 0), (10_000, 0), (1_000, 100_000)] {
-        let s = populated(n, history);
-        let registry = metrics::registry(s.clone());
+        let (s, kube) = populated(n, history);
+        let registry = api::registry(&s, &kube, &Default::default());
         let mut probe = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut probe, &registry)
             .expect("encode");
@@ -166,8 +176,8 @@ fn encode(c: &mut Criterion) {
 }
 
 fn query(c: &mut Criterion) {
-    let s = populated(1_000, 100_000);
-    let t = s.tracker.read();
+    let (s, _) = populated(1_000, 100_000);
+    let t = s.tracker();
     assert_eq!(t.history().len(), 100_000);
     let newest = t
         .history()

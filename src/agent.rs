@@ -1,23 +1,29 @@
-//! The running agent: the state shared between the runtime watcher and the HTTP server, and
-//! the task wiring behind `lifecycle-agent run`.
+//! The wiring behind `lifecycle-agent run`: builds the state, starts the tasks (HTTP server,
+//! runtime watcher, pod watcher, history housekeeping, store flusher) and supervises them.
+//! A task that ends or panics before shutdown stops the agent with an error: frozen data
+//! served with `/healthz` ok is worse than a restart, which Kubernetes does by itself
+//! (`docs/design.md`, "Supervision").
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use futures_util::future::BoxFuture;
+use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::config::Config;
 use crate::event::RuntimeKind;
 use crate::history::HistoryLimits;
+use crate::kube::watch::Connection;
 use crate::kube::{self, KubeState};
+use crate::runtime::any::AnySource;
 use crate::runtime::discovery::{self, Candidate, RuntimeChoice};
-use crate::runtime::{watch, AnySource, RuntimeInfo};
+use crate::runtime::{watch, RuntimeInfo};
+use crate::state::State;
 use crate::store::Store;
 use crate::time::now_nanos;
-use crate::tracker::{Applied, Delta, Tracker};
+use crate::tracker::persist::Delta;
 use crate::{api, server, Error, Result};
 
 /// How often the history's retention window is applied.
@@ -26,123 +32,30 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 /// what the replay from the cursor then recovers.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A monotonically increasing self-metric.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
+/// The state of a new agent, as `config` describes it.
+pub fn new_state(config: &Config) -> State {
+    State::new(
+        config.node_name.clone(),
+        // Until a socket answers (or a saved state says otherwise): what was asked for.
+        match config.runtime {
+            RuntimeChoice::Podman => RuntimeKind::Podman,
+            RuntimeChoice::Docker | RuntimeChoice::Auto => RuntimeKind::Docker,
+        },
+        HistoryLimits {
+            max_events: config.max_history,
+            retention: config.history_retention,
+        },
+    )
 }
 
-/// The agent's own health counters (`lifecycle_agent_*`).
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub events_processed: Counter,
-    pub events_duplicate: Counter,
-    pub stream_reconnects: Counter,
-    pub events_possibly_missed: Counter,
-    pub store_writes: Counter,
-    pub store_errors: Counter,
-    pub store_recoveries: Counter,
-    pub scrapes_rejected: Counter,
-}
-
-impl Counters {
-    pub fn count(&self, applied: Applied) {
-        match applied {
-            Applied::Recorded => self.events_processed.inc(),
-            Applied::Duplicate => self.events_duplicate.inc(),
-            Applied::Ignored | Applied::Unchanged => {}
-        }
-    }
-}
-
-/// Whether the runtime's initial sync is done and its stream connected (`/readyz`).
-#[derive(Debug, Clone)]
-pub struct Readiness {
-    pub ready: bool,
-    pub reason: String,
-}
-
-/// Everything the watcher writes and the HTTP server reads.
-#[derive(Debug)]
-pub struct Shared {
-    pub tracker: RwLock<Tracker>,
-    pub readiness: Mutex<Readiness>,
-    pub runtime_info: Mutex<Option<RuntimeInfo>>,
-    pub counters: Counters,
-    pub admin_token: Option<String>,
-    /// Signalled after the tracker changed, so the store's flusher sleeps while nothing does.
-    pub changed: tokio::sync::Notify,
-    /// Pods of the node and the health of their watch; empty and idle without Kubernetes.
-    pub kube: KubeState,
-    /// The HTTP server's connection and answer counters.
-    pub http: Arc<crate::server::HttpStats>,
-}
-
-impl Shared {
-    pub fn new(config: &Config) -> Shared {
-        Shared {
-            tracker: RwLock::new(Tracker::new(
-                config.node_name.clone(),
-                // Until a socket answers (or a saved state says otherwise): what was asked for.
-                match config.runtime {
-                    RuntimeChoice::Podman => RuntimeKind::Podman,
-                    RuntimeChoice::Docker | RuntimeChoice::Auto => RuntimeKind::Docker,
-                },
-                HistoryLimits {
-                    max_events: config.max_history,
-                    retention: config.history_retention,
-                },
-            )),
-            readiness: Mutex::new(Readiness {
-                ready: false,
-                reason: "starting".into(),
-            }),
-            runtime_info: Mutex::new(None),
-            counters: Counters::default(),
-            admin_token: config.admin_token.clone(),
-            changed: tokio::sync::Notify::new(),
-            kube: KubeState::new(&config.pod_metadata),
-            http: Arc::default(),
-        }
-    }
-
-    pub fn set_ready(&self) {
-        *self.readiness.lock() = Readiness {
-            ready: true,
-            reason: String::new(),
-        };
-    }
-
-    pub fn set_disconnected(&self, reason: String) {
-        *self.readiness.lock() = Readiness {
-            ready: false,
-            reason,
-        };
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.readiness.lock().ready
-    }
-}
-
-/// Runs the agent until SIGTERM or SIGINT.
+/// Runs the agent until SIGTERM or SIGINT, or until a task ends early (an error).
 pub async fn run(config: Config) -> Result<()> {
-    let shared = Arc::new(Shared::new(&config));
+    let state = new_state(&config);
+    let kube_state = Arc::new(KubeState::new(&config.pod_metadata));
+    let fault = Fault::from_env();
     let shutdown = CancellationToken::new();
     let store = match &config.state_dir {
-        Some(dir) => Some(Arc::new(open_store(dir, &config, &shared)?)),
+        Some(dir) => Some(Arc::new(open_store(dir, &config, &state)?)),
         None => {
             info!("ephemeral: state is kept in memory only");
             None
@@ -151,7 +64,7 @@ pub async fn run(config: Config) -> Result<()> {
 
     // Before listening: `--kube on` without any cluster configuration is a configuration
     // error, reported like the others.
-    let kube_conn = connect_kube(&config, &shared).await?;
+    let kube_conn = connect_kube(&config, &kube_state).await?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -161,17 +74,26 @@ pub async fn run(config: Config) -> Result<()> {
         .map_err(|e| Error::Listen(config.listen, e))?;
     info!(%addr, node = %config.node_name, "serving metrics and API");
 
-    let server = {
-        let app = api::router(shared.clone());
+    let mut server = {
+        let http = Arc::new(server::HttpStats::default());
+        let app = api::router(api::App {
+            state: state.reader(),
+            kube: kube_state.clone(),
+            admin: config.admin_token.clone().map(|token| api::Admin {
+                token,
+                history: state.history_clearer(),
+            }),
+            http: http.clone(),
+        });
         let limits = server::Limits::for_fd_limit(crate::process::ProcessStats::read().max_fds);
         tokio::spawn(
-            server::serve(listener, app, shared.http.clone(), limits, shutdown.clone())
+            server::serve(listener, app, http, limits, shutdown.clone())
                 .instrument(info_span!("http")),
         )
     };
 
-    let watcher = {
-        let shared = shared.clone();
+    let mut watcher = {
+        let state = state.clone();
         let stop = shutdown.clone();
         let cands = discovery::candidates(config.runtime, config.socket.as_deref(), |k| {
             std::env::var(k).ok()
@@ -180,40 +102,44 @@ pub async fn run(config: Config) -> Result<()> {
         let choice = config.runtime;
         tokio::spawn(
             async move {
-                let Some((candidate, info)) = discover(&cands, &shared, &stop).await else {
+                let Some((candidate, info)) = discover(&cands, &state, &stop).await else {
                     return;
                 };
                 if !discovery::matches_choice(choice, info.runtime) {
                     warn!(endpoint = %candidate.endpoint, runtime = %info.runtime, asked = ?choice, "the socket belongs to another runtime than asked for; following what answers there");
                 }
+                fault.trip(Task::Runtime);
                 let source = AnySource::for_runtime(info.runtime, &candidate.endpoint, filter);
-                watch::run(source, shared, stop).await;
+                watch::run(source, state, stop).await;
             }
             .instrument(info_span!("runtime")),
         )
     };
 
-    let pod_watch = kube_conn.map(|conn| {
-        let shared = shared.clone();
+    let mut pod_watch = kube_conn.map(|conn| {
+        let kube = kube_state.clone();
         let stop = shutdown.clone();
         let node = config.node_name.clone();
         let allow = config.pod_metadata.clone();
         tokio::spawn(
-            kube::watch::run(conn, node, allow, shared, stop).instrument(info_span!("kube")),
+            async move {
+                fault.trip(Task::Kube);
+                kube::watch::run(conn, node, allow, kube, stop).await;
+            }
+            .instrument(info_span!("kube")),
         )
     });
 
-    let housekeeping = {
-        let shared = shared.clone();
+    let mut housekeeping = {
+        let state = state.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        let dropped = shared.tracker.write().history_mut().apply_retention(now_nanos());
+                        let dropped = state.apply_retention(now_nanos());
                         if dropped > 0 {
-                            shared.changed.notify_one();
                             info!(dropped, "history retention applied");
                         }
                     }
@@ -223,13 +149,27 @@ pub async fn run(config: Config) -> Result<()> {
         })
     };
 
-    let flusher = store.clone().map(|store| {
-        let shared = shared.clone();
+    let mut flusher = store.clone().map(|store| {
+        let state = state.clone();
         let stop = shutdown.clone();
-        tokio::spawn(flush_loop(store, shared, stop).instrument(info_span!("store")))
+        tokio::spawn(
+            async move {
+                fault.trip(Task::Flusher);
+                flush_loop(store, state, stop).await
+            }
+            .instrument(info_span!("store")),
+        )
     });
 
-    wait_for_signal().await;
+    let early = tokio::select! {
+        _ = wait_for_signal() => None,
+        ended = first_to_end(&mut server, &mut watcher, pod_watch.as_mut(), &mut housekeeping, flusher.as_mut()) => Some(ended),
+    };
+    if let Some((task, why)) = early {
+        error!(task, reason = %why, "a task ended before shutdown; exiting so the agent is restarted");
+        shutdown.cancel();
+        return Err(Error::TaskEnded { task, reason: why });
+    }
     info!("shutting down");
     shutdown.cancel();
     // A second signal aborts a shutdown that hangs.
@@ -243,7 +183,7 @@ pub async fn run(config: Config) -> Result<()> {
             api::drain(server, HTTP_DRAIN).await;
             if let (Some(store), Some(flusher)) = (&store, flusher) {
                 let mut pending = flusher.await.unwrap_or_default();
-                flush_once(store, &shared, &mut pending).await;
+                flush_once(store, &state, &mut pending).await;
                 if pending.is_some() {
                     error!("the last changes could not be saved; the next start replays them from the runtime where it still holds them");
                 }
@@ -255,6 +195,98 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
+/// Waits until the first of the agent's tasks ends, and says which and why. Before
+/// shutdown every one of them runs until told to stop, so any end is a failure.
+async fn first_to_end(
+    server: &mut JoinHandle<()>,
+    watcher: &mut JoinHandle<()>,
+    pod_watch: Option<&mut JoinHandle<()>>,
+    housekeeping: &mut JoinHandle<()>,
+    flusher: Option<&mut JoinHandle<Option<Delta>>>,
+) -> (&'static str, String) {
+    fn watch<'a, T: Send + 'a>(
+        task: &'static str,
+        handle: &'a mut JoinHandle<T>,
+    ) -> BoxFuture<'a, (&'static str, String)> {
+        Box::pin(async move { (task, why_ended(handle.await.map(drop))) })
+    }
+    let mut all = vec![
+        watch("http", server),
+        watch(Task::Runtime.name(), watcher),
+        watch("housekeeping", housekeeping),
+    ];
+    if let Some(h) = pod_watch {
+        all.push(watch(Task::Kube.name(), h));
+    }
+    if let Some(h) = flusher {
+        all.push(watch(Task::Flusher.name(), h));
+    }
+    futures_util::future::select_all(all).await.0
+}
+
+/// Why a task ended, in words: its panic message, or that it returned.
+fn why_ended(r: std::result::Result<(), JoinError>) -> String {
+    match r {
+        Ok(()) => "it returned".into(),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            format!("it panicked: {msg}")
+        }
+        Err(e) => format!("it was cancelled: {e}"),
+    }
+}
+
+/// Tasks a test can make panic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    Runtime,
+    Kube,
+    Flusher,
+}
+
+impl Task {
+    fn name(self) -> &'static str {
+        match self {
+            Task::Runtime => "runtime",
+            Task::Kube => "kube",
+            Task::Flusher => "flusher",
+        }
+    }
+}
+
+/// Test-only fault injection (`LIFECYCLE_FAULT=runtime|kube|flusher`): that task panics as
+/// it starts its work, so the supervision can be proven against the real binary
+/// (`docs/design.md`, "Supervision"). Unset, it does nothing.
+#[derive(Debug, Clone, Copy)]
+struct Fault(Option<Task>);
+
+impl Fault {
+    fn from_env() -> Fault {
+        let task = match std::env::var("LIFECYCLE_FAULT").ok().as_deref() {
+            Some("runtime") => Some(Task::Runtime),
+            Some("kube") => Some(Task::Kube),
+            Some("flusher") => Some(Task::Flusher),
+            _ => None,
+        };
+        Fault(task)
+    }
+
+    fn trip(self, task: Task) {
+        if self.0 == Some(task) {
+            error!(
+                task = task.name(),
+                "LIFECYCLE_FAULT: this task panics on purpose"
+            );
+            panic!("LIFECYCLE_FAULT={}", task.name());
+        }
+    }
+}
+
 /// How long requests in flight at shutdown may take to finish. A scraper that stopped reading
 /// would otherwise hold the shutdown (and the final store flush) until the kubelet kills us.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
@@ -262,7 +294,7 @@ const HTTP_DRAIN: Duration = Duration::from_secs(5);
 /// Decides whether the Kubernetes side runs (`--kube`) and connects it. In `auto` mode a
 /// kubeconfig that cannot be used is logged and the agent runs without Kubernetes; with
 /// `--kube on` it is an error.
-async fn connect_kube(config: &Config, shared: &Shared) -> Result<Option<kube::Connection>> {
+async fn connect_kube(config: &Config, kube_state: &KubeState) -> Result<Option<Connection>> {
     let Some(why) = kube::enabled_because(
         config.kube,
         |k| std::env::var(k).ok(),
@@ -276,31 +308,30 @@ async fn connect_kube(config: &Config, shared: &Shared) -> Result<Option<kube::C
     if config.node_name_defaulted {
         warn!(node = %config.node_name, "NODE_NAME is not set: watching the pods of the node named like this host; in a pod set NODE_NAME from the downward API (spec.nodeName), or no pod will match");
     }
-    match kube::connect().await {
+    match kube::watch::connect().await {
         Ok(conn) => {
             info!(because = why, server = %conn.server, "Kubernetes pod metadata on");
-            shared.kube.set_enabled();
+            kube_state.set_enabled();
             Ok(Some(conn))
         }
         Err(e) if config.kube == kube::KubeMode::On => Err(e.into()),
         Err(e) => {
             error!(because = why, error = %e, "Kubernetes configuration found but unusable; running without pod metadata");
             // Visible as lifecycle_agent_kube_up 0 with an `other` error, not only in the log.
-            shared.kube.set_enabled();
-            shared.kube.count_error(kube::WatchErrorReason::Other);
+            kube_state.set_enabled();
+            kube_state.count_error(kube::WatchErrorReason::Other);
             Ok(None)
         }
     }
 }
 
-fn open_store(dir: &std::path::Path, config: &Config, shared: &Shared) -> Result<Store> {
+fn open_store(dir: &std::path::Path, config: &Config, state: &State) -> Result<Store> {
     let opened = Store::open(dir, config.max_history)?;
     if let Some(why) = &opened.recovered {
-        shared.counters.store_recoveries.inc();
+        state.store_recovered();
         warn!(path = %opened.store.path().display(), "state file unusable: {why}; rebuilding from the runtime");
     }
-    let mut tracker = shared.tracker.write();
-    if let Some(saved) = opened.saved {
+    if let Some(saved) = &opened.saved {
         info!(
             path = %opened.store.path().display(),
             containers = saved.containers.len(),
@@ -309,25 +340,20 @@ fn open_store(dir: &std::path::Path, config: &Config, shared: &Shared) -> Result
             cursor = ?saved.meta.cursor.map(crate::time::format_rfc3339),
             "state loaded"
         );
-        tracker.restore(saved);
     }
-    tracker.enable_journal();
+    state.attach_store(opened.saved);
     Ok(opened.store)
 }
 
 /// Group-commits the tracker's changes until `stop`; returns what could not be written yet.
 /// It sleeps until something changed (no wakeups on an idle node), then gathers for
 /// [`FLUSH_INTERVAL`] so one commit carries a whole burst.
-async fn flush_loop(
-    store: Arc<Store>,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-) -> Option<Delta> {
+async fn flush_loop(store: Arc<Store>, state: State, stop: CancellationToken) -> Option<Delta> {
     let mut pending: Option<Delta> = None;
     loop {
         if pending.is_none() {
             tokio::select! {
-                _ = shared.changed.notified() => {}
+                _ = state.changed() => {}
                 _ = stop.cancelled() => return pending,
             }
         }
@@ -335,14 +361,14 @@ async fn flush_loop(
             _ = tokio::time::sleep(FLUSH_INTERVAL) => {}
             _ = stop.cancelled() => return pending,
         }
-        flush_once(&store, &shared, &mut pending).await;
+        flush_once(&store, &state, &mut pending).await;
     }
 }
 
 /// Takes the tracker's delta (a short lock), merges it into what failed before, and writes
 /// it on a blocking thread. A failed write is kept and retried with the next one.
-async fn flush_once(store: &Arc<Store>, shared: &Shared, pending: &mut Option<Delta>) {
-    let fresh = shared.tracker.write().take_delta();
+async fn flush_once(store: &Arc<Store>, state: &State, pending: &mut Option<Delta>) {
+    let fresh = state.take_delta();
     let delta = match (pending.take(), fresh) {
         (Some(mut old), Some(new)) => {
             old.merge(new);
@@ -353,14 +379,14 @@ async fn flush_once(store: &Arc<Store>, shared: &Shared, pending: &mut Option<De
     };
     let s = store.clone();
     match tokio::task::spawn_blocking(move || (s.write(&delta), delta)).await {
-        Ok((Ok(()), _)) => shared.counters.store_writes.inc(),
+        Ok((Ok(()), _)) => state.store_written(),
         Ok((Err(e), delta)) => {
-            shared.counters.store_errors.inc();
+            state.store_failed();
             warn!(error = %e, events = delta.events(), "store write failed; will retry");
             *pending = Some(delta);
         }
         Err(e) => {
-            shared.counters.store_errors.inc();
+            state.store_failed();
             error!(error = %e, "store writer task failed");
         }
     }
@@ -371,7 +397,7 @@ async fn flush_once(store: &Arc<Store>, shared: &Shared, pending: &mut Option<De
 /// retries instead of exiting; `/readyz` says what is missing meanwhile.
 async fn discover(
     cands: &[Candidate],
-    shared: &Shared,
+    state: &State,
     stop: &CancellationToken,
 ) -> Option<(Candidate, RuntimeInfo)> {
     let mut delay = Duration::from_millis(500);
@@ -388,7 +414,7 @@ async fn discover(
                     error!("{msg}");
                     reported = true;
                 }
-                shared.set_disconnected(msg);
+                state.unreachable(msg);
             }
         }
         tokio::select! {

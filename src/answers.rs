@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::Counter;
+use prometheus_client::metrics::counter::Counter;
 
 /// Bytes of JSON answers held at once, all clients together.
 pub const ANSWER_BUDGET_BYTES: usize = 32 * 1024 * 1024;

@@ -1,4 +1,4 @@
-//! The HTTP surface (SPEC section 3): `/metrics`, probes and the JSON API, on one port.
+//! The HTTP surface (README "HTTP API"): `/metrics`, probes and the JSON API, on one port.
 
 use std::sync::Arc;
 
@@ -12,27 +12,54 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::agent::Shared;
+use prometheus_client::metrics::counter::Counter;
+
 use crate::answers::{AnswerBudget, ScrapeSlot, ScrapeSlots};
-use crate::history::{EventQuery, HistoryEvent, RawEventQuery};
+use crate::history::query::{EventQuery, RawEventQuery};
+use crate::history::HistoryEvent;
 use crate::kube::pods::{ApiFields, PodIndex};
+use crate::kube::KubeState;
+use crate::self_metrics::register_counters;
+use crate::server::HttpStats;
+use crate::state::{HistoryClearer, StateReader};
 use crate::time::{now_nanos, parse_time_or_ago};
-use crate::tracker::IdentityView;
+use crate::tracker::view::IdentityView;
 use crate::{metrics, stats};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// What the HTTP server serves: the state, read-only, and the pods of the node.
+pub struct App {
+    pub state: StateReader,
+    pub kube: Arc<KubeState>,
+    /// Enables `DELETE /api/v1/events` (`--admin-token-file`).
+    pub admin: Option<Admin>,
+    /// The HTTP server's counters, which answers refused for memory count in too.
+    pub http: Arc<HttpStats>,
+}
+
+/// The bearer token of `DELETE /api/v1/events` and the one write it may do.
+pub struct Admin {
+    pub token: String,
+    pub history: HistoryClearer,
+}
+
 #[derive(Clone)]
 struct AppState {
-    shared: Arc<Shared>,
+    state: StateReader,
+    kube: Arc<KubeState>,
+    admin: Option<Arc<Admin>>,
     registry: Arc<Registry>,
     /// One permit per `/metrics` response being encoded.
     scrapes: Arc<ScrapeSlots>,
+    /// `lifecycle_agent_scrapes_rejected_total`.
+    scrapes_rejected: Counter,
     /// Memory for large JSON answers being sent.
     budget: AnswerBudget,
     /// Large answers being built at once.
     builders: Arc<tokio::sync::Semaphore>,
+    http: Arc<HttpStats>,
 }
 
 /// Large answers built at once, each on a blocking thread: the async workers stay free for
@@ -63,8 +90,11 @@ impl AppState {
 /// a few people with curl stay far below this, and a flood of scrapers cannot grow memory.
 pub const MAX_CONCURRENT_SCRAPES: usize = 8;
 
-pub fn router(shared: Arc<Shared>) -> Router {
-    let registry = Arc::new(metrics::registry(shared.clone()));
+pub fn router(app: App) -> Router {
+    let scrapes_rejected = Counter::default();
+    let mut registry = registry(&app.state, &app.kube, &scrapes_rejected);
+    app.http.register(&mut registry, app.state.node_labels());
+    let registry = Arc::new(registry);
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -76,12 +106,38 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/stats/uptime", get(uptime_stats))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(AppState {
-            shared,
+            state: app.state,
+            kube: app.kube,
+            admin: app.admin.map(Arc::new),
             registry,
             scrapes: ScrapeSlots::new(MAX_CONCURRENT_SCRAPES),
+            scrapes_rejected,
             budget: AnswerBudget::default(),
             builders: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_BUILDS)),
+            http: app.http,
         })
+}
+
+/// The registry behind `/metrics`: the scrape-time collector, the state's counters and the
+/// HTTP server's own (`scrapes_rejected`).
+pub fn registry(
+    state: &StateReader,
+    kube: &Arc<KubeState>,
+    scrapes_rejected: &Counter,
+) -> Registry {
+    let mut r = Registry::default();
+    metrics::register(&mut r, state.clone(), kube.clone());
+    state.register(&mut r);
+    register_counters(
+        &mut r,
+        state.node_labels(),
+        vec![(
+            "lifecycle_agent_scrapes_rejected",
+            "/metrics requests answered 503 because the concurrent scrape limit was reached.",
+            scrapes_rejected.clone(),
+        )],
+    );
+    r
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
@@ -107,7 +163,7 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
         PROMETHEUS_TEXT
     };
     let Some(grant) = s.scrapes.acquire().await else {
-        s.shared.counters.scrapes_rejected.inc();
+        s.scrapes_rejected.inc();
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -246,7 +302,7 @@ impl std::fmt::Write for ChunkWriter {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    let r = s.shared.readiness.lock().clone();
+    let r = s.state.readiness();
     if r.ready {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -292,23 +348,23 @@ struct EventJson<'a> {
 const CONTAINER_JSON_ESTIMATE: usize = 600;
 
 async fn containers(State(s): State<AppState>) -> Response {
-    let most = s.shared.tracker.read().identity_count();
-    let Some(reservation) = s.budget.reserve(
-        most * CONTAINER_JSON_ESTIMATE,
-        &s.shared.http.answers_rejected,
-    ) else {
+    let most = s.state.tracker().identity_count();
+    let Some(reservation) = s
+        .budget
+        .reserve(most * CONTAINER_JSON_ESTIMATE, &s.http.answers_rejected)
+    else {
         return crate::answers::busy();
     };
-    let shared = s.shared.clone();
+    let (state, kube) = (s.state.clone(), s.kube.clone());
     s.build(move || {
         let (node, runtime, mut list) = {
-            let t = shared.tracker.read();
+            let t = state.tracker();
             (t.node().to_string(), t.runtime(), t.identities(now_nanos()))
         };
         list.sort_by(|a, b| {
             (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container))
         });
-        let pods = shared.kube.pods();
+        let pods = kube.pods();
         let list: Vec<ContainerJson> = list.iter().map(|v| ContainerJson::new(v, &pods)).collect();
         #[derive(Serialize)]
         struct Answer<'a> {
@@ -327,13 +383,13 @@ async fn containers(State(s): State<AppState>) -> Response {
 }
 
 async fn container(State(s): State<AppState>, Path(key): Path<String>) -> Response {
-    let found = s.shared.tracker.read().find(&key, now_nanos());
+    let found = s.state.tracker().find(&key, now_nanos());
     match found.len() {
         0 => error(
             StatusCode::NOT_FOUND,
             format!("no tracked container matches {key:?}"),
         ),
-        1 => Json(ContainerJson::new(&found[0], &s.shared.kube.pods())).into_response(),
+        1 => Json(ContainerJson::new(&found[0], &s.kube.pods())).into_response(),
         n => error(
             StatusCode::CONFLICT,
             format!("{key:?} matches {n} containers; give a longer id prefix"),
@@ -361,17 +417,17 @@ async fn events(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response 
     };
     // Reserved for the most the query can return, before it runs: a flood of requests the
     // budget cannot answer costs neither memory nor the query's CPU.
-    let most = q.limit.min(s.shared.tracker.read().history().len());
+    let most = q.limit.min(s.state.tracker().history().len());
     let Some(reservation) = s
         .budget
-        .reserve(most * EVENT_JSON_ESTIMATE, &s.shared.http.answers_rejected)
+        .reserve(most * EVENT_JSON_ESTIMATE, &s.http.answers_rejected)
     else {
         return crate::answers::busy();
     };
-    let shared = s.shared.clone();
+    let (state, kube) = (s.state.clone(), s.kube.clone());
     s.build(move || {
-        let result = shared.tracker.read().history().query(&q);
-        let pods = shared.kube.pods();
+        let result = state.tracker().history().query(&q);
+        let pods = kube.pods();
         let events: Vec<EventJson> = result
             .events
             .iter()
@@ -418,7 +474,7 @@ async fn clear_events(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let Some(want) = s.shared.admin_token.as_deref() else {
+    let Some(admin) = s.admin.as_deref() else {
         return error(
             StatusCode::FORBIDDEN,
             "clearing the history is disabled; start the agent with --admin-token-file",
@@ -429,7 +485,7 @@ async fn clear_events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    if !given.is_some_and(|g| token_matches(g, want)) {
+    if !given.is_some_and(|g| token_matches(g, &admin.token)) {
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -451,25 +507,27 @@ async fn clear_events(
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("parameter `before`: {e}")),
     };
-    let cleared = s.shared.tracker.write().history_mut().clear_before(before);
-    s.shared.changed.notify_one();
+    let cleared = admin.history.clear_history(before);
     tracing::info!(cleared, "history cleared on request");
     Json(json!({ "cleared": cleared })).into_response()
 }
 
 async fn restart_stats(State(s): State<AppState>) -> Response {
-    Json(stats::restarts(&s.shared.tracker.read(), now_nanos())).into_response()
+    Json(stats::restarts(&s.state.tracker(), now_nanos())).into_response()
 }
 
 async fn uptime_stats(State(s): State<AppState>) -> Response {
-    Json(stats::uptime(&s.shared.tracker.read(), now_nanos())).into_response()
+    Json(stats::uptime(&s.state.tracker(), now_nanos())).into_response()
 }
 
 #[cfg(test)]
 mod test {
     use super::*;
-    use crate::config::{Config, RunArgs};
-    use crate::event::{ContainerLabels, EventKind, RuntimeEvent, Subject};
+    use crate::event::{
+        ContainerLabels, EventKind, RuntimeEvent, RuntimeKind, SourceEvent, Subject,
+    };
+    use crate::history::HistoryLimits;
+    use crate::state::State;
     use http_body_util::BodyExt;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -480,11 +538,11 @@ mod test {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let shared = state(n);
-        let stats = shared.http.clone();
+        let app = state(n);
+        let stats = app.http.clone();
         tokio::spawn(crate::server::serve(
             listener,
-            router(shared),
+            router(app),
             stats,
             crate::server::Limits::for_fd_limit(None),
             tokio_util::sync::CancellationToken::new(),
@@ -493,34 +551,37 @@ mod test {
     }
 
     /// An agent state with `n` started containers.
-    fn state(n: usize) -> Arc<Shared> {
-        let config = Config::resolve(RunArgs {
-            ephemeral: Some(true),
-            node_name: Some("node-1".into()),
-            ..Default::default()
-        })
-        .expect("config");
-        let shared = Arc::new(Shared::new(&config));
-        {
-            let mut t = shared.tracker.write();
-            for i in 0..n {
-                let ev = RuntimeEvent {
-                    time_nanos: 1_000 + i as i64,
-                    kind: EventKind::Started,
-                    action: "start".into(),
-                    subject: Arc::new(Subject {
-                        container_id: format!("{i:064x}"),
-                        name: format!("web-{i}"),
-                        image: "busybox".into(),
-                        labels: ContainerLabels::default(),
-                    }),
-                    exit_code: None,
-                    health: None,
-                };
-                t.apply(&ev, 2_000);
-            }
+    fn state(n: usize) -> App {
+        let state = State::new(
+            "node-1".into(),
+            RuntimeKind::Docker,
+            HistoryLimits {
+                max_events: 10_000,
+                retention: None,
+            },
+        );
+        state.ingest((0..n).map(|i| {
+            let ev = RuntimeEvent {
+                time_nanos: 1_000 + i as i64,
+                kind: EventKind::Started,
+                action: "start".into(),
+                subject: Arc::new(Subject {
+                    container_id: format!("{i:064x}"),
+                    name: format!("web-{i}"),
+                    image: "busybox".into(),
+                    labels: ContainerLabels::default(),
+                }),
+                exit_code: None,
+                health: None,
+            };
+            SourceEvent::Lifecycle(ev)
+        }));
+        App {
+            state: state.reader(),
+            kube: Arc::new(KubeState::default()),
+            admin: None,
+            http: Arc::default(),
         }
-        shared
     }
 
     async fn scrape(addr: std::net::SocketAddr) -> (http::response::Parts, String) {
@@ -590,11 +651,11 @@ mod test {
         let addr = listener.local_addr().expect("addr");
         let stop = tokio_util::sync::CancellationToken::new();
         let graceful = stop.clone();
-        let shared = state(20_000);
-        let stats = shared.http.clone();
+        let app = state(20_000);
+        let stats = app.http.clone();
         let server = tokio::spawn(crate::server::serve(
             listener,
-            router(shared),
+            router(app),
             stats,
             crate::server::Limits::for_fd_limit(None),
             graceful,

@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `stats`, `events` (SPEC section 2), and how the client
+//! The command line: `run`, `check`, `stats`, `events` (README "Commands"), and how the client
 //! subcommands print what a running agent answers.
 
 use std::fmt::Write as _;
@@ -8,7 +8,8 @@ use serde::Deserialize;
 
 use crate::client::{get_json, ClientError};
 use crate::config::{Config, RunArgs};
-use crate::history::{parse_types, HistoryEvent, RawEventQuery};
+use crate::history::query::{parse_types, RawEventQuery};
+use crate::history::HistoryEvent;
 use crate::runtime::discovery::{self, Probe};
 use crate::stats::{RestartStats, UptimeStats};
 
@@ -110,7 +111,7 @@ pub async fn check(config: &Config) -> (String, bool) {
     )
     .is_some()
     {
-        let (line, _) = crate::kube::probe(&config.node_name).await;
+        let (line, _) = crate::kube::watch::probe(&config.node_name).await;
         let _ = writeln!(out, "{line}");
     }
     match probes

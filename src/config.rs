@@ -1,4 +1,4 @@
-//! The one configuration: flags, environment variables and the YAML file (SPEC section 2).
+//! The one configuration: flags, environment variables and the YAML file (README "Configuration").
 //! Precedence is flag > env > file > default; clap merges the first two, this module the rest.
 
 use std::net::SocketAddr;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// Lifecycle event types (SPEC section 4). The order is the order of the per-kind counters.
+pub mod snapshot;
+
+/// Lifecycle event types (`docs/design.md`, "Events"). The order is the order of the per-kind counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
@@ -163,7 +165,7 @@ pub struct ContainerLabels {
     pub pod: Option<PodRef>,
     /// The kubelet's restart ordinal of this container (its attempt number).
     pub k8s_restart_count: Option<u64>,
-    /// A pod sandbox, which SPEC section 4 says is not tracked.
+    /// A pod sandbox, which is not tracked (`docs/design.md`, "Identity").
     pub sandbox: bool,
 }
 
@@ -235,8 +237,8 @@ impl RuntimeEvent {
     }
 }
 
-/// A container's new name (`docker rename`, `podman rename`). Not a lifecycle event (SPEC
-/// section 4): it changes the tracker's state, never the history or the event counters.
+/// A container's new name (`docker rename`, `podman rename`). Not a lifecycle event
+/// (`docs/design.md`, "Events"): it changes the tracker's state, never the history or the event counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rename {
     /// Nanoseconds since the Unix epoch, as the runtime stamped the event.
@@ -309,7 +311,7 @@ impl SubjectCache {
     }
 }
 
-/// Identity of what restarts are counted for (SPEC section 5).
+/// Identity of what restarts are counted for (`docs/design.md`, "Identity").
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Identity {
     Pod(PodRef),
@@ -323,6 +325,15 @@ impl Identity {
             None => Identity::Container(container_id.to_string()),
         }
     }
+}
+
+/// A container met first through an event, to inspect for what no event carries (its image
+/// ID). `name` is the name the tracker knew when it asked: an inspect that answers after a
+/// rename event must not put the old name back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    pub container_id: String,
+    pub name: String,
 }
 
 /// Shortens a container id to the 12 characters users know from `docker ps`.

@@ -5,7 +5,7 @@ use lifecycle_agent::cli::{self, Cli, Command};
 use lifecycle_agent::config::{Config, RunArgs};
 use lifecycle_agent::{agent, telemetry};
 
-/// Exit status for configuration errors (SPEC section 2).
+/// Exit status for configuration errors (README "Configuration").
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {

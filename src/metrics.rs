@@ -1,4 +1,4 @@
-//! The scrape-time collector (SPEC section 6). It reads one snapshot of the tracker per
+//! The scrape-time collector (README "Metrics"). It reads one snapshot of the tracker per
 //! scrape and encodes it; nothing here does I/O or waits, and a removed identity simply is
 //! not in the next snapshot, so its series disappear.
 //!
@@ -17,53 +17,27 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::agent::Shared;
 use crate::event::EventKind;
 use crate::kube::pods::PodIndex;
-use crate::kube::WatchErrorReason;
+use crate::kube::{KubeState, WatchErrorReason};
+use crate::labels::cut_label_value;
 use crate::process::ProcessStats;
+use crate::state::StateReader;
 use crate::time::{now_nanos, NANOS_PER_SEC};
-use crate::tracker::{IdentityView, NodeCounts};
-
-/// Label values longer than this are cut (on a character boundary): one hostile container
-/// name must not bloat every scrape.
-pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
-
-/// Cuts a label value to [`MAX_LABEL_VALUE_BYTES`]; escaping is the encoder's job.
-pub fn cut_label_value(v: &str) -> &str {
-    if v.len() <= MAX_LABEL_VALUE_BYTES {
-        return v;
-    }
-    let mut end = MAX_LABEL_VALUE_BYTES;
-    while !v.is_char_boundary(end) {
-        end -= 1;
-    }
-    &v[..end]
-}
-
-/// Turns an arbitrary key (an annotation name) into a valid label name: `[a-zA-Z0-9_]`,
-/// not starting with a digit.
-pub fn sanitize_label_key(k: &str) -> String {
-    let mut s: String = k
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    if s.starts_with(|c: char| c.is_ascii_digit()) {
-        s.insert(0, '_');
-    }
-    s
-}
+use crate::tracker::view::{IdentityView, NodeCounts};
 
 #[derive(Debug)]
 pub struct LifecycleCollector {
-    shared: Arc<Shared>,
+    state: StateReader,
+    kube: Arc<KubeState>,
 }
 
-/// The registry behind `/metrics`.
-pub fn registry(shared: Arc<Shared>) -> Registry {
-    let mut r = Registry::default();
-    r.register_collector(Box::new(LifecycleCollector { shared }));
-    r
+/// Registers what `/metrics` computes at scrape time: the series of every identity, the
+/// node's counts, the agent's build, connection, history and process figures, and the
+/// Kubernetes side's health. The counters of the state and of the HTTP server are
+/// registered by their owners.
+pub fn register(r: &mut Registry, state: StateReader, kube: Arc<KubeState>) {
+    r.register_collector(Box::new(LifecycleCollector { state, kube }));
 }
 
 type Labels<'a> = Vec<(&'a str, &'a str)>;
@@ -136,7 +110,7 @@ impl Collector for LifecycleCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = now_nanos();
         let (node, runtime, views, counts, own) = {
-            let t = self.shared.tracker.read();
+            let t = self.state.tracker();
             (
                 t.node().to_string(),
                 t.runtime().as_str(),
@@ -149,7 +123,7 @@ impl Collector for LifecycleCollector {
             )
         };
         // `None` without an allowlist: then there is nothing to join.
-        let pods = self.shared.kube.pods_for_metrics();
+        let pods = self.kube.pods_for_metrics();
         let base: Vec<Labels> = views
             .iter()
             .map(|v| base_labels(&node, runtime, v, pods.as_deref()))
@@ -360,8 +334,6 @@ impl LifecycleCollector {
         l: &Labels,
         own: &TrackerFigures,
     ) -> Result<(), std::fmt::Error> {
-        let c = &self.shared.counters;
-        let h = &self.shared.http;
         let version = env!("CARGO_PKG_VERSION");
         family(
             enc,
@@ -371,7 +343,7 @@ impl LifecycleCollector {
             MetricType::Gauge,
             vec![gauge(with(l, &[("version", version)]), 1.0)],
         )?;
-        let connected = if self.shared.is_connected() { 1.0 } else { 0.0 };
+        let connected = if self.state.is_connected() { 1.0 } else { 0.0 };
         family(
             enc,
             "lifecycle_agent_runtime_connected",
@@ -380,55 +352,13 @@ impl LifecycleCollector {
             MetricType::Gauge,
             vec![gauge(l.clone(), connected)],
         )?;
-        let counters = [
-            ("lifecycle_agent_events_processed", "Runtime events recorded.", c.events_processed.get()),
-            ("lifecycle_agent_events_duplicate", "Replayed events dropped because they were already processed.", c.events_duplicate.get()),
-            ("lifecycle_agent_stream_reconnects", "Times the runtime connection was lost and retried.", c.stream_reconnects.get()),
-            ("lifecycle_agent_events_possibly_missed", "Replays that could not reach back to the last processed event (the runtime no longer held it); the gap was reconciled from list + inspect.", c.events_possibly_missed.get()),
-            ("lifecycle_agent_restarts_inferred", "Restarts counted from the runtime's state rather than from an observed event.", own.inferred_restarts),
-            ("lifecycle_agent_store_writes", "Group commits written to the state store.", c.store_writes.get()),
-            ("lifecycle_agent_store_errors", "Failed state store writes (retried with the next commit).", c.store_errors.get()),
-            ("lifecycle_agent_store_recoveries", "Unusable state files moved aside and rebuilt from the runtime.", c.store_recoveries.get()),
-            ("lifecycle_agent_scrapes_rejected", "/metrics requests answered 503 because the concurrent scrape limit was reached.", c.scrapes_rejected.get()),
-            ("lifecycle_agent_http_answers_rejected", "Large JSON answers refused with 503 because the memory set aside for answers in flight was in use.", h.answers_rejected.get()),
-            ("lifecycle_agent_http_accept_errors", "Failed accepts of HTTP connections (the file-descriptor limit reached, most often).", h.accept_errors.get()),
-        ];
-        for (name, help, v) in counters {
-            family(
-                enc,
-                name,
-                help,
-                None,
-                MetricType::Counter,
-                vec![counter(l.clone(), v)],
-            )?;
-        }
-        let dropped = [
-            ("limit", h.refused.get()),
-            ("evicted", h.evicted.get()),
-            ("timeout", h.timed_out.get()),
-        ];
         family(
             enc,
-            "lifecycle_agent_http_connections_closed",
-            "HTTP connections the agent closed by `reason`: `limit` (refused at the connection cap), `evicted` (idle or not reading, closed for a new one at the cap), `timeout` (request head too slow, idle keep-alive, or a client not reading).",
+            "lifecycle_agent_restarts_inferred",
+            "Restarts counted from the runtime's state rather than from an observed event.",
             None,
             MetricType::Counter,
-            dropped
-                .iter()
-                .map(|(reason, v)| counter(with(l, &[("reason", reason)]), *v))
-                .collect::<Vec<_>>(),
-        )?;
-        family(
-            enc,
-            "lifecycle_agent_http_connections",
-            "HTTP connections open now.",
-            None,
-            MetricType::Gauge,
-            vec![gauge(
-                l.clone(),
-                h.open.load(std::sync::atomic::Ordering::Relaxed) as f64,
-            )],
+            vec![counter(l.clone(), own.inferred_restarts)],
         )?;
         family(
             enc,
@@ -506,7 +436,7 @@ impl LifecycleCollector {
 
     /// `lifecycle_agent_kube_*`, only when the Kubernetes side runs.
     fn encode_kube(&self, enc: &mut DescriptorEncoder, l: &Labels) -> Result<(), std::fmt::Error> {
-        let k = &self.shared.kube;
+        let k = &self.kube;
         if !k.enabled() {
             return Ok(());
         }
@@ -542,15 +472,6 @@ impl LifecycleCollector {
 #[cfg(test)]
 mod test {
     use super::*;
-
-    #[test]
-    fn label_values_are_cut_on_a_character_boundary() {
-        let long = "é".repeat(1000);
-        let cut = cut_label_value(&long);
-        assert!(cut.len() <= MAX_LABEL_VALUE_BYTES);
-        assert_eq!(cut.len(), 1024);
-        assert_eq!(cut_label_value("short"), "short");
-    }
 
     #[test]
     fn pod_metadata_joins_identities_by_uid() {
@@ -604,11 +525,5 @@ mod test {
         let other = view("u2");
         assert_eq!(base_labels("n", "docker", &other, Some(&idx)).len(), 5);
         assert_eq!(base_labels("n", "docker", &known, None).len(), 5);
-    }
-
-    #[test]
-    fn label_keys_are_sanitized() {
-        assert_eq!(sanitize_label_key("example.com/owner"), "example_com_owner");
-        assert_eq!(sanitize_label_key("9lives"), "_9lives");
     }
 }

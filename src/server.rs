@@ -36,7 +36,14 @@ use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use tracing::{debug, info, warn};
 
-use crate::agent::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::self_metrics::{register_counters, NodeLabels};
 
 /// Connection limits and timeouts of the HTTP server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +103,70 @@ pub struct HttpStats {
     pub timed_out: Counter,
     /// Large JSON answers refused (503) because the memory set aside for answers was in use.
     pub answers_rejected: Counter,
+}
+
+impl HttpStats {
+    /// Registers the server's series: `lifecycle_agent_http_connections`,
+    /// `lifecycle_agent_http_connections_closed_total{reason}`, and the counters of failed
+    /// accepts and refused answers.
+    pub fn register(self: &Arc<Self>, r: &mut Registry, labels: NodeLabels) {
+        register_counters(
+            r,
+            labels.clone(),
+            vec![
+                ("lifecycle_agent_http_accept_errors", "Failed accepts of HTTP connections (the file-descriptor limit reached, most often).", self.accept_errors.clone()),
+                ("lifecycle_agent_http_answers_rejected", "Large JSON answers refused with 503 because the memory set aside for answers in flight was in use.", self.answers_rejected.clone()),
+            ],
+        );
+        r.register_collector(Box::new(ConnectionSeries {
+            stats: self.clone(),
+            labels,
+        }));
+    }
+}
+
+/// The series of open and closed connections, read at scrape time.
+struct ConnectionSeries {
+    stats: Arc<HttpStats>,
+    labels: NodeLabels,
+}
+
+impl std::fmt::Debug for ConnectionSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionSeries").finish_non_exhaustive()
+    }
+}
+
+impl Collector for ConnectionSeries {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let owned = (self.labels)();
+        let labels: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut family = enc.encode_descriptor(
+            "lifecycle_agent_http_connections",
+            "HTTP connections open now.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let open = self.stats.open.load(Ordering::Relaxed);
+        ConstGauge::new(i64::try_from(open).unwrap_or(i64::MAX))
+            .encode(family.encode_family(&labels)?)?;
+        let mut family = enc.encode_descriptor(
+            "lifecycle_agent_http_connections_closed",
+            "HTTP connections the agent closed, by `reason`: `limit` (refused at the connection cap), `evicted` (idle or not reading, closed for a new one at the cap), `timeout` (request head too slow, idle keep-alive, or a client not reading).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, c) in [
+            ("limit", &self.stats.refused),
+            ("evicted", &self.stats.evicted),
+            ("timeout", &self.stats.timed_out),
+        ] {
+            let mut with_reason = labels.clone();
+            with_reason.push(("reason", reason));
+            ConstCounter::new(c.get()).encode(family.encode_family(&with_reason)?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Serves `app` on `listener` until `stop`, then lets open connections finish their current

@@ -1,9 +1,10 @@
-//! Node-level statistics (seed `get_restart_statistics`, `get_uptime_statistics`), computed
-//! from the tracker's identity views. The seed's keys are kept as they were.
+//! Node-level statistics (`/api/v1/stats/restarts`, `/api/v1/stats/uptime`; README "HTTP
+//! API"), computed from the tracker's identity views. Their keys are part of the API.
 
 use serde::{Deserialize, Serialize};
 
-use crate::tracker::{IdentityView, Tracker};
+use crate::tracker::view::IdentityView;
+use crate::tracker::Tracker;
 
 /// How many of the most restarting identities `stats/restarts` lists.
 pub const TOP_RESTARTING: usize = 10;
@@ -152,7 +153,7 @@ mod test {
     }
 
     #[test]
-    fn seed_keys_and_values() {
+    fn api_keys_and_values() {
         let mut t = Tracker::new(
             "n".into(),
             RuntimeKind::Docker,

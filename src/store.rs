@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{EventKind, Health, Identity, RuntimeKind};
 use crate::history::{HistoryEvent, SubjectInterner, SubjectRef};
-use crate::tracker::{ContainerState, Delta, IdentityState, Saved, TrackerMeta};
+use crate::tracker::persist::{Delta, Saved, TrackerMeta};
+use crate::tracker::{ContainerState, IdentityState};
 
 /// Bumped whenever a persisted type changes shape. An older file is moved aside and the
 /// state rebuilt from the runtime (no migration exists yet); it is never read with the new

@@ -1,4 +1,5 @@
-//! The Kubernetes side: a node-scoped watch of the pods on this node (`watch.rs`) feeding a
+//! The Kubernetes side: a node-scoped watch of the pods on this node (`watch.rs`, with the
+//! client it connects) feeding a
 //! small index of their allowlisted metadata (`pods.rs`), which metrics and the API join to
 //! container identities. Everything here is optional: without the API server (unreachable,
 //! forbidden, or not configured) lifecycle metrics flow exactly as before, without the
@@ -10,14 +11,10 @@ pub mod watch;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
-use kube::core::PartialObjectMeta;
-use kube::{Api, Client};
 use parking_lot::RwLock;
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
-use crate::agent::Counter;
 use pods::{Allowlists, PodIndex};
 
 /// `--kube auto|on|off`.
@@ -170,81 +167,9 @@ impl KubeState {
     }
 }
 
-/// What can stop the Kubernetes side from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum KubeError {
-    #[error("--kube on, but no Kubernetes configuration was found: {0}")]
-    NoConfig(#[source] kube::config::InferConfigError),
-    #[error("cannot build a Kubernetes client: {0}")]
-    Client(#[source] kube::Error),
-}
-
-/// A client for the API server of the cluster the agent runs in (in-cluster service account)
-/// or of the current kubeconfig context, with the observer `watch.rs` uses to know when a
-/// watch is established.
-pub struct Connection {
-    pub client: Client,
-    pub server: String,
-    pub watch_starts: tokio::sync::watch::Receiver<u64>,
-}
-
-/// Infers the configuration (kubeconfig first, then in-cluster, as kube does) and builds
-/// the client.
-pub async fn connect() -> Result<Connection, KubeError> {
-    let config = kube::Config::infer().await.map_err(KubeError::NoConfig)?;
-    let server = config.cluster_url.to_string();
-    let (layer, watch_starts) = watch::WatchStartLayer::new();
-    let client = kube::client::ClientBuilder::try_from(config)
-        .map_err(KubeError::Client)?
-        .with_layer(&layer)
-        .build();
-    Ok(Connection {
-        client,
-        server,
-        watch_starts,
-    })
-}
-
 /// The field selector that keeps the watch to this node's pods.
 pub fn node_selector(node: &str) -> String {
     format!("spec.nodeName={node}")
-}
-
-/// `lifecycle-agent check`: can the agent list the pods of its node? One line, and whether
-/// it worked.
-pub async fn probe(node: &str) -> (String, bool) {
-    let conn = match connect().await {
-        Ok(c) => c,
-        Err(e) => return (format!("fail  kube    {e}"), false),
-    };
-    let version = conn
-        .client
-        .apiserver_version()
-        .await
-        .map(|v| v.git_version)
-        .unwrap_or_else(|_| "version unknown".into());
-    let api: Api<PartialObjectMeta<Pod>> = Api::all(conn.client);
-    let lp = ListParams::default()
-        .fields(&node_selector(node))
-        .match_any();
-    match api.list(&lp).await {
-        Ok(list) => (
-            format!(
-                "ok    kube    {version} at {}: {} pod(s) on node {node}",
-                conn.server,
-                list.items.len()
-            ),
-            true,
-        ),
-        Err(e) => (
-            format!(
-                "fail  kube    at {}: cannot list pods of node {node}: {}",
-                conn.server,
-                watch::explain_client_error(&e, "list")
-            ),
-            false,
-        ),
-    }
 }
 
 #[cfg(test)]

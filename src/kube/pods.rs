@@ -10,14 +10,14 @@ use std::sync::Arc;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use crate::metrics::{cut_label_value, sanitize_label_key};
+use crate::labels::{cut_label_value, sanitize_label_key};
 
 /// The kubelet names the uid it gave a static pod (and its containers' labels) in this
 /// annotation of the pod's API mirror, whose own uid differs.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
-/// Which keys of a pod's annotations (or labels) become metric labels (SPEC section 6:
-/// default none, `*` all).
+/// Which keys of a pod's annotations (or labels) become metric labels (README
+/// "Kubernetes": default none, `*` all).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Allowlist {
     #[default]

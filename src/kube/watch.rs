@@ -15,16 +15,88 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
-use kube::Api;
+use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::pods::{Allowlists, PodIndex, PodMeta};
-use super::{node_selector, Connection, WatchErrorReason};
-use crate::agent::Shared;
+use super::{node_selector, KubeState, WatchErrorReason};
+
+/// What can stop the Kubernetes side from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("--kube on, but no Kubernetes configuration was found: {0}")]
+    NoConfig(#[source] kube::config::InferConfigError),
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// A client for the API server of the cluster the agent runs in (in-cluster service account)
+/// or of the current kubeconfig context, with the observer `watch.rs` uses to know when a
+/// watch is established.
+pub struct Connection {
+    pub client: Client,
+    pub server: String,
+    pub watch_starts: tokio::sync::watch::Receiver<u64>,
+}
+
+/// Infers the configuration (kubeconfig first, then in-cluster, as kube does) and builds
+/// the client.
+pub async fn connect() -> Result<Connection, KubeError> {
+    let config = kube::Config::infer().await.map_err(KubeError::NoConfig)?;
+    let server = config.cluster_url.to_string();
+    let (layer, watch_starts) = WatchStartLayer::new();
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(KubeError::Client)?
+        .with_layer(&layer)
+        .build();
+    Ok(Connection {
+        client,
+        server,
+        watch_starts,
+    })
+}
+
+/// `lifecycle-agent check`: can the agent list the pods of its node? One line, and whether
+/// it worked.
+pub async fn probe(node: &str) -> (String, bool) {
+    let conn = match connect().await {
+        Ok(c) => c,
+        Err(e) => return (format!("fail  kube    {e}"), false),
+    };
+    let version = conn
+        .client
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_else(|_| "version unknown".into());
+    let api: Api<PartialObjectMeta<Pod>> = Api::all(conn.client);
+    let lp = ListParams::default()
+        .fields(&node_selector(node))
+        .match_any();
+    match api.list(&lp).await {
+        Ok(list) => (
+            format!(
+                "ok    kube    {version} at {}: {} pod(s) on node {node}",
+                conn.server,
+                list.items.len()
+            ),
+            true,
+        ),
+        Err(e) => (
+            format!(
+                "fail  kube    at {}: cannot list pods of node {node}: {}",
+                conn.server,
+                explain_client_error(&e, "list")
+            ),
+            false,
+        ),
+    }
+}
 
 /// At most one "still unreachable" log line this often: an API server outage must not
 /// flood the node's logs from every agent.
@@ -36,10 +108,9 @@ pub async fn run(
     conn: Connection,
     node: String,
     allow: Allowlists,
-    shared: Arc<Shared>,
+    kube: Arc<KubeState>,
     stop: CancellationToken,
 ) {
-    let kube = &shared.kube;
     let Connection {
         client,
         server,

@@ -1,5 +1,5 @@
 //! Which runtime socket to use (`--runtime auto|docker|podman`, `--socket`), and the probe
-//! behind `lifecycle-agent check` (the seed's `get_available_runtimes`).
+//! behind `lifecycle-agent check` (README "Configuration").
 
 use std::fmt::Write as _;
 
@@ -62,8 +62,8 @@ pub fn candidates(
     let podman = matches!(choice, RuntimeChoice::Auto | RuntimeChoice::Podman);
     let docker_host = env("DOCKER_HOST").filter(|v| !v.is_empty());
     let container_host = env("CONTAINER_HOST").filter(|v| !v.is_empty());
-    // What the environment names first (SPEC: DOCKER_HOST / CONTAINER_HOST, then the usual
-    // paths): someone who set CONTAINER_HOST on a host that also has a Docker socket means Podman.
+    // What the environment names first (README "Configuration": DOCKER_HOST /
+    // CONTAINER_HOST, then the usual paths): someone who set CONTAINER_HOST on a host that also has a Docker socket means Podman.
     let mut out = Vec::new();
     if let (true, Some(h)) = (docker, &docker_host) {
         out.push(Candidate {

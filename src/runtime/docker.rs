@@ -11,10 +11,10 @@ use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use bollard::Docker;
 use futures_util::stream::{self, BoxStream, StreamExt};
 
-use super::snapshot::{ContainerSnapshot, SnapshotState};
 use super::{
     error_chain, map_action, ContainerFilter, RuntimeInfo, Source, SourceError, RENAME_ACTION,
 };
+use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::event::{
     ContainerLabels, Health, Rename, RuntimeEvent, RuntimeKind, SourceEvent, Subject,
 };

@@ -1,20 +1,24 @@
-//! Runtime event sources: the interface every runtime implements, runtime discovery, the
-//! mapping of runtime action words onto SPEC section 4, and the reconnect/replay loop.
+//! Runtime event sources: the interface every runtime implements ([`Source`]), the mapping
+//! of runtime action words onto the event types of `docs/design.md` ("Events"), and beside
+//! it the sources themselves (`docker.rs`, `podman.rs`), the one that wraps whichever
+//! answered (`any.rs`), discovery (`discovery.rs`) and the reconnect/replay loop (`watch.rs`).
+//! This file depends on none of them, so they can all depend on it.
 
+pub mod any;
 pub mod discovery;
 pub mod docker;
 pub mod podman;
-pub mod snapshot;
 pub mod watch;
+
+/// The snapshot types live with the normalized events; sources name them here too.
+pub use crate::event::snapshot;
 
 use std::future::Future;
 
 use futures_util::stream::BoxStream;
 
+use crate::event::snapshot::ContainerSnapshot;
 use crate::event::{EventKind, Health, RuntimeKind, SourceEvent};
-use docker::DockerSource;
-use podman::PodmanSource;
-use snapshot::ContainerSnapshot;
 
 /// What a runtime said about itself on connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,71 +97,6 @@ pub trait Source: Send + Sync + 'static {
 
     /// A cheap liveness check; idle event streams say nothing for hours.
     fn ping(&self) -> impl Future<Output = Result<(), SourceError>> + Send;
-}
-
-/// The source for whatever answered on a socket: Docker through its Engine API, Podman
-/// through libpod. Chosen by what the daemon says it is, not by what the user expected, so
-/// `--runtime docker` pointed at a Podman socket still gets Podman's own vocabulary.
-pub enum AnySource {
-    Docker(DockerSource),
-    Podman(PodmanSource),
-}
-
-impl AnySource {
-    pub fn for_runtime(runtime: RuntimeKind, endpoint: &str, filter: ContainerFilter) -> AnySource {
-        match runtime {
-            RuntimeKind::Docker => AnySource::Docker(DockerSource::new(endpoint, filter)),
-            RuntimeKind::Podman => AnySource::Podman(PodmanSource::new(endpoint, filter)),
-        }
-    }
-}
-
-impl Source for AnySource {
-    fn endpoint(&self) -> &str {
-        match self {
-            AnySource::Docker(s) => s.endpoint(),
-            AnySource::Podman(s) => s.endpoint(),
-        }
-    }
-
-    async fn connect(&mut self) -> Result<RuntimeInfo, SourceError> {
-        match self {
-            AnySource::Docker(s) => s.connect().await,
-            AnySource::Podman(s) => s.connect().await,
-        }
-    }
-
-    fn events(
-        &self,
-        since: Option<i64>,
-        until: Option<i64>,
-    ) -> BoxStream<'static, Result<Option<SourceEvent>, SourceError>> {
-        match self {
-            AnySource::Docker(s) => s.events(since, until),
-            AnySource::Podman(s) => s.events(since, until),
-        }
-    }
-
-    async fn snapshot(&self) -> Result<Vec<ContainerSnapshot>, SourceError> {
-        match self {
-            AnySource::Docker(s) => s.snapshot().await,
-            AnySource::Podman(s) => s.snapshot().await,
-        }
-    }
-
-    async fn inspect(&self, container_id: &str) -> Result<Option<ContainerSnapshot>, SourceError> {
-        match self {
-            AnySource::Docker(s) => s.inspect(container_id).await,
-            AnySource::Podman(s) => s.inspect(container_id).await,
-        }
-    }
-
-    async fn ping(&self) -> Result<(), SourceError> {
-        match self {
-            AnySource::Docker(s) => s.ping().await,
-            AnySource::Podman(s) => s.ping().await,
-        }
-    }
 }
 
 /// The action word of a container's rename, the same in Docker and Podman. Not a lifecycle

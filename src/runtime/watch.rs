@@ -9,13 +9,14 @@
 //! reading task only forwards into an unbounded channel: Docker drops events for a subscriber
 //! that stops reading, so it must never wait on the tracker.
 //!
+//! Live and replayed events take the same path into the state ([`State::ingest`]).
+//!
 //! Events carry no image ID, so a container first met through an event is inspected once,
 //! beside the live stream ([`Lookups`]): never by the reading task, never under the tracker's
-//! lock. A look-up lost with its session is covered by the next reconciliation.
+//! lock. The queue of look-ups is the tracker's; a look-up lost with its session is covered
+//! by the next reconciliation.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -24,12 +25,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::snapshot::ContainerSnapshot;
 use super::{Source, SourceError};
-use crate::agent::Shared;
-use crate::event::{SourceEvent, SubjectCache};
+use crate::event::snapshot::ContainerSnapshot;
+use crate::event::{Lookup, SourceEvent, SubjectCache};
+use crate::state::{Ingested, State};
 use crate::time::now_nanos;
-use crate::tracker::{Applied, Lookup, LOOKUP_QUEUE_CAPACITY};
 
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,7 +37,7 @@ const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A session that lasted this long was healthy: the next failure starts the backoff afresh.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
-/// Events applied under one lock of the tracker.
+/// Events ingested under one lock of the tracker.
 const BATCH: usize = 512;
 /// The live stream starts this far before the replay ends. An event is stamped before it is
 /// published (Podman's CLI stamps, then appends to the log file), so one stamped just before
@@ -52,20 +52,19 @@ const LOOKUP_CONCURRENCY: usize = 4;
 type Item = Result<Option<SourceEvent>, SourceError>;
 
 /// Follows one runtime until `shutdown`, reconnecting with backoff.
-pub async fn run<S: Source>(mut source: S, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub async fn run<S: Source>(mut source: S, state: State, shutdown: CancellationToken) {
     let mut delay = BACKOFF_START;
     loop {
         let began = Instant::now();
         let result = tokio::select! {
-            r = session(&mut source, &shared) => r,
+            r = session(&mut source, &state) => r,
             _ = shutdown.cancelled() => return,
         };
         let err = match result {
             Ok(never) => match never {},
             Err(e) => e,
         };
-        shared.set_disconnected(err.to_string());
-        shared.counters.stream_reconnects.inc();
+        state.stream_lost(err.to_string());
         if began.elapsed() >= HEALTHY_SESSION {
             delay = BACKOFF_START;
         }
@@ -109,12 +108,11 @@ impl Drop for AbortOnDrop {
 }
 
 /// One connected session. Returns only with the error that ended it.
-async fn session<S: Source>(source: &mut S, shared: &Shared) -> Result<Infallible, SourceError> {
-    shared.set_disconnected(format!("connecting to {}", source.endpoint()));
+async fn session<S: Source>(source: &mut S, state: &State) -> Result<Infallible, SourceError> {
+    state.connecting(source.endpoint());
     let info = source.connect().await?;
     info!(endpoint = %source.endpoint(), runtime = %info.runtime, version = %info.version, api_version = %info.api_version, "connected to runtime");
-    shared.tracker.write().set_runtime(info.runtime);
-    *shared.runtime_info.lock() = Some(info);
+    state.connected(&info);
 
     let t0 = now_nanos();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -124,15 +122,11 @@ async fn session<S: Source>(source: &mut S, shared: &Shared) -> Result<Infallibl
         source.endpoint().to_string(),
     )));
 
-    let cursor = shared.tracker.read().cursor();
-    if let Some(cursor) = cursor {
-        replay(source, shared, cursor, t0).await?;
+    if let Some(cursor) = state.cursor() {
+        replay(source, state, cursor, t0).await?;
     }
     let snapshot = source.snapshot().await?;
-    let report = shared
-        .tracker
-        .write()
-        .reconcile(&snapshot, true, now_nanos());
+    let report = state.reconcile(&snapshot);
     info!(
         containers = snapshot.len(),
         added = report.added,
@@ -140,16 +134,15 @@ async fn session<S: Source>(source: &mut S, shared: &Shared) -> Result<Infallibl
         inferred_restarts = report.inferred_restarts,
         "reconciled with the runtime"
     );
-    shared.changed.notify_one();
-    shared.set_ready();
-    follow(source, shared, rx).await
+    state.synced();
+    follow(source, state, rx).await
 }
 
 /// Follows the live stream of a connected session, looking up the containers its events
 /// create beside it. Returns only with the error that ended the session.
 async fn follow<S: Source>(
     source: &S,
-    shared: &Shared,
+    state: &State,
     mut rx: mpsc::UnboundedReceiver<Item>,
 ) -> Result<Infallible, SourceError> {
     let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -157,16 +150,16 @@ async fn follow<S: Source>(
     let mut batch = Vec::with_capacity(BATCH);
     let mut lookups = Lookups::new(source);
     loop {
-        lookups.launch(shared);
+        lookups.launch(state);
         tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => {
                 if n == 0 {
                     return Err(SourceError::StreamEnded { endpoint: source.endpoint().to_string() });
                 }
-                lookups.queue(apply_batch(shared, &mut batch)?);
+                ingest_batch(state, &mut batch).1?;
             }
             Some((asked, result)) = lookups.inflight.next(), if !lookups.inflight.is_empty() => {
-                Lookups::<S>::finish(shared, &asked, result);
+                Lookups::<S>::finish(state, &asked, result);
             }
             _ = ping.tick() => {
                 match tokio::time::timeout(PING_TIMEOUT, source.ping()).await {
@@ -186,10 +179,9 @@ type LookupResult = (Lookup, Result<Option<ContainerSnapshot>, SourceError>);
 
 /// Inspects of containers first met through events, for the image ID no event carries: at
 /// most [`LOOKUP_CONCURRENCY`] at once, polled by the session loop beside the event stream.
-/// The tracker is locked only to check and to apply, never across a request.
+/// The tracker is locked only to take from its queue and to apply, never across a request.
 struct Lookups<'a, S> {
     source: &'a S,
-    waiting: VecDeque<Lookup>,
     inflight: FuturesUnordered<BoxFuture<'a, LookupResult>>,
 }
 
@@ -197,34 +189,16 @@ impl<'a, S: Source> Lookups<'a, S> {
     fn new(source: &'a S) -> Self {
         Lookups {
             source,
-            waiting: VecDeque::new(),
             inflight: FuturesUnordered::new(),
         }
     }
 
-    /// Queues look-ups; past [`LOOKUP_QUEUE_CAPACITY`] waiting, new ones are dropped.
-    fn queue(&mut self, new: Vec<Lookup>) {
-        let room = LOOKUP_QUEUE_CAPACITY.saturating_sub(self.waiting.len());
-        if new.len() > room {
-            warn!(
-                dropped = new.len() - room,
-                waiting = self.waiting.len(),
-                "too many new containers to look up; their image IDs wait for the next reconciliation"
-            );
-        }
-        self.waiting.extend(new.into_iter().take(room));
-    }
-
-    /// Starts waiting look-ups up to the limit, skipping containers that no longer need one
-    /// (removed, or reconciled meanwhile).
-    fn launch(&mut self, shared: &Shared) {
+    /// Starts waiting look-ups up to the limit.
+    fn launch(&mut self, state: &State) {
         while self.inflight.len() < LOOKUP_CONCURRENCY {
-            let Some(asked) = self.waiting.pop_front() else {
+            let Some(asked) = state.next_lookup() else {
                 return;
             };
-            if !shared.tracker.read().needs_lookup(&asked.container_id) {
-                continue;
-            }
             let source = self.source;
             self.inflight.push(Box::pin(async move {
                 let result = source.inspect(&asked.container_id).await;
@@ -237,16 +211,14 @@ impl<'a, S: Source> Lookups<'a, S> {
     /// gone, the stream or the liveness check says so, and the reconciliation after the
     /// reconnect brings the image ID.
     fn finish(
-        shared: &Shared,
+        state: &State,
         asked: &Lookup,
         result: Result<Option<ContainerSnapshot>, SourceError>,
     ) {
         let id = &asked.container_id;
         match result {
             Ok(Some(snapshot)) => {
-                if shared.tracker.write().enrich(asked, &snapshot) {
-                    shared.changed.notify_one();
-                }
+                state.enrich(asked, &snapshot);
                 debug!(container_id = %id, image_id = %snapshot.image_id, "container looked up");
             }
             Ok(None) => debug!(container_id = %id, "container gone before its look-up"),
@@ -257,68 +229,44 @@ impl<'a, S: Source> Lookups<'a, S> {
     }
 }
 
-/// Applies forwarded items under one lock; the first error ends the session after the
-/// events before it are applied. Returns the containers these events created that need a
-/// look-up.
-fn apply_batch(shared: &Shared, batch: &mut Vec<Item>) -> Result<Vec<Lookup>, SourceError> {
-    let now = now_nanos();
+/// Ingests forwarded items; the first error ends the session (or the replay) after the
+/// events before it are ingested.
+fn ingest_batch(state: &State, batch: &mut Vec<Item>) -> (Ingested, Result<(), SourceError>) {
     let mut failure = None;
-    let lookups = {
-        let mut tracker = shared.tracker.write();
-        for item in batch.drain(..) {
-            match item {
-                Ok(Some(SourceEvent::Lifecycle(ev))) => {
-                    let applied = tracker.apply(&ev, now);
-                    // One line per event for lag measurements (bench/); off unless asked for.
-                    debug!(target: "lifecycle_agent::events", time_nanos = ev.time_nanos, container_id = %ev.container_id(), action = %ev.action, ?applied, "event applied");
-                    shared.counters.count(applied);
-                }
-                Ok(Some(SourceEvent::Renamed(r))) => {
-                    let renamed = tracker.rename(&r);
-                    debug!(container_id = %r.container_id, name = %r.name, renamed, "rename applied");
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+    let events: Vec<SourceEvent> = batch
+        .drain(..)
+        .map_while(|item| match item {
+            Ok(ev) => Some(ev),
+            Err(e) => {
+                failure = Some(e);
+                None
             }
-        }
-        tracker.take_lookups()
-    };
+        })
+        .flatten()
+        .collect();
     batch.clear();
-    shared.changed.notify_one();
-    failure.map_or(Ok(lookups), Err)
+    (state.ingest(events), failure.map_or(Ok(()), Err))
 }
 
-/// Applies the runtime's events from `cursor` to `until`. If none of them was seen before,
+/// Ingests the runtime's events from `cursor` to `until`. If none of them was seen before,
 /// the runtime no longer holds the cursor's event: events may have been lost in between.
 async fn replay<S: Source>(
     source: &S,
-    shared: &Shared,
+    state: &State,
     cursor: i64,
     until: i64,
 ) -> Result<(), SourceError> {
-    let mut stream = source.events(Some(cursor), Some(until));
+    let mut stream = source.events(Some(cursor), Some(until)).ready_chunks(BATCH);
     let mut overlapped = false;
     let mut replayed = 0u64;
-    while let Some(item) = stream.next().await {
-        let ev = match item? {
-            Some(SourceEvent::Lifecycle(ev)) => ev,
-            Some(SourceEvent::Renamed(r)) => {
-                shared.tracker.write().rename(&r);
-                continue;
-            }
-            None => continue,
-        };
-        let applied = shared.tracker.write().apply(&ev, now_nanos());
-        shared.changed.notify_one();
-        overlapped |= applied == Applied::Duplicate;
-        replayed += u64::from(applied == Applied::Recorded);
-        shared.counters.count(applied);
+    while let Some(mut chunk) = stream.next().await {
+        let (done, result) = ingest_batch(state, &mut chunk);
+        overlapped |= done.duplicates > 0;
+        replayed += done.recorded;
+        result?;
     }
     if !overlapped {
-        shared.counters.events_possibly_missed.inc();
+        state.possibly_missed();
         warn!(cursor = %crate::time::format_rfc3339(cursor), "the runtime no longer holds the last event processed: events in between may be lost (reconciling from list + inspect)");
     }
     info!(

@@ -1,6 +1,7 @@
+use super::view::IdentityView;
 use super::*;
+use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::event::{ContainerLabels, PodRef, Subject};
-use crate::runtime::snapshot::SnapshotState;
 
 const S: i64 = NANOS_PER_SEC;
 
@@ -531,6 +532,11 @@ fn attempts_skipped_unseen_count_as_recent_inferred_restarts() {
     assert_eq!(t.node_counts().restarts_total, 3);
 }
 
+/// Every look-up waiting, in order.
+fn lookups(t: &mut Tracker) -> Vec<Lookup> {
+    std::iter::from_fn(|| t.next_lookup()).collect()
+}
+
 fn rename(t: i64, id: &str, name: &str) -> Rename {
     Rename {
         time_nanos: t,
@@ -543,7 +549,7 @@ fn rename(t: i64, id: &str, name: &str) -> Rename {
 fn a_container_met_through_an_event_is_looked_up_once_and_takes_its_image_id() {
     let mut t = tracker();
     run(&mut t, "a");
-    let asked = t.take_lookups();
+    let asked = lookups(&mut t);
     assert_eq!(
         asked,
         vec![Lookup {
@@ -551,7 +557,7 @@ fn a_container_met_through_an_event_is_looked_up_once_and_takes_its_image_id() {
             name: "name-a".into(),
         }]
     );
-    assert!(t.take_lookups().is_empty(), "asked for once");
+    assert!(lookups(&mut t).is_empty(), "asked for once");
     assert_eq!(only(&t, 3 * S).image_id, "");
     let answer = snap("a", SnapshotState::Running, Some(2 * S), None);
     assert!(t.needs_lookup("a"));
@@ -568,7 +574,7 @@ fn a_container_met_through_an_event_is_looked_up_once_and_takes_its_image_id() {
     );
     // Later events of a known container ask for nothing.
     apply_all(&mut t, &[die(4 * S, "a", 0)]);
-    assert!(t.take_lookups().is_empty());
+    assert!(lookups(&mut t).is_empty());
 }
 
 #[test]
@@ -582,7 +588,7 @@ fn containers_from_a_snapshot_or_already_gone_are_not_looked_up() {
     apply_all(&mut t, &[die(3 * S, "a", 0)]);
     run(&mut t, "b");
     apply_all(&mut t, &[ev(4 * S, "b", "destroy", EventKind::Destroyed)]);
-    assert!(t.take_lookups().is_empty());
+    assert!(lookups(&mut t).is_empty());
     assert!(!t.needs_lookup("b"));
     let asked = Lookup {
         container_id: "b".into(),
@@ -618,7 +624,7 @@ fn a_rename_changes_the_name_but_not_the_history_or_the_counters() {
 fn a_look_up_answered_before_a_rename_does_not_bring_the_old_name_back() {
     let mut t = tracker();
     run(&mut t, "a");
-    let asked = t.take_lookups();
+    let asked = lookups(&mut t);
     t.rename(&rename(3 * S, "a", "web-2"));
     // The inspect ran before the rename: it still says the old name.
     let answer = snap("a", SnapshotState::Running, Some(2 * S), None);

@@ -2,15 +2,16 @@
 every object against strict schemas.
 
 No helm binary and no API server exist on the test machines: `helm-python-sdk` bundles the Helm
-SDK, and the schemas come from `../shared/k8s/` (relative to the repository root) plus
-`kubernetes-validate` for the core kinds the shared set lacks (NetworkPolicy).
+SDK, and the schemas are vendored under `tests/chart/k8s/` (see its README.md: where they come
+from, how to refresh them) plus `kubernetes-validate` for the core kinds that set lacks
+(NetworkPolicy).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,9 @@ NAMESPACE = "monitoring"
 KUBE_VERSION = "1.33.0"
 
 
-def shared_dir() -> Path:
-    """`shared/` beside the repository (CI: a copy of it beside the fresh clone)."""
-    return Path(os.environ.get("LIFECYCLE_SHARED_DIR") or REPO.parent / "shared")
-
-
 def k8s_dir() -> Path:
-    return shared_dir() / "k8s"
+    """The vendored strict schemas and CRDs (inside the repository: a bare clone passes)."""
+    return Path(__file__).resolve().parent / "k8s"
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -142,7 +139,12 @@ CRD_SCHEMAS = {
         "monitoring.coreos.com/prometheusrule_v1.json",
         "v0.88.1-minified/monitoring.coreos.com_prometheusrules.yaml"),
 }
-# Core kinds the shared set has no schema for: kubernetes-validate's strict schemas.
+# Kinds of other APIs with a strict JSON schema of their own.
+OTHER_SCHEMAS = {
+    ("autoscaling.k8s.io/v1", "VerticalPodAutoscaler"):
+        "autoscaling.k8s.io/verticalpodautoscaler_v1.json",
+}
+# Core kinds the vendored set has no schema for: kubernetes-validate's strict schemas.
 KUBERNETES_VALIDATE_ONLY = {("networking.k8s.io/v1", "NetworkPolicy")}
 
 _cache: dict[str, Any] = {}
@@ -199,6 +201,9 @@ def validate_object(obj: dict[str, Any]) -> list[str]:
     if key in CORE_SCHEMAS:
         _check(_json_schema(CORE_SCHEMAS[key]), obj, f"{what} ({CORE_SCHEMAS[key]})")
         used.append(CORE_SCHEMAS[key])
+    if key in OTHER_SCHEMAS:
+        _check(_json_schema(OTHER_SCHEMAS[key]), obj, f"{what} ({OTHER_SCHEMAS[key]})")
+        used.append(OTHER_SCHEMAS[key])
     if key in CRD_SCHEMAS:
         strict_json, newer_crd = CRD_SCHEMAS[key]
         _check(_json_schema(strict_json), obj, f"{what} ({strict_json})")
@@ -215,13 +220,15 @@ def validate_object(obj: dict[str, Any]) -> list[str]:
 
 
 def schema_files() -> list[Path]:
-    return [k8s_dir() / "schemas" / rel for rel in CORE_SCHEMAS.values()] + [
+    return [k8s_dir() / "schemas" / rel
+            for rel in list(CORE_SCHEMAS.values()) + list(OTHER_SCHEMAS.values())] + [
         k8s_dir() / d / rel for pair in CRD_SCHEMAS.values()
         for d, rel in zip(("schemas", "crds"), pair)]
 
 
 def verify_checksums() -> None:
-    """The schema files are the ones `SHA256SUMS` names (not edited to make a chart pass)."""
+    """The schema files are the ones `SHA256SUMS` names (not edited to make a chart pass), and
+    every vendored file is covered by it."""
     sums = {}
     for line in (k8s_dir() / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split(maxsplit=1)
@@ -229,6 +236,12 @@ def verify_checksums() -> None:
     for f in schema_files():
         rel = f.relative_to(k8s_dir()).as_posix()
         assert rel in sums, f"{rel} is not in SHA256SUMS"
+    vendored = sorted(p for p in k8s_dir().rglob("*")
+                      if p.is_file() and p.name not in ("SHA256SUMS", "README.md"))
+    assert {p.relative_to(k8s_dir()).as_posix() for p in vendored} == set(sums), \
+        "SHA256SUMS and the vendored files differ"
+    for f in vendored:
+        rel = f.relative_to(k8s_dir()).as_posix()
         assert hashlib.sha256(f.read_bytes()).hexdigest() == sums[rel], f"{rel}: checksum mismatch"
 
 
@@ -237,13 +250,16 @@ def prometheus_rule_groups(rendered: Rendered) -> dict[str, Any]:
     return {"groups": rendered.one("PrometheusRule")["spec"]["groups"]}
 
 
-def spec_env_names() -> set[str]:
-    """Environment variables of `lifecycle-agent run` named in SPEC section 2."""
+def agent_env_names() -> set[str]:
+    """Environment variables of `lifecycle-agent run`: the env column of the README's
+    Configuration table (the agent's documented interface)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
     names = set()
-    text = (shared_dir() / "SPEC.md").read_text()
-    section = text.split("## 2.", 1)[1].split("## 3.", 1)[0]
     for line in section.splitlines():
-        for word in line.split():
-            if word == "NODE_NAME" or (word.startswith("LIFECYCLE_") and word.isupper()):
-                names.add(word)
+        cells = [c.strip() for c in line.replace("\\|", "/").strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("`--"):
+            names.update(re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[1]))
+    assert "NODE_NAME" in names and "LIFECYCLE_RUNTIME" in names, \
+        "README's Configuration table not found or changed shape"
     return names

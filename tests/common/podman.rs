@@ -3,7 +3,7 @@
 //! live under the service's own directory, and a watchdog stops the service, removes its
 //! containers and deletes the directory when the test process goes away.
 //!
-//! Two quirks of the build machines are configured here (see the shared ENVIRONMENT notes):
+//! Two quirks of the build machines (Debian 12, cgroups v1) are configured here:
 //! `crun` fails under cgroups v1 hybrid mode, so the runtime is `runc`; and the sandbox lacks
 //! CAP_SYS_RESOURCE, so Podman's default rlimits are lowered.
 

@@ -80,7 +80,14 @@ An image reference from {registry, repository, tag, digest}; call with (dict "im
 {{- end }}
 
 {{- define "lifecycle-agent.imagePullSecrets" -}}
-{{- range (concat .Values.global.imagePullSecrets .Values.imagePullSecrets) }}
+{{- include "lifecycle-agent.pullSecretList" (concat .Values.global.imagePullSecrets .Values.imagePullSecrets) }}
+{{- end }}
+
+{{/*
+Pull secrets as a list of {name: ...}, from names or {name: ...} objects.
+*/}}
+{{- define "lifecycle-agent.pullSecretList" -}}
+{{- range . }}
 {{- if kindIs "map" . }}
 - name: {{ .name }}
 {{- else }}
@@ -95,11 +102,57 @@ The runtime socket on the node: socketPath, or the runtime's usual one.
 {{- define "lifecycle-agent.socketPath" -}}
 {{- if .Values.socketPath }}
 {{- .Values.socketPath }}
-{{- else if eq .Values.runtime "podman" }}
-{{- "/run/podman/podman.sock" }}
 {{- else }}
-{{- "/var/run/docker.sock" }}
+{{- get (dict "containerd" "/run/containerd/containerd.sock" "crio" "/var/run/crio/crio.sock" "docker" "/var/run/docker.sock" "podman" "/run/podman/podman.sock") .Values.runtime }}
 {{- end }}
+{{- end }}
+
+{{/*
+The socket the agent talks to: the runtime's, or the socket proxy's in the shared emptyDir.
+*/}}
+{{- define "lifecycle-agent.agentSocket" -}}
+{{- if .Values.socketProxy.enabled }}
+{{- "/run/lifecycle-agent/runtime.sock" }}
+{{- else }}
+{{- include "lifecycle-agent.socketPath" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when the agent asks the Kubernetes API (config.kube is not off; a bare YAML off is false).
+*/}}
+{{- define "lifecycle-agent.kubeEnabled" -}}
+{{- $k := .Values.config.kube }}
+{{- if kindIs "bool" $k }}
+{{- ternary "true" "" $k }}
+{{- else if ne (toString $k) "off" }}
+{{- "true" }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when something in the pod uses the service-account token: the agent (kube), kube-rbac-proxy
+(token and access reviews) or whatever rbac.extraRules are for.
+*/}}
+{{- define "lifecycle-agent.needsToken" -}}
+{{- if or (include "lifecycle-agent.kubeEnabled" .) .Values.kubeRBACProxy.enabled .Values.rbac.extraRules }}
+{{- "true" }}
+{{- end }}
+{{- end }}
+
+{{- define "lifecycle-agent.automountToken" -}}
+{{- if and .Values.serviceAccount.automountServiceAccountToken (include "lifecycle-agent.needsToken" .) }}true{{ else }}false{{ end }}
+{{- end }}
+
+{{/*
+The labels every alert aggregation keeps besides its own: the cluster label and the extra ones.
+*/}}
+{{- define "lifecycle-agent.aggregationLabels" -}}
+{{- $l := list }}
+{{- with .Values.prometheusRule.clusterLabel }}
+{{- $l = append $l . }}
+{{- end }}
+{{- join ", " (concat $l .Values.prometheusRule.additionalAggregationLabels) }}
 {{- end }}
 
 {{/*
@@ -174,5 +227,37 @@ relabelings:
 {{- with $m.metricRelabelings }}
 metricRelabelings:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+The runtime socket's volume mount (the socket itself, or its directory with mountSocketDirectory).
+*/}}
+{{- define "lifecycle-agent.socketMount" -}}
+{{- $socket := include "lifecycle-agent.socketPath" . }}
+name: runtime-socket
+mountPath: {{ ternary (dir $socket) $socket .Values.mountSocketDirectory }}
+readOnly: true
+{{- end }}
+
+{{/*
+The agent's liveness action: GET /healthz on its port, or, behind kube-rbac-proxy (where the
+agent listens on loopback only), its own CLI asking the loopback port, so that the probe does
+not depend on the proxy.
+*/}}
+{{- define "lifecycle-agent.livenessAction" -}}
+{{- if .Values.kubeRBACProxy.enabled }}
+exec:
+  command:
+    - /usr/local/bin/lifecycle-agent
+    - stats
+    - --json
+    - --url
+    - {{ printf "http://127.0.0.1:%d" (int .Values.kubeRBACProxy.upstreamPort) }}
+{{- else }}
+httpGet:
+  path: /healthz
+  port: {{ .Values.service.port }}
+  scheme: HTTP
 {{- end }}
 {{- end }}

@@ -28,7 +28,7 @@ impl SnapshotState {
         }
     }
 
-    /// Paused counts as running (SPEC section 6).
+    /// Paused counts as running (`docs/design.md`, "Restart semantics").
     pub fn is_running(self) -> bool {
         matches!(self, SnapshotState::Running | SnapshotState::Paused)
     }

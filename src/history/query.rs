@@ -1,0 +1,266 @@
+//! The query language of `GET /api/v1/events` (README "HTTP API"): parameters parsed and
+//! validated into an [`EventQuery`], and the search over the history, through the
+//! per-container index when it beats a scan.
+
+use serde::{Deserialize, Serialize};
+
+use super::{History, HistoryEvent, INDEX_SHARE};
+use crate::event::EventKind;
+use crate::time::{parse_time_or_ago, TimeError};
+
+/// Hard ceiling of `limit` in a query: no request may make the agent copy more.
+pub const MAX_QUERY_LIMIT: usize = 10_000;
+pub const DEFAULT_QUERY_LIMIT: usize = 100;
+
+/// A parsed, validated search over the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Runtime name, container id prefix, or Kubernetes container name.
+    pub container: Option<String>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    /// Bit set over [`EventKind::index`]; `None` is every type.
+    pub types: Option<u16>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub limit: usize,
+}
+
+impl Default for EventQuery {
+    fn default() -> Self {
+        EventQuery {
+            container: None,
+            namespace: None,
+            pod: None,
+            types: None,
+            since: None,
+            until: None,
+            limit: DEFAULT_QUERY_LIMIT,
+        }
+    }
+}
+
+/// The query parameters as they arrive, before validation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEventQuery {
+    pub container: Option<String>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    #[serde(rename = "type")]
+    pub types: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub limit: Option<String>,
+}
+
+/// A query parameter that cannot be used, named so the caller can fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("parameter `{param}`: {reason}")]
+pub struct QueryError {
+    pub param: &'static str,
+    pub reason: String,
+}
+
+impl QueryError {
+    fn new(param: &'static str, reason: impl ToString) -> Self {
+        QueryError {
+            param,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+fn non_empty(param: &'static str, v: Option<String>) -> Result<Option<String>, QueryError> {
+    match v {
+        Some(s) if s.trim().is_empty() => Err(QueryError::new(param, "must not be empty")),
+        other => Ok(other),
+    }
+}
+
+/// Parses a comma list of event types into the bit set of [`EventQuery::types`].
+pub fn parse_types(s: &str) -> Result<u16, QueryError> {
+    let mut mask = 0u16;
+    for part in s.split(',').map(str::trim) {
+        let kind: EventKind = part.parse().map_err(|e| QueryError::new("type", e))?;
+        mask |= 1 << kind.index();
+    }
+    Ok(mask)
+}
+
+fn parse_time(param: &'static str, v: Option<&str>, now: i64) -> Result<Option<i64>, QueryError> {
+    v.map(|s| parse_time_or_ago(s, now).map_err(|e: TimeError| QueryError::new(param, e)))
+        .transpose()
+}
+
+impl EventQuery {
+    /// Validates raw parameters; `now` anchors durations meaning "ago".
+    pub fn parse(raw: RawEventQuery, now: i64) -> Result<EventQuery, QueryError> {
+        let limit = match raw.limit.as_deref() {
+            None => DEFAULT_QUERY_LIMIT,
+            Some(s) => {
+                let n: usize = s
+                    .trim()
+                    .parse()
+                    .map_err(|_| QueryError::new("limit", format!("{s:?} is not a number")))?;
+                if n == 0 || n > MAX_QUERY_LIMIT {
+                    return Err(QueryError::new(
+                        "limit",
+                        format!("{n} is out of range 1..={MAX_QUERY_LIMIT}"),
+                    ));
+                }
+                n
+            }
+        };
+        let types = raw.types.as_deref().map(parse_types).transpose()?;
+        let since = parse_time("since", raw.since.as_deref(), now)?;
+        let until = parse_time("until", raw.until.as_deref(), now)?;
+        if let (Some(s), Some(u)) = (since, until) {
+            if s > u {
+                return Err(QueryError::new("since", "is after `until`"));
+            }
+        }
+        Ok(EventQuery {
+            container: non_empty("container", raw.container)?,
+            namespace: non_empty("namespace", raw.namespace)?,
+            pod: non_empty("pod", raw.pod)?,
+            types,
+            since,
+            until,
+            limit,
+        })
+    }
+
+    pub fn matches(&self, e: &HistoryEvent) -> bool {
+        if let Some(mask) = self.types {
+            if mask & (1 << e.kind.index()) == 0 {
+                return false;
+            }
+        }
+        if self.since.is_some_and(|s| e.time_nanos < s)
+            || self.until.is_some_and(|u| e.time_nanos > u)
+        {
+            return false;
+        }
+        let s = &e.subject;
+        if self.namespace.as_ref().is_some_and(|n| **n != *s.namespace)
+            || self.pod.as_ref().is_some_and(|p| **p != *s.pod)
+        {
+            return false;
+        }
+        match &self.container {
+            None => true,
+            Some(c) => {
+                **c == *s.name || **c == *s.container || s.container_id.starts_with(c.as_str())
+            }
+        }
+    }
+}
+
+/// The answer to a query: newest first, and whether more events matched than were returned.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryResult {
+    pub events: Vec<HistoryEvent>,
+    pub truncated: bool,
+}
+
+impl History {
+    pub fn query(&self, q: &EventQuery) -> QueryResult {
+        match q.container.as_deref().and_then(|c| self.candidates(c)) {
+            Some(seqs) => self.collect(seqs.into_iter().filter_map(|s| self.get(s)), q),
+            None => self.collect(self.events.iter().rev(), q),
+        }
+    }
+
+    /// The sequence numbers (newest first) of the containers a `container` filter selects,
+    /// or `None` when they are too many for the postings to beat a scan.
+    fn candidates(&self, c: &str) -> Option<Vec<u64>> {
+        let mut total = 0;
+        let mut lists = Vec::new();
+        for (id, p) in &self.by_container {
+            if &*p.subject.name == c || &*p.subject.container == c || id.starts_with(c) {
+                total += p.seqs.len();
+                lists.push(&p.seqs);
+            }
+        }
+        if total * INDEX_SHARE > self.events.len() {
+            return None;
+        }
+        let mut seqs: Vec<u64> = lists.into_iter().flatten().copied().collect();
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        Some(seqs)
+    }
+
+    fn get(&self, seq: u64) -> Option<&HistoryEvent> {
+        let i = self.events.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        self.events.get(i)
+    }
+
+    pub(super) fn collect<'a>(
+        &self,
+        it: impl Iterator<Item = &'a HistoryEvent>,
+        q: &EventQuery,
+    ) -> QueryResult {
+        let mut events = Vec::with_capacity(q.limit.min(self.events.len()).min(1024));
+        let mut truncated = false;
+        for e in it.filter(|e| q.matches(e)) {
+            if events.len() == q.limit {
+                truncated = true;
+                break;
+            }
+            events.push(e.clone());
+        }
+        QueryResult { events, truncated }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::time::NANOS_PER_SEC;
+
+    fn raw(pairs: &[(&str, &str)]) -> RawEventQuery {
+        let mut r = RawEventQuery::default();
+        for (k, v) in pairs {
+            let v = Some(v.to_string());
+            match *k {
+                "container" => r.container = v,
+                "namespace" => r.namespace = v,
+                "pod" => r.pod = v,
+                "type" => r.types = v,
+                "since" => r.since = v,
+                "until" => r.until = v,
+                "limit" => r.limit = v,
+                _ => unreachable!(),
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn bad_parameters_name_themselves() {
+        let now = 1_000_000 * NANOS_PER_SEC;
+        let cases = [
+            (vec![("limit", "0")], "limit"),
+            (vec![("limit", "10001")], "limit"),
+            (vec![("limit", "ten")], "limit"),
+            (vec![("type", "started,exploded")], "type"),
+            (vec![("since", "yesterday")], "since"),
+            (vec![("until", "5 minutes")], "until"),
+            (vec![("since", "1m"), ("until", "1h")], "since"),
+            (vec![("container", " ")], "container"),
+        ];
+        for (pairs, param) in cases {
+            let err = EventQuery::parse(raw(&pairs), now).unwrap_err();
+            assert_eq!(err.param, param, "{pairs:?}");
+        }
+        let ok = EventQuery::parse(
+            raw(&[("type", "started, died"), ("since", "1h"), ("limit", "5")]),
+            now,
+        )
+        .unwrap();
+        assert_eq!(ok.limit, 5);
+        assert_eq!(ok.since, Some(now - 3600 * NANOS_PER_SEC));
+        assert_eq!(ok.types, Some((1 << 1) | (1 << 4)));
+    }
+}

@@ -1,0 +1,209 @@
+//! What metrics and the API read of the tracker: per-identity views at a moment, node
+//! counts, and the 1 h / 24 h restart statistics.
+
+use serde::Serialize;
+
+use super::{ContainerState, IdentityState, TerminationReason, Tracker, DAY_NANOS};
+use crate::event::{short_id, EventKind, Health, Identity};
+use crate::time::NANOS_PER_SEC;
+
+const HOUR_NANOS: i64 = 3600 * NANOS_PER_SEC;
+
+/// A read-only view of one identity for metrics and the API, computed at `now`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityView {
+    pub namespace: String,
+    pub pod: String,
+    pub pod_uid: String,
+    pub container: String,
+    pub container_id: String,
+    pub container_ids: Vec<String>,
+    pub name: String,
+    pub image: String,
+    pub image_id: String,
+    pub state: &'static str,
+    pub running: bool,
+    pub paused: bool,
+    pub uptime_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_since_start_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_start_time: Option<String>,
+    #[serde(skip)]
+    pub last_start_nanos: Option<i64>,
+    pub restarts: u64,
+    pub oom_kills: u64,
+    pub last_exit_code: Option<i64>,
+    pub last_terminated_reason: Option<TerminationReason>,
+    pub health: Option<Health>,
+    #[serde(skip)]
+    pub events: [u64; EventKind::ALL.len()],
+}
+
+/// Node-wide counts (`containers_*`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct NodeCounts {
+    pub tracked: u64,
+    pub running: u64,
+    pub paused: u64,
+    pub stopped: u64,
+    pub restarts_total: u64,
+}
+
+impl Tracker {
+    /// Identities tracked.
+    pub fn identity_count(&self) -> usize {
+        self.identities.len()
+    }
+
+    /// Per-identity views at `now`, for metrics and the API.
+    pub fn identities(&self, now: i64) -> Vec<IdentityView> {
+        self.identities
+            .values()
+            .map(|id| self.view(id, now))
+            .collect()
+    }
+
+    fn view(&self, id: &IdentityState, now: i64) -> IdentityView {
+        let mut uptime = id.closed_uptime;
+        let mut running = false;
+        let mut paused = false;
+        let mut last_start: Option<i64> = None;
+        let mut latest: Option<(&String, &ContainerState)> = None;
+        for cid in &id.containers {
+            let Some(c) = self.containers.get(cid) else {
+                continue;
+            };
+            if c.running {
+                running = true;
+                paused |= c.paused;
+                if let Some(s) = c.started_at {
+                    uptime += (now - s).max(0);
+                }
+            }
+            last_start = last_start.max(c.started_at);
+            let newer =
+                latest.is_none_or(|(_, l)| (c.running, c.created_at) >= (l.running, l.created_at));
+            if newer {
+                latest = Some((cid, c));
+            }
+        }
+        let (cid, name, image, image_id, exited) = match latest {
+            Some((cid, c)) => (
+                cid.clone(),
+                c.name.clone(),
+                c.image.clone(),
+                c.image_id.clone(),
+                c.exited,
+            ),
+            None => Default::default(),
+        };
+        let (namespace, pod, pod_uid, container) = match &id.identity {
+            Identity::Pod(p) => (
+                p.namespace.clone(),
+                p.pod.clone(),
+                p.uid.clone(),
+                p.container.clone(),
+            ),
+            Identity::Container(_) => (String::new(), String::new(), String::new(), name.clone()),
+        };
+        let state = if paused {
+            "paused"
+        } else if running {
+            "running"
+        } else if exited {
+            "exited"
+        } else {
+            "created"
+        };
+        IdentityView {
+            namespace,
+            pod,
+            pod_uid,
+            container,
+            container_id: cid,
+            container_ids: id.containers.clone(),
+            name,
+            image,
+            image_id,
+            state,
+            running,
+            paused,
+            uptime_seconds: uptime as f64 / NANOS_PER_SEC as f64,
+            time_since_start_seconds: last_start
+                .filter(|_| running)
+                .map(|s| (now - s).max(0) as f64 / NANOS_PER_SEC as f64),
+            last_start_time: last_start.map(crate::time::format_rfc3339),
+            last_start_nanos: last_start,
+            restarts: id.restarts,
+            oom_kills: id.oom_kills,
+            last_exit_code: id.last_exit_code,
+            last_terminated_reason: id.last_reason,
+            health: id.health,
+            events: id.events,
+        }
+    }
+
+    /// Finds an identity by container id prefix, runtime name or Kubernetes container name.
+    pub fn find(&self, key: &str, now: i64) -> Vec<IdentityView> {
+        if key.is_empty() {
+            return Vec::new();
+        }
+        let by_name: Vec<_> = self
+            .identities
+            .values()
+            .filter(|id| {
+                id.containers.iter().any(|cid| {
+                    self.containers.get(cid).is_some_and(|c| c.name == key)
+                        || short_id(cid) == key
+                        || cid == key
+                })
+            })
+            .map(|id| self.view(id, now))
+            .collect();
+        if !by_name.is_empty() {
+            return by_name;
+        }
+        self.identities
+            .values()
+            .filter(|id| {
+                id.containers.iter().any(|cid| cid.starts_with(key))
+                    || matches!(&id.identity, Identity::Pod(p) if p.container == key)
+            })
+            .map(|id| self.view(id, now))
+            .collect()
+    }
+
+    pub fn node_counts(&self) -> NodeCounts {
+        let mut n = NodeCounts {
+            restarts_total: self.node_restarts,
+            ..Default::default()
+        };
+        for c in self.containers.values() {
+            n.tracked += 1;
+            if c.running {
+                n.running += 1;
+                n.paused += u64::from(c.paused);
+            } else {
+                n.stopped += 1;
+            }
+        }
+        n
+    }
+
+    /// Restarts seen on the node within `window` nanoseconds before `now`.
+    pub fn restarts_within(&self, window: i64, now: i64) -> u64 {
+        self.restart_times
+            .iter()
+            .filter(|&&t| t >= now - window)
+            .count() as u64
+    }
+
+    pub fn restarts_last_hour(&self, now: i64) -> u64 {
+        self.restarts_within(HOUR_NANOS, now)
+    }
+
+    pub fn restarts_last_day(&self, now: i64) -> u64 {
+        self.restarts_within(DAY_NANOS, now)
+    }
+}
