@@ -37,6 +37,8 @@ pub struct App {
     pub admin: Option<Admin>,
     /// The HTTP server's counters, which answers refused for memory count in too.
     pub http: Arc<HttpStats>,
+    /// The state store, for `lifecycle_agent_store_up`; `None` with `--ephemeral`.
+    pub store: Option<Arc<crate::store::Store>>,
 }
 
 /// The bearer token of `DELETE /api/v1/events` and the one write it may do.
@@ -94,6 +96,9 @@ pub fn router(app: App) -> Router {
     let scrapes_rejected = Counter::default();
     let mut registry = registry(&app.state, &app.kube, &scrapes_rejected);
     app.http.register(&mut registry, app.state.node_labels());
+    if let Some(store) = &app.store {
+        store.register(&mut registry, app.state.node_labels());
+    }
     let registry = Arc::new(registry);
     Router::new()
         .route("/metrics", get(metrics_handler))
@@ -581,6 +586,7 @@ mod test {
             kube: Arc::new(KubeState::default()),
             admin: None,
             http: Arc::default(),
+            store: None,
         }
     }
 

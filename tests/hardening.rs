@@ -419,3 +419,138 @@ fn probes_answer_beside_a_flood_of_idle_connections() {
         "the limit is logged when reached, not per connection ({warnings} lines)"
     );
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// `None` when this process may not mount (not root): the caller skips, or fails in CI.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = std::env::temp_dir().join(unique("tmpfs"));
+        std::fs::create_dir_all(&dir).expect("mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::fs::remove_dir(&dir);
+            return None;
+        }
+        Some(Tmpfs { dir })
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.dir)
+            .status()
+            .expect("mount -o remount");
+        assert!(status.success(), "remounting the tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn value(agent: &Agent, name: &str) -> f64 {
+    metric(&agent.metrics(), name, &[]).unwrap_or_else(|| panic!("{name} missing"))
+}
+
+#[test]
+fn a_store_on_a_full_disk_writes_again_once_the_disk_grows() {
+    let Some(disk) = Tmpfs::mount("1m") else {
+        assert!(
+            !common::in_ci(),
+            "the store test needs root to mount a tmpfs"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs (not root)");
+        return;
+    };
+    const EVENTS: usize = 6_000;
+    let state = disk.dir.join("state");
+    // 300 events a second: the disk fills within seconds, and events keep coming after it
+    // has grown.
+    let synth = {
+        let bin = synthetic_bin();
+        let socket = std::env::temp_dir().join(format!("{}.sock", unique("synth")));
+        let child = Command::new(bin)
+            .args(["--socket", &socket.display().to_string()])
+            .args(["--containers", "100", "--events", &EVENTS.to_string()])
+            .args(["--rate", "300"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start synthetic_docker");
+        wait_for("the synthetic socket", Duration::from_secs(30), || {
+            socket.exists().then_some(())
+        });
+        Synthetic { child, socket }
+    };
+    let agent = Agent::start_with_state(&synth.socket, &state, &[]);
+    // Three failures: the first, and two retries (after 1 s and 2 s) on a database
+    // reopened on the still full disk.
+    wait_for("store writes to fail", Duration::from_secs(60), || {
+        (value(&agent, "lifecycle_agent_store_errors_total") >= 3.0).then_some(())
+    });
+    wait_for(
+        "lifecycle_agent_store_up 0",
+        Duration::from_secs(10),
+        || (value(&agent, "lifecycle_agent_store_up") == 0.0).then_some(()),
+    );
+    let held_when_full = value(&agent, "lifecycle_agent_history_events");
+    assert!(
+        held_when_full < EVENTS as f64,
+        "the disk filled before the stream ended ({held_when_full} events)"
+    );
+    let writes_before = value(&agent, "lifecycle_agent_store_writes_total");
+    disk.resize("64m");
+    let grown = Instant::now();
+    wait_for(
+        "writes again after the disk grew",
+        Duration::from_secs(60),
+        || {
+            (value(&agent, "lifecycle_agent_store_up") == 1.0
+                && value(&agent, "lifecycle_agent_store_writes_total") > writes_before)
+                .then_some(())
+        },
+    );
+    eprintln!("writing again {:?} after the disk grew", grown.elapsed());
+    assert!(grown.elapsed() < Duration::from_secs(60));
+    wait_for("every event", Duration::from_secs(120), || {
+        (value(&agent, "lifecycle_agent_history_events") == EVENTS as f64).then_some(())
+    });
+    let writes = value(&agent, "lifecycle_agent_store_writes_total");
+    let errors = value(&agent, "lifecycle_agent_store_errors_total");
+    let newest = agent.events("limit=1");
+    let log = agent.log_text();
+    assert_eq!(
+        log.matches("store writes fail").count(),
+        1,
+        "one line when writes start failing ({errors} failures): {log}"
+    );
+    assert_eq!(log.matches("store writes work again").count(), 1);
+    eprintln!("{errors} failed writes, {writes} writes; held {held_when_full} events when full");
+    assert!(agent.stop().success());
+
+    // A later start finds what happened after the disk grew.
+    drop(synth);
+    let quiet = Synthetic::start(100, 0);
+    let again = Agent::start_with_state(&quiet.socket, &state, &[]);
+    assert_eq!(
+        value(&again, "lifecycle_agent_history_events"),
+        EVENTS as f64,
+        "every event, those after the growth included, was saved"
+    );
+    assert_eq!(
+        again.events("limit=1"),
+        newest,
+        "the newest event was saved"
+    );
+}
