@@ -436,8 +436,9 @@ impl Tracker {
         let Some(id) = self.identities.get_mut(identity) else {
             return;
         };
-        id.restarts += n;
-        self.node_restarts += n;
+        // Saturating: no count read from a runtime can wrap a counter back to small values.
+        id.restarts = id.restarts.saturating_add(n);
+        self.node_restarts = self.node_restarts.saturating_add(n);
         match how {
             Counted::Observed(at) => {
                 for _ in 0..n {
@@ -445,12 +446,12 @@ impl Tracker {
                 }
             }
             Counted::Inferred(at) => {
-                self.inferred += n;
+                self.inferred = self.inferred.saturating_add(n);
                 for _ in 0..n.min(MAX_INFERRED_TIMES) {
                     self.push_restart_time(at);
                 }
             }
-            Counted::FirstSight => self.inferred += n,
+            Counted::FirstSight => self.inferred = self.inferred.saturating_add(n),
         }
     }
 

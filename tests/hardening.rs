@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{metric, unique, wait_for, Agent};
+use common::{metric, unique, wait_for, Agent, Runtime};
 
 /// The synthetic Docker API as a child process on its own socket.
 struct Synthetic {
@@ -553,4 +553,78 @@ fn a_store_on_a_full_disk_writes_again_once_the_disk_grows() {
         newest,
         "the newest event was saved"
     );
+}
+
+#[test]
+fn absurd_kubelet_ordinals_move_no_node_counter() {
+    let Some(daemon) = common::DockerDaemon::start_private() else {
+        return;
+    };
+    let agent = Agent::start(&daemon.socket(), &[]);
+    let ordinal = |n: u64| format!("annotation.io.kubernetes.container.restartCount={n}");
+    let pod_uid = unique("uid");
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let pod = |n: u64| {
+        vec![
+            "-l".to_string(),
+            "io.kubernetes.pod.namespace=shop".into(),
+            "-l".into(),
+            "io.kubernetes.pod.name=web-1".into(),
+            "-l".into(),
+            format!("io.kubernetes.pod.uid={pod_uid}"),
+            "-l".into(),
+            "io.kubernetes.container.name=nginx".into(),
+            "-l".into(),
+            ordinal(n),
+        ]
+    };
+    let plain_labels = vec!["-l".to_string(), ordinal(u64::MAX - 1)];
+    let plain_args = args(&plain_labels);
+    let plain = daemon.run("ordinal-plain", &plain_args, common::LOOP);
+    let first_labels = pod(u64::MAX);
+    let first_args = args(&first_labels);
+    let first = daemon.run("ordinal-pod", &first_args, common::LOOP);
+    agent.wait_metric("container_running", &[("container", &plain.name)], 1.0);
+    agent.wait_metric("container_running", &[("pod", "web-1")], 1.0);
+    let stats = agent.json("/api/v1/stats/restarts");
+    assert_eq!(stats["node_restarts_total"], 0, "{stats}");
+    assert_eq!(
+        common::metric(&agent.metrics(), "containers_restarts_total", &[]),
+        Some(0.0)
+    );
+
+    // Observed: one restart of the plain container, and the pod's container replaced by
+    // one with the other absurd ordinal (a start of an identity that ran before; the kubelet
+    // keeps the dead container, so the identity stays).
+    daemon.docker_ok(&["restart", "-t", "1", &plain.name]);
+    daemon.docker_ok(&["stop", "-t", "1", &first.name]);
+    let second_labels = pod(u64::MAX - 1);
+    let second_args = args(&second_labels);
+    let second = daemon.run("ordinal-pod", &second_args, common::LOOP);
+    agent.wait_metric(
+        "container_restarts_total",
+        &[("container", &plain.name)],
+        1.0,
+    );
+    agent.wait_metric("container_restarts_total", &[("pod", "web-1")], 1.0);
+    // A later container seen running: everything before it has been applied.
+    let barrier = daemon.run("ordinal-barrier", &[], common::LOOP);
+    agent.wait_metric("container_running", &[("container", &barrier.name)], 1.0);
+    let m = agent.metrics();
+    assert_eq!(
+        common::metric(&m, "containers_restarts_total", &[]),
+        Some(2.0)
+    );
+    let stats = agent.json("/api/v1/stats/restarts");
+    for key in [
+        "node_restarts_total",
+        "restarts_last_1h",
+        "restarts_last_24h",
+        "total_restarts",
+    ] {
+        assert_eq!(stats[key], 2, "{key}: {stats}");
+    }
+    drop((plain, first, second, barrier));
 }
