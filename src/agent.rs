@@ -53,6 +53,9 @@ pub async fn run(config: Config) -> Result<()> {
     let state = new_state(&config);
     let kube_state = Arc::new(KubeState::new(&config.pod_metadata));
     let fault = Fault::from_env();
+    if let Some(path) = &config.admin_token_exposed {
+        warn!(path = %path.display(), "the admin token file is readable by its group or everyone; make it the owner's only (chmod 600, or defaultMode: 0400 on the Secret volume)");
+    }
     let shutdown = CancellationToken::new();
     let store = match &config.state_dir {
         Some(dir) => Some(Arc::new(open_store(dir, &config, &state)?)),

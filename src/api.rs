@@ -146,7 +146,29 @@ pub fn registry(
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (status, Json(json!({ "error": msg.to_string() }))).into_response()
+    (
+        status,
+        Json(json!({ "error": cut_message(msg.to_string()) })),
+    )
+        .into_response()
+}
+
+/// Error messages quote what the client sent; a 60 KB parameter is not echoed back whole.
+const MAX_ERROR_CHARS: usize = 300;
+
+fn cut_message(mut msg: String) -> String {
+    if let Some((at, _)) = msg.char_indices().nth(MAX_ERROR_CHARS) {
+        msg.truncate(at);
+        msg.push_str("... (cut)");
+    }
+    msg
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header; the scheme's name is
+/// case-insensitive (RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
 }
 
 /// OpenMetrics for scrapers that ask for it (Prometheus does), the classic text format for
@@ -488,8 +510,7 @@ async fn clear_events(
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     if !given.is_some_and(|g| token_matches(g, &admin.token)) {
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         r.headers_mut().insert(
@@ -751,6 +772,27 @@ mod test {
             }
         }
         assert!(cut >= 1, "a stalled scrape was stopped");
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token("bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token("BEARER  s3cret "), Some("s3cret"));
+        assert_eq!(bearer_token("Basic czNjcmV0"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
+
+    #[test]
+    fn long_error_messages_are_cut() {
+        let long = format!("parameter `container`: {:?}", "x".repeat(61_000));
+        let cut = cut_message(long);
+        assert!(cut.chars().count() < MAX_ERROR_CHARS + 20, "{}", cut.len());
+        assert!(cut.ends_with("(cut)"));
+        assert_eq!(cut_message("short".into()), "short");
+        // A multi-byte character at the edge is not split.
+        let wide = "é".repeat(MAX_ERROR_CHARS + 5);
+        assert!(cut_message(wide).starts_with('é'));
     }
 
     #[test]

@@ -410,6 +410,10 @@ fn probes_answer_beside_a_flood_of_idle_connections() {
     drop(flood);
     let log = agent.log_text();
     assert!(
+        !log.contains('\x1b'),
+        "no colour codes in a log file: {log}"
+    );
+    assert!(
         !log.contains("Too many open files"),
         "the agent never ran out of descriptors: {log}"
     );

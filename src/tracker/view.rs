@@ -48,6 +48,8 @@ pub struct NodeCounts {
     pub paused: u64,
     pub stopped: u64,
     pub restarts_total: u64,
+    /// Containers labelled as pod sandboxes, which no other series shows.
+    pub sandboxes: u64,
 }
 
 impl Tracker {
@@ -177,6 +179,7 @@ impl Tracker {
     pub fn node_counts(&self) -> NodeCounts {
         let mut n = NodeCounts {
             restarts_total: self.node_restarts,
+            sandboxes: self.sandboxes.len() as u64,
             ..Default::default()
         };
         for c in self.containers.values() {
