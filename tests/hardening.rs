@@ -193,6 +193,7 @@ fn clients_that_never_read_large_answers_cannot_exhaust_memory() {
         back,
         "RSS {last} bytes after the clients left, before {before}"
     );
+    eprintln!("RSS after the clients left: {:.1} MiB", last / 1048576.0);
     // The agent still answers in full.
     let (status, body) = agent.get("/api/v1/events?limit=10000");
     assert_eq!(status, 200);
