@@ -43,6 +43,7 @@ pub struct AgentBuilder {
     state: StateDir,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    nofile: Option<u32>,
 }
 
 impl AgentBuilder {
@@ -72,6 +73,12 @@ impl AgentBuilder {
     /// More flags after the harness's own.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Runs the agent under `ulimit -n limit` (file descriptors), as a tight pod would.
+    pub fn nofile_limit(mut self, limit: u32) -> Self {
+        self.nofile = Some(limit);
         self
     }
 
@@ -151,7 +158,19 @@ impl AgentBuilder {
             StateDir::Ephemeral => args.push("--ephemeral".into()),
         }
         args.extend(self.args);
-        let child = Command::new(agent_bin())
+        let mut cmd = match self.nofile {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    &format!("ulimit -n {n} && exec \"$0\" \"$@\""),
+                    agent_bin(),
+                ]);
+                c
+            }
+            None => Command::new(agent_bin()),
+        };
+        let child = cmd
             .args(&args)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("KUBECONFIG")
@@ -197,6 +216,7 @@ impl Agent {
             kind: kind.to_string(),
             socket: socket.as_ref().to_string_lossy().into_owned(),
             node_name: Some(NODE.to_string()),
+            nofile: None,
             state: StateDir::Fresh,
             args: Vec::new(),
             env: Vec::new(),

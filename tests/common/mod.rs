@@ -7,6 +7,8 @@
 //! - `http.rs`: small HTTP clients for the agent, Prometheus and the daemons' sockets;
 //! - `exposition.rs`: samples out of a `/metrics` text, and promtool's lint;
 //! - `prom.rs`: a private Prometheus server, and the chart's rules rendered for it;
+//! - `containerd.rs`: a private containerd driven over CRI as a kubelet drives it;
+//!   `fake_cri.rs` an in-process CRI runtime (CRI-O is not packaged here);
 //! - `fake_kube.rs`: a fake Kubernetes API server speaking the real list/watch protocol.
 //!
 //! Nothing here touches the machine's own Docker or Podman: every daemon gets its own socket,
@@ -15,8 +17,10 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod containerd;
 pub mod docker;
 pub mod exposition;
+pub mod fake_cri;
 pub mod fake_kube;
 pub mod http;
 pub mod podman;
