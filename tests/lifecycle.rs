@@ -93,6 +93,7 @@ both_runtimes!(
     metrics_follow_the_exposition_formats,
     a_container_created_after_ready_gets_its_image_id,
     a_rename_renames_the_series_without_an_event,
+    a_pod_recreated_under_its_name_is_a_second_series_never_a_duplicate,
 );
 
 docker_only!(
@@ -426,6 +427,85 @@ fn kubelet_style_replacement_is_one_restart_of_the_same_identity(case: &Case) {
         },
     );
     agent.wait_metric("containers_restarts_total", &[], 1.0);
+}
+
+/// Fails when one scrape carries a metric name with the same label set twice.
+fn assert_no_duplicate_series(text: &str) {
+    let mut seen = std::collections::HashSet::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let series = line.rsplit_once(' ').map_or(line, |(s, _)| s);
+        assert!(
+            seen.insert(series),
+            "a series twice in one scrape: {series}"
+        );
+    }
+}
+
+fn a_pod_recreated_under_its_name_is_a_second_series_never_a_duplicate(case: &Case) {
+    let agent = case.agent(&[]);
+    let pod = format!("io.kubernetes.pod.name={}", common::unique("sts"));
+    let pod_name = pod.trim_start_matches("io.kubernetes.pod.name=");
+    let (uid1, uid2) = (common::unique("uid"), common::unique("uid"));
+    let (l1, l2) = (
+        format!("io.kubernetes.pod.uid={uid1}"),
+        format!("io.kubernetes.pod.uid={uid2}"),
+    );
+    let attempt0 = "annotation.io.kubernetes.container.restartCount=0";
+    // The old pod's container died and the kubelet has not collected it yet; the pod is
+    // deleted and re-created under its name (a StatefulSet pod), with a new uid.
+    let old = case
+        .rt
+        .run("sts", &pod_labels(case, &pod, &l1, attempt0), "exit 1");
+    let old_id = [
+        ("pod", pod_name),
+        ("container", "web"),
+        ("uid", uid1.as_str()),
+    ];
+    let new_id = [
+        ("pod", pod_name),
+        ("container", "web"),
+        ("uid", uid2.as_str()),
+    ];
+    agent.wait_metric("container_running", &old_id, 0.0);
+    let new = case
+        .rt
+        .run("sts", &pod_labels(case, &pod, &l2, attempt0), LOOP);
+    agent.wait_metric("container_running", &new_id, 1.0);
+    agent.wait_metric(
+        "container_events_total",
+        &[("event", "started"), ("uid", &uid2)],
+        1.0,
+    );
+    let text = agent.metrics();
+    assert_no_duplicate_series(&text);
+    // Two series per family, one per pod, neither fed by the other.
+    let restarts = common::samples(&text, "container_restarts_total");
+    assert_eq!(restarts.len(), 2, "{restarts:?}");
+    assert_eq!(
+        common::metric(&text, "container_restarts_total", &old_id),
+        Some(0.0)
+    );
+    assert_eq!(
+        common::metric(&text, "container_restarts_total", &new_id),
+        Some(0.0)
+    );
+    assert_eq!(
+        common::metric(&text, "container_last_exit_code", &old_id),
+        Some(1.0)
+    );
+    assert_eq!(
+        common::metric(&text, "container_last_exit_code", &new_id),
+        None
+    );
+    assert_eq!(
+        common::metric(&text, "lifecycle_agent_label_set_collisions", &[]),
+        Some(0.0)
+    );
+    common::promtool_check(&text);
+    drop((old, new));
 }
 
 fn events_api_filters_and_names_bad_parameters(case: &Case) {
