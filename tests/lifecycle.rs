@@ -94,6 +94,7 @@ both_runtimes!(
     a_container_created_after_ready_gets_its_image_id,
     a_rename_renames_the_series_without_an_event,
     a_pod_recreated_under_its_name_is_a_second_series_never_a_duplicate,
+    a_filter_of_two_labels_tracks_only_containers_with_both,
 );
 
 docker_only!(
@@ -506,6 +507,54 @@ fn a_pod_recreated_under_its_name_is_a_second_series_never_a_duplicate(case: &Ca
     );
     common::promtool_check(&text);
     drop((old, new));
+}
+
+fn a_filter_of_two_labels_tracks_only_containers_with_both(case: &Case) {
+    // libpod's event filter ORs two labels: the agent must check them itself.
+    let other = format!("lat.other={}", common::unique("both"));
+    let filter = format!("{},{other}", case.label);
+    let agent = Agent::start_on(
+        case.rt.kind(),
+        &case.rt.socket(),
+        &["--container-filter", &filter],
+    );
+    let only_a = case.rt.run("only-a", &case.opts(&[]), LOOP);
+    let only_b = case.rt.run("only-b", &["--label", &other], LOOP);
+    case.rt.cli_ok(&["restart", "-t", "0", &only_a.name]);
+    case.rt.cli_ok(&["restart", "-t", "0", &only_b.name]);
+    // The barrier: events arrive in order, so once this container's restart is counted,
+    // every event of the two before it has been seen (and must have been dropped).
+    let both = case.rt.run("both", &case.opts(&["--label", &other]), LOOP);
+    case.rt.cli_ok(&["restart", "-t", "0", &both.name]);
+    agent.wait_metric("container_restarts_total", &c(&both.name), 1.0);
+    let names = |agent: &Agent| -> Vec<String> {
+        common::samples(&agent.metrics(), "container_info")
+            .into_iter()
+            .filter_map(|(l, _)| l.into_iter().find(|(k, _)| k == "name").map(|(_, v)| v))
+            .collect()
+    };
+    assert_eq!(names(&agent), [both.name.as_str()]);
+    assert_eq!(
+        common::metric(&agent.metrics(), "containers_tracked", &[]),
+        Some(1.0)
+    );
+    let seen: Vec<String> = history(&agent, "limit=1000")
+        .iter()
+        .map(|e| e["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|n| *n == both.name),
+        "{seen:?}"
+    );
+    // An agent that meets the three through list + inspect selects the same one.
+    let listed = Agent::start_on(
+        case.rt.kind(),
+        &case.rt.socket(),
+        &["--container-filter", &filter],
+    );
+    listed.wait_metric("containers_tracked", &[], 1.0);
+    assert_eq!(names(&listed), [both.name.as_str()]);
+    drop((only_a, only_b, both));
 }
 
 fn events_api_filters_and_names_bad_parameters(case: &Case) {
