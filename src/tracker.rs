@@ -38,10 +38,14 @@ const DAY_NANOS: i64 = 86_400 * NANOS_PER_SEC;
 /// Restarts inferred at once that enter the 1 h / 24 h statistics (each is one entry there).
 const MAX_INFERRED_TIMES: u64 = 1_000;
 
-/// Why the last session of an identity ended (`container_last_terminated_reason`).
+/// Why the last session of an identity ended (`container_last_terminated_reason`). The words
+/// are the Kubernetes ones kube-state-metrics exports (`kube_pod_container_status_last_terminated_reason`),
+/// so queries and alert rules carry over; `Killed` (stopped by a signal, no OOM) is ours, as
+/// Kubernetes has no word for it (README "Metrics"). The store keeps the variant's index,
+/// never the word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum TerminationReason {
+    #[serde(rename = "OOMKilled")]
     OomKilled,
     Error,
     Completed,
@@ -51,10 +55,10 @@ pub enum TerminationReason {
 impl TerminationReason {
     pub fn as_str(self) -> &'static str {
         match self {
-            TerminationReason::OomKilled => "oom_killed",
-            TerminationReason::Error => "error",
-            TerminationReason::Completed => "completed",
-            TerminationReason::Killed => "killed",
+            TerminationReason::OomKilled => "OOMKilled",
+            TerminationReason::Error => "Error",
+            TerminationReason::Completed => "Completed",
+            TerminationReason::Killed => "Killed",
         }
     }
 

@@ -170,7 +170,7 @@ fn stop_then_start_counts_one_and_pause_counts_none(case: &Case) {
     agent.wait_metric("container_running", &c(&ctr.name), 0.0);
     agent.wait_metric(
         "container_last_terminated_reason",
-        &[("container", &ctr.name), ("reason", "completed")],
+        &[("container", &ctr.name), ("reason", "Completed")],
         1.0,
     );
     assert_eq!(
@@ -204,7 +204,7 @@ fn restart_policy_on_failure_counts_each_restart_and_node_total_survives_removal
     agent.wait_metric("container_running", &c(&ctr.name), 0.0);
     agent.wait_metric(
         "container_last_terminated_reason",
-        &[("container", &ctr.name), ("reason", "error")],
+        &[("container", &ctr.name), ("reason", "Error")],
         1.0,
     );
     let inspect = case.rt.cli_ok(&[
@@ -302,7 +302,7 @@ fn oom_kill_counts_once_with_exit_code_137(case: &Case) {
         agent.wait_metric("container_oom_kills_total", &c(&ctr.name), 1.0);
         agent.wait_metric(
             "container_last_terminated_reason",
-            &[("container", &ctr.name), ("reason", "oom_killed")],
+            &[("container", &ctr.name), ("reason", "OOMKilled")],
             1.0,
         );
         let ev = history(&agent, &format!("container={}&type=oom", ctr.name));
@@ -565,6 +565,11 @@ fn events_api_filters_and_names_bad_parameters(case: &Case) {
     agent.wait_metric("container_last_exit_code", &c(&a.name), 0.0);
     case.rt.cli_ok(&["kill", &b.name]);
     agent.wait_metric("container_running", &c(&b.name), 0.0);
+    agent.wait_metric(
+        "container_last_terminated_reason",
+        &[("container", &b.name), ("reason", "Killed")],
+        1.0,
+    );
 
     let by_a = history(&agent, &format!("container={}", a.name));
     assert_eq!(

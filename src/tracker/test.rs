@@ -658,3 +658,20 @@ fn reconciliation_refreshes_the_image_id_and_name_of_known_containers() {
         ("renamed-unseen", "sha256:1", 0)
     );
 }
+
+#[test]
+fn termination_reasons_are_the_kubernetes_words_in_metrics_and_json() {
+    let words = [
+        (TerminationReason::OomKilled, "OOMKilled"),
+        (TerminationReason::Error, "Error"),
+        (TerminationReason::Completed, "Completed"),
+        (TerminationReason::Killed, "Killed"),
+    ];
+    for (reason, word) in words {
+        assert_eq!(reason.as_str(), word);
+        assert_eq!(
+            serde_json::to_value(reason).ok(),
+            Some(serde_json::json!(word))
+        );
+    }
+}
