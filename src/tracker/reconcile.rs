@@ -2,7 +2,7 @@
 //! every (re)connect, and with a look-up of one container (`docs/design.md`, "Replay and
 //! reconciliation"). What happened unseen is inferred here.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::{first_sight, ContainerState, Counted, TerminationReason, Tracker};
 use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
@@ -62,7 +62,33 @@ impl Tracker {
     ) -> ReconcileReport {
         let mut report = ReconcileReport::default();
         let mut present = HashSet::with_capacity(snaps.len());
-        for s in snaps.iter().filter(|s| !s.labels.sandbox) {
+        // The runtime lists containers in no promised order: oldest first (by the kubelet's
+        // ordinal, then creation), so the latest exit of an identity is the last one closed.
+        let mut snaps: Vec<&ContainerSnapshot> =
+            snaps.iter().filter(|s| !s.labels.sandbox).collect();
+        snaps.sort_by_key(|s| {
+            (
+                s.labels.k8s_restart_count,
+                s.created_at,
+                s.started_at,
+                s.id.as_str(),
+            )
+        });
+        // Identities this snapshot shows for the first time, with their newest container's
+        // ordinal and whether it ran: the best lower bound, whichever container comes first.
+        let mut first_seen: HashMap<Identity, (Option<u64>, bool)> = HashMap::new();
+        for s in &snaps {
+            if !self.containers.contains_key(&s.id) {
+                let identity = Identity::of(&s.id, &s.labels);
+                if !self.identities.contains_key(&identity) {
+                    first_seen.insert(
+                        identity,
+                        (s.labels.k8s_restart_count, s.started_at.is_some()),
+                    );
+                }
+            }
+        }
+        for s in snaps {
             present.insert(s.id.as_str());
             let identity = self
                 .containers
@@ -73,7 +99,7 @@ impl Tracker {
             if self.containers.contains_key(&s.id) {
                 report.inferred_restarts += self.reconcile_known(s, now);
             } else {
-                report.inferred_restarts += self.adopt(s, now);
+                report.inferred_restarts += self.adopt(s, now, &first_seen);
                 report.added += 1;
             }
         }
@@ -93,8 +119,14 @@ impl Tracker {
         report
     }
 
-    /// A container met first in a snapshot. Returns restarts inferred.
-    fn adopt(&mut self, s: &ContainerSnapshot, now: i64) -> u64 {
+    /// A container met first in a snapshot; `first_seen` holds the identities the snapshot
+    /// shows for the first time (see [`Tracker::reconcile`]). Returns restarts inferred.
+    fn adopt(
+        &mut self,
+        s: &ContainerSnapshot,
+        now: i64,
+        first_seen: &HashMap<Identity, (Option<u64>, bool)>,
+    ) -> u64 {
         let identity = Identity::of(&s.id, &s.labels);
         let running = s.state.is_running();
         let state = ContainerState {
@@ -123,8 +155,11 @@ impl Tracker {
         let inferred = if fresh {
             let id = self.identity_entry(&identity);
             // The best lower bound the runtime gives (`docs/design.md`, "Restart semantics").
-            let (restarts, ever_started) = match s.labels.k8s_restart_count {
-                Some(attempt) => first_sight(Some(attempt), started),
+            let newest = first_seen
+                .get(&identity)
+                .and_then(|&(attempt, ran)| attempt.map(|a| (a, ran)));
+            let (restarts, ever_started) = match newest {
+                Some((attempt, ran)) => first_sight(Some(attempt), ran),
                 // Docker raises RestartCount when it schedules a restart: the start that
                 // follows the back-off is counted when it is seen, as for a known container.
                 None if s.state == SnapshotState::Restarting => {
@@ -133,7 +168,7 @@ impl Tracker {
                 None => (s.restart_count, started),
             };
             id.ever_started = ever_started;
-            id.max_attempt = s.labels.k8s_restart_count;
+            id.max_attempt = newest.map(|(a, _)| a);
             self.add_restarts(&identity, restarts, Counted::FirstSight);
             restarts
         } else if s.labels.k8s_restart_count.is_some() {
@@ -154,9 +189,11 @@ impl Tracker {
             id.health = s.health;
         }
         if s.finished_at.is_some() && !running {
-            // A new identity's last session is known exactly; earlier ones are not, and a
-            // known identity's sessions were counted as they ended.
-            let uptime = match (fresh, s.started_at, s.finished_at) {
+            // The last session of each container of an identity this snapshot shows first is
+            // known exactly; earlier ones are not, and a known identity's sessions were counted
+            // as they ended.
+            let new_identity = first_seen.contains_key(&identity);
+            let uptime = match (new_identity, s.started_at, s.finished_at) {
                 (true, Some(a), Some(b)) => b - a,
                 _ => 0,
             };

@@ -675,3 +675,48 @@ fn termination_reasons_are_the_kubernetes_words_in_metrics_and_json() {
         );
     }
 }
+
+#[test]
+fn first_sight_of_an_identity_does_not_depend_on_the_order_of_the_list() {
+    // Three containers of one pod container: two exited attempts and the running one.
+    let attempt = |id: &str, n: u64, state, started, finished: Option<i64>, code| {
+        let mut s = snap(id, state, Some(started), finished);
+        s.labels = pod_labels(Some(n));
+        s.created_at = Some(started - 1);
+        s.exit_code = finished.map(|_| code);
+        s
+    };
+    let all = [
+        attempt("a", 0, SnapshotState::Exited, S, Some(11 * S), 2),
+        attempt("b", 1, SnapshotState::Exited, 12 * S, Some(15 * S), 1),
+        attempt("c", 2, SnapshotState::Running, 20 * S, None, 0),
+    ];
+    let orders = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    for order in orders {
+        let snaps: Vec<_> = order.iter().map(|&i| all[i].clone()).collect();
+        let mut t = tracker();
+        t.reconcile(&snaps, true, 30 * S);
+        let v = only(&t, 30 * S);
+        assert_eq!(v.restarts, 2, "order {order:?}");
+        // 10 s + 3 s of the exited sessions, 10 s of the running one.
+        assert_eq!(v.uptime_seconds, 23.0, "order {order:?}");
+        assert_eq!(
+            v.last_exit_code,
+            Some(1),
+            "the latest exit; order {order:?}"
+        );
+        assert_eq!(t.inferred_restarts(), 2, "order {order:?}");
+        assert_eq!(
+            t.restarts_last_day(30 * S),
+            0,
+            "restarts of unknown time are not recent; order {order:?}"
+        );
+    }
+}
