@@ -214,7 +214,7 @@ impl Tracker {
         let mut unseen_starts = 0u64;
         let newer_start = match (s.started_at, c.started_at) {
             (Some(new), Some(old)) => new > old,
-            (Some(_), None) => true,
+            (Some(new), None) => c.finished_at.is_none_or(|f| new > f),
             _ => false,
         };
         if newer_start {
@@ -282,6 +282,33 @@ impl Tracker {
             self.close_session(&identity, b - a, s.exit_code, reason);
         }
         self.add_restarts(&identity, inferred, Counted::Inferred(now));
-        inferred
+        inferred + self.restart_count_bound(&identity, s)
+    }
+
+    /// The first-sight rule for a container met through an event (`docs/design.md`,
+    /// "Restart semantics"): a container first seen in a replay that lost its beginning (a
+    /// gap longer than Docker's buffer) is counted from its first event, so the runtime's
+    /// `RestartCount` is still its lower bound when it is reconciled. Restarts all seen are
+    /// never fewer (the runtime counts only policy restarts and resets its count on a manual
+    /// start), so this only raises a count that missed some. A container Docker is about to
+    /// restart already counts the start to come, which is counted when seen. Plain containers
+    /// only: a kubelet container's bound is its ordinal. Returns restarts added.
+    fn restart_count_bound(&mut self, identity: &Identity, s: &ContainerSnapshot) -> u64 {
+        if !matches!(identity, Identity::Container(_)) {
+            return 0;
+        }
+        let bound = match s.state {
+            SnapshotState::Restarting => s.restart_count.saturating_sub(1),
+            _ => s.restart_count,
+        };
+        let Some(id) = self.identities.get_mut(identity) else {
+            return 0;
+        };
+        let missing = bound.saturating_sub(id.restarts);
+        if missing > 0 {
+            id.ever_started = true;
+            self.add_restarts(identity, missing, Counted::FirstSight);
+        }
+        missing
     }
 }

@@ -720,3 +720,79 @@ fn first_sight_of_an_identity_does_not_depend_on_the_order_of_the_list() {
         );
     }
 }
+
+#[test]
+fn a_container_first_met_in_a_partial_replay_gets_restart_count_as_its_lower_bound() {
+    // The replay lost the container's create and its first restarts: it is met at a `die`,
+    // then restarted by its policy; Docker's RestartCount says 4 restarts in all.
+    let mut t = tracker();
+    apply_all(
+        &mut t,
+        &[
+            die(10 * S, "a", 1),
+            ev(11 * S, "a", "start", EventKind::Started),
+        ],
+    );
+    assert_eq!(only(&t, 12 * S).restarts, 1);
+    let mut s = snap("a", SnapshotState::Running, Some(11 * S), Some(10 * S));
+    s.restart_count = 4;
+    let r = t.reconcile(&[s.clone()], true, 12 * S);
+    assert_eq!(r.inferred_restarts, 3);
+    assert_eq!(only(&t, 12 * S).restarts, 4);
+    assert_eq!(
+        t.restarts_last_day(12 * S),
+        1,
+        "only the observed one has a time"
+    );
+    // Later reconciliations of the same state add nothing.
+    t.reconcile(&[s], true, 13 * S);
+    assert_eq!(only(&t, 13 * S).restarts, 4);
+    assert_eq!(t.node_counts().restarts_total, 4);
+}
+
+#[test]
+fn restarts_seen_live_are_not_counted_again_by_restart_count() {
+    let mut t = tracker();
+    run(&mut t, "a");
+    for i in 0..3 {
+        let at = (10 + 2 * i) * S;
+        apply_all(
+            &mut t,
+            &[
+                die(at, "a", 1),
+                ev(at + S, "a", "start", EventKind::Started),
+            ],
+        );
+    }
+    assert_eq!(only(&t, 20 * S).restarts, 3);
+    let mut s = snap("a", SnapshotState::Running, Some(15 * S), Some(14 * S));
+    s.restart_count = 3;
+    t.reconcile(&[s], true, 20 * S);
+    assert_eq!(only(&t, 20 * S).restarts, 3);
+    // Caught in Docker's back-off: RestartCount already counts the start to come.
+    apply_all(&mut t, &[die(21 * S, "a", 1)]);
+    let mut s = snap("a", SnapshotState::Restarting, Some(15 * S), Some(21 * S));
+    s.restart_count = 4;
+    t.reconcile(&[s], true, 22 * S);
+    assert_eq!(only(&t, 22 * S).restarts, 3);
+    apply_all(&mut t, &[ev(23 * S, "a", "start", EventKind::Started)]);
+    assert_eq!(only(&t, 24 * S).restarts, 4);
+}
+
+#[test]
+fn a_container_first_met_at_its_death_and_reconciled_in_docker_back_off_counts_once() {
+    // Met at the `die` of its 4th run; Docker already counts the restart it schedules.
+    let mut t = tracker();
+    apply_all(&mut t, &[die(10 * S, "a", 1)]);
+    let mut s = snap("a", SnapshotState::Restarting, Some(9 * S), Some(10 * S));
+    s.restart_count = 4;
+    t.reconcile(&[s], true, 11 * S);
+    assert_eq!(
+        only(&t, 11 * S).restarts,
+        3,
+        "the scheduled start counts when seen"
+    );
+    apply_all(&mut t, &[ev(12 * S, "a", "start", EventKind::Started)]);
+    assert_eq!(only(&t, 13 * S).restarts, 4);
+    assert_eq!(t.node_counts().restarts_total, 4);
+}
