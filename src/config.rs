@@ -1,5 +1,7 @@
-//! The one configuration: flags, environment variables and the YAML file (README "Configuration").
-//! Precedence is flag > env > file > default; clap merges the first two, this module the rest.
+//! The one configuration: flags, environment variables and the YAML file (README
+//! "Configuration"), all read into one struct, [`RunArgs`]. Precedence is flag, then env,
+//! then file, then default: clap merges the first two, `RunArgs::over` lays them over the
+//! file, and [`Config::resolve`] fills the defaults and validates, naming the key.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,9 +28,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// Flags of `run` and `check`. Every field is optional so that an absent flag lets the file
-/// or the default speak.
-#[derive(Debug, Clone, Default, Args)]
+/// The settings of `run` and `check`, from flags and env (clap) or from the YAML file
+/// (serde; its keys are the fields' names, an unknown key is an error). Every field is
+/// optional so that an absent flag lets the file or the default speak.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunArgs {
     /// Container runtime: auto (first reachable of docker, podman), docker or podman.
     #[arg(long, env = "LIFECYCLE_RUNTIME", value_enum)]
@@ -57,6 +61,7 @@ pub struct RunArgs {
     pub ephemeral: Option<bool>,
     /// YAML configuration file; its keys are the flags' names in snake_case.
     #[arg(long, env = "LIFECYCLE_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Kubernetes pod metadata: auto (on in a cluster or with a kubeconfig), on or off.
     #[arg(long, env = "LIFECYCLE_KUBE", value_enum)]
@@ -91,25 +96,47 @@ pub struct RunArgs {
     pub log_level: Option<String>,
 }
 
-/// The YAML file. Unknown keys are an error, not a silent no-op.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    runtime: Option<RuntimeChoice>,
-    socket: Option<String>,
-    listen: Option<String>,
-    node_name: Option<String>,
-    state_dir: Option<PathBuf>,
-    ephemeral: Option<bool>,
-    kube: Option<KubeMode>,
-    pod_annotations_allowlist: Option<Vec<String>>,
-    pod_labels_allowlist: Option<Vec<String>>,
-    container_filter: Option<Vec<String>>,
-    max_history: Option<usize>,
-    history_retention: Option<String>,
-    admin_token_file: Option<PathBuf>,
-    log_format: Option<LogFormat>,
-    log_level: Option<String>,
+/// Lists every setting once, for the layering of flags over the file and for knowing which
+/// keys the flags gave.
+macro_rules! settings {
+    ($m:ident) => {
+        $m!(
+            runtime,
+            socket,
+            listen,
+            node_name,
+            state_dir,
+            ephemeral,
+            kube,
+            pod_annotations_allowlist,
+            pod_labels_allowlist,
+            container_filter,
+            max_history,
+            history_retention,
+            admin_token_file,
+            log_format,
+            log_level
+        )
+    };
+}
+
+impl RunArgs {
+    /// These settings (flags and env) laid over `file`'s, with the keys the flags gave.
+    fn over(self, file: RunArgs) -> (RunArgs, Vec<&'static str>) {
+        let mut given = Vec::new();
+        macro_rules! note {
+            ($($f:ident),*) => {
+                $(if self.$f.is_some() { given.push(stringify!($f)); })*
+            };
+        }
+        settings!(note);
+        macro_rules! layer {
+            ($($f:ident),*) => {
+                RunArgs { $($f: self.$f.or(file.$f),)* config: self.config }
+            };
+        }
+        (settings!(layer), given)
+    }
 }
 
 /// The resolved, validated configuration.
@@ -159,13 +186,13 @@ pub enum ConfigError {
 }
 
 /// Reads and parses the YAML file, naming the offending key on error.
-pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+pub fn load_file(path: &Path) -> Result<RunArgs, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
         path: path.to_path_buf(),
         source,
     })?;
     if text.trim().is_empty() {
-        return Ok(FileConfig::default());
+        return Ok(RunArgs::default());
     }
     let de = serde_norway::Deserializer::from_str(&text);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -204,12 +231,13 @@ impl Config {
     pub fn resolve(args: RunArgs) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(p) => load_file(p)?,
-            None => FileConfig::default(),
+            None => RunArgs::default(),
         };
         let path = args.config.clone().unwrap_or_default();
+        let (s, given) = args.over(file);
         // Blames the flag/env when one was given, else the file's key.
-        let err = |from_flag: bool, key: &'static str, message: String| {
-            if from_flag {
+        let err = |key: &'static str, message: String| {
+            if given.contains(&key) {
                 ConfigError::Value {
                     origin: "flag/env",
                     key,
@@ -224,92 +252,54 @@ impl Config {
             }
         };
 
-        let listen_flag = args.listen.is_some();
-        let listen_s = args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen_s = s.listen.unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen: SocketAddr = listen_s.parse().map_err(|e| {
             err(
-                listen_flag,
                 "listen",
                 format!("{listen_s:?} is not an address like 0.0.0.0:9977 ({e})"),
             )
         })?;
 
-        let max_flag = args.max_history.is_some();
-        let max_history = args
-            .max_history
-            .or(file.max_history)
-            .unwrap_or(DEFAULT_MAX_HISTORY);
+        let max_history = s.max_history.unwrap_or(DEFAULT_MAX_HISTORY);
         if max_history == 0 || max_history > MAX_MAX_HISTORY {
             return Err(err(
-                max_flag,
                 "max_history",
                 format!("{max_history} is out of range 1..={MAX_MAX_HISTORY}"),
             ));
         }
 
-        let ret_flag = args.history_retention.is_some();
-        let history_retention = args
+        let history_retention = s
             .history_retention
-            .or(file.history_retention)
-            .map(|s| {
-                parse_duration(&s).map_err(|e| err(ret_flag, "history_retention", e.to_string()))
-            })
+            .map(|r| parse_duration(&r).map_err(|e| err("history_retention", e.to_string())))
             .transpose()?;
 
-        let filter_flag = args.container_filter.is_some();
-        let filter_items = args
-            .container_filter
-            .or(file.container_filter)
-            .unwrap_or_default();
-        let container_filter = ContainerFilter::parse(&filter_items)
-            .map_err(|m| err(filter_flag, "container_filter", m))?;
+        let container_filter = ContainerFilter::parse(&s.container_filter.unwrap_or_default())
+            .map_err(|m| err("container_filter", m))?;
 
-        let allowlist = |flag: Option<Vec<String>>,
-                         file: Option<Vec<String>>,
-                         key: &'static str| {
-            let from_flag = flag.is_some();
-            Allowlist::parse(&flag.or(file).unwrap_or_default()).map_err(|m| err(from_flag, key, m))
+        let allowlist = |items: Option<Vec<String>>, key: &'static str| {
+            Allowlist::parse(&items.unwrap_or_default()).map_err(|m| err(key, m))
         };
         let pod_metadata = Allowlists {
-            annotations: allowlist(
-                args.pod_annotations_allowlist,
-                file.pod_annotations_allowlist,
-                "pod_annotations_allowlist",
-            )?,
-            labels: allowlist(
-                args.pod_labels_allowlist,
-                file.pod_labels_allowlist,
-                "pod_labels_allowlist",
-            )?,
+            annotations: allowlist(s.pod_annotations_allowlist, "pod_annotations_allowlist")?,
+            labels: allowlist(s.pod_labels_allowlist, "pod_labels_allowlist")?,
         };
 
-        let token_flag = args.admin_token_file.is_some();
-        let admin_token = args
+        let admin_token = s
             .admin_token_file
-            .or(file.admin_token_file)
-            .map(|p| read_token(&p).map_err(|m| err(token_flag, "admin_token_file", m)))
+            .map(|p| read_token(&p).map_err(|m| err("admin_token_file", m)))
             .transpose()?;
 
-        let node_flag = args.node_name.is_some();
-        let node_name_defaulted = args.node_name.is_none() && file.node_name.is_none();
-        let node_name = args
-            .node_name
-            .or(file.node_name)
-            .unwrap_or_else(default_node_name);
+        let node_name_defaulted = s.node_name.is_none();
+        let node_name = s.node_name.unwrap_or_else(default_node_name);
         if node_name.trim().is_empty() {
-            return Err(err(node_flag, "node_name", "must not be empty".into()));
+            return Err(err("node_name", "must not be empty".into()));
         }
 
-        let ephemeral = args.ephemeral.or(file.ephemeral).unwrap_or(false);
-        let state_flag = args.state_dir.is_some();
-        let state_dir = match args.state_dir.or(file.state_dir) {
+        let ephemeral = s.ephemeral.unwrap_or(false);
+        let state_dir = match s.state_dir {
             _ if ephemeral => None,
             Some(d) if d.as_os_str().is_empty() => {
                 return Err(err(
-                    state_flag,
                     "state_dir",
                     "must not be empty (use ephemeral to write nothing)".into(),
                 ))
@@ -319,23 +309,20 @@ impl Config {
         };
 
         Ok(Config {
-            runtime: args.runtime.or(file.runtime).unwrap_or_default(),
+            runtime: s.runtime.unwrap_or_default(),
             state_dir,
-            socket: args.socket.or(file.socket).filter(|s| !s.trim().is_empty()),
+            socket: s.socket.filter(|s| !s.trim().is_empty()),
             listen,
             node_name,
             node_name_defaulted,
             container_filter,
-            kube: args.kube.or(file.kube).unwrap_or_default(),
+            kube: s.kube.unwrap_or_default(),
             pod_metadata,
             max_history,
             history_retention,
             admin_token,
-            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
-            log_level: args
-                .log_level
-                .or(file.log_level)
-                .unwrap_or_else(|| "info".into()),
+            log_format: s.log_format.unwrap_or_default(),
+            log_level: s.log_level.unwrap_or_else(|| "info".into()),
         })
     }
 }
@@ -501,6 +488,35 @@ mod test {
         .unwrap_err()
         .to_string();
         assert!(e.contains("pod_labels_allowlist"), "{e}");
+    }
+
+    #[test]
+    fn one_struct_reads_every_key_from_the_file_but_the_file_itself() {
+        let f = file(
+            "runtime: podman\nsocket: /run/p.sock\nlisten: 127.0.0.1:1\nnode_name: n\nstate_dir: /tmp/x\nephemeral: true\nkube: off\npod_annotations_allowlist: [a]\npod_labels_allowlist: [b]\ncontainer_filter: [c]\nmax_history: 3\nhistory_retention: 1h\nlog_format: json\nlog_level: debug\n",
+        );
+        let c = Config::resolve(with_file(&f)).unwrap();
+        assert_eq!(c.runtime, RuntimeChoice::Podman);
+        assert_eq!(c.socket.as_deref(), Some("/run/p.sock"));
+        assert_eq!((c.node_name.as_str(), c.max_history), ("n", 3));
+        assert!(c.state_dir.is_none(), "ephemeral wins over state_dir");
+        assert_eq!(c.log_format, LogFormat::Json);
+        // The settings the flags gave are blamed on the flags, the rest on the file.
+        let (merged, given) = RunArgs {
+            max_history: Some(0),
+            ..Default::default()
+        }
+        .over(load_file(f.path()).unwrap());
+        assert_eq!(merged.max_history, Some(0));
+        assert_eq!(merged.log_level.as_deref(), Some("debug"));
+        assert_eq!(given, ["max_history"]);
+        let e = Config::resolve(with_file(&file("config: other.yaml\n")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown field `config`, expected one of `runtime`, `socket`, `listen`, `node_name`, `state_dir`, `ephemeral`, `kube`,"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -90,18 +90,17 @@ impl PodmanSource {
 
 /// Connection failures are `Unreachable` (back off and retry); answers Podman gave are `Api`.
 fn classify(endpoint: &str, operation: &'static str, e: HttpError) -> SourceError {
-    match e {
-        HttpError::Connect(_) | HttpError::Hyper(_) | HttpError::Timeout(_) => {
-            SourceError::Unreachable {
-                endpoint: endpoint.to_string(),
-                reason: format!("{operation}: {e}"),
-            }
+    if e.is_transport() {
+        SourceError::Unreachable {
+            endpoint: endpoint.to_string(),
+            reason: format!("{operation}: {e}"),
         }
-        other => SourceError::Api {
+    } else {
+        SourceError::Api {
             endpoint: endpoint.to_string(),
             operation,
-            reason: other.to_string(),
-        },
+            reason: e.to_string(),
+        }
     }
 }
 
@@ -286,7 +285,7 @@ impl Source for PodmanSource {
 
     async fn connect(&mut self) -> Result<RuntimeInfo, SourceError> {
         let target = self.target()?.clone();
-        if let Target::Unix(path) = &target {
+        if let Some(path) = target.socket_path() {
             if !path.exists() {
                 return Err(SourceError::Unreachable {
                     endpoint: self.endpoint.clone(),

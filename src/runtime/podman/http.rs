@@ -1,14 +1,21 @@
-//! A small HTTP/1 client for Podman's API on a unix socket or `tcp://`, and the line
-//! splitter of its streamed event bodies.
+//! HTTP to Podman's API on a unix socket or `tcp://`: hyper-util's pooled client (over
+//! `hyperlocal`'s connector for a socket), the line splitting of streamed event bodies
+//! (`tokio_util`'s `LinesCodec`) and the encoding of query values (`percent-encoding`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokio_util::bytes::BytesMut;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tracing::{debug, warn};
+use hyper::{Request, Response, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use hyperlocal::UnixConnector;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use tokio_util::codec::{Decoder, LinesCodec, LinesCodecError};
+use tracing::warn;
 
 /// Time for one request's headers and (non-streaming) body.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -18,18 +25,29 @@ const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// ones a few KiB.
 const MAX_LINE_BYTES: usize = 1024 * 1024;
 
-/// Where the API listens.
-#[derive(Debug, Clone)]
+/// Where the API listens, with a client whose connections are kept for the next request
+/// (an inspect per new container reuses one instead of connecting each time).
+#[derive(Clone)]
 pub(super) enum Target {
-    Unix(PathBuf),
-    Tcp(String),
+    Unix {
+        path: PathBuf,
+        client: Client<UnixConnector, Empty<Bytes>>,
+    },
+    Tcp {
+        authority: String,
+        client: Client<HttpConnector, Empty<Bytes>>,
+    },
 }
 
 /// What can go wrong talking HTTP to Podman; turned into a [`SourceError`] at the edge.
+///
+/// [`SourceError`]: crate::runtime::SourceError
 #[derive(Debug, thiserror::Error)]
 pub(super) enum HttpError {
     #[error("cannot connect: {0}")]
-    Connect(std::io::Error),
+    Connect(String),
+    #[error("{0}")]
+    Client(String),
     #[error("{0}")]
     Hyper(#[from] hyper::Error),
     #[error("cannot build the request: {0}")]
@@ -48,6 +66,31 @@ impl HttpError {
     pub(super) fn is_not_found(&self) -> bool {
         matches!(self, HttpError::Status { status: 404, .. })
     }
+
+    /// Whether the request never reached Podman (or its answer never came): the runtime
+    /// is unreachable, not refusing.
+    pub(super) fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            HttpError::Connect(_)
+                | HttpError::Client(_)
+                | HttpError::Hyper(_)
+                | HttpError::Timeout(_)
+        )
+    }
+}
+
+impl From<hyper_util::client::legacy::Error> for HttpError {
+    fn from(e: hyper_util::client::legacy::Error) -> Self {
+        // The client's own message ("client error (Connect)") keeps the reason a user can
+        // act on ("No such file or directory", "Connection refused") in its sources.
+        let text = crate::runtime::error_chain(&e);
+        if e.is_connect() {
+            HttpError::Connect(text)
+        } else {
+            HttpError::Client(text)
+        }
+    }
 }
 
 impl Target {
@@ -56,34 +99,44 @@ impl Target {
             .strip_prefix("tcp://")
             .or_else(|| endpoint.strip_prefix("http://"))
         {
-            return Ok(Target::Tcp(addr.trim_end_matches('/').to_string()));
+            return Ok(Target::Tcp {
+                authority: addr.trim_end_matches('/').to_string(),
+                client: Client::builder(TokioExecutor::new()).build_http(),
+            });
         }
         let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
         if path.is_empty() {
             return Err("empty socket path".into());
         }
-        Ok(Target::Unix(PathBuf::from(path)))
+        Ok(Target::Unix {
+            path: PathBuf::from(path),
+            client: Client::builder(TokioExecutor::new()).build(UnixConnector),
+        })
     }
 
-    /// Sends one GET on a fresh connection; the connection lives as long as the body.
+    /// The socket's path, for a unix endpoint.
+    pub(super) fn socket_path(&self) -> Option<&Path> {
+        match self {
+            Target::Unix { path, .. } => Some(path),
+            Target::Tcp { .. } => None,
+        }
+    }
+
+    /// Sends one GET; a streamed body keeps its connection until it ends.
     pub(super) async fn get(&self, path_and_query: &str) -> Result<Response<Incoming>, HttpError> {
-        let req = Request::get(path_and_query)
+        let uri: Uri = match self {
+            Target::Unix { path, .. } => hyperlocal::Uri::new(path, path_and_query).into(),
+            Target::Tcp { authority, .. } => format!("http://{authority}{path_and_query}")
+                .parse()
+                .map_err(hyper::http::Error::from)?,
+        };
+        let req = Request::get(uri)
             .header(hyper::header::HOST, "podman")
             .body(Empty::<Bytes>::new())?;
-        match self {
-            Target::Unix(p) => {
-                let io = tokio::net::UnixStream::connect(p)
-                    .await
-                    .map_err(HttpError::Connect)?;
-                send_over(io, req).await
-            }
-            Target::Tcp(addr) => {
-                let io = tokio::net::TcpStream::connect(addr.as_str())
-                    .await
-                    .map_err(HttpError::Connect)?;
-                send_over(io, req).await
-            }
-        }
+        Ok(match self {
+            Target::Unix { client, .. } => client.request(req).await?,
+            Target::Tcp { client, .. } => client.request(req).await?,
+        })
     }
 
     /// GETs and checks the status; error bodies carry Podman's `message`.
@@ -134,28 +187,12 @@ impl Target {
     }
 }
 
-pub(super) async fn send_over<T>(
-    io: T,
-    req: Request<Empty<Bytes>>,
-) -> Result<Response<Incoming>, HttpError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "podman API connection closed");
-        }
-    });
-    Ok(sender.send_request(req).await?)
-}
-
-/// Splits a streaming body into lines without waiting for more than the next chunk.
+/// The lines of a streaming body, as each chunk arrives. An over-long line (or one that is
+/// not UTF-8) is skipped with a warning, not the end of the stream.
 pub(super) struct Lines {
     body: Incoming,
-    buf: Vec<u8>,
-    /// Skipping the rest of an over-long line.
-    skipping: bool,
+    buf: BytesMut,
+    codec: LinesCodec,
     done: bool,
 }
 
@@ -163,8 +200,8 @@ impl Lines {
     pub(super) fn new(body: Incoming) -> Lines {
         Lines {
             body,
-            buf: Vec::new(),
-            skipping: false,
+            buf: BytesMut::new(),
+            codec: LinesCodec::new_with_max_length(MAX_LINE_BYTES),
             done: false,
         }
     }
@@ -172,27 +209,26 @@ impl Lines {
     /// The next complete line, `None` at the end of the body.
     pub(super) async fn next(&mut self) -> Option<Result<Vec<u8>, HttpError>> {
         loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-                line.pop();
-                if std::mem::take(&mut self.skipping) {
+            let decoded = if self.done {
+                self.codec.decode_eof(&mut self.buf)
+            } else {
+                self.codec.decode(&mut self.buf)
+            };
+            match decoded {
+                Ok(Some(line)) => return Some(Ok(line.into_bytes())),
+                Ok(None) if self.done => return None,
+                Ok(None) => {}
+                Err(LinesCodecError::MaxLineLengthExceeded) => {
+                    warn!(
+                        max_bytes = MAX_LINE_BYTES,
+                        "skipping an over-long line in Podman's event stream"
+                    );
                     continue;
                 }
-                return Some(Ok(line));
-            }
-            if self.buf.len() > MAX_LINE_BYTES {
-                warn!(
-                    bytes = self.buf.len(),
-                    "skipping an over-long line in Podman's event stream"
-                );
-                self.buf.clear();
-                self.skipping = true;
-            }
-            if self.done {
-                if self.buf.is_empty() || self.skipping {
-                    return None;
+                Err(LinesCodecError::Io(e)) => {
+                    warn!(error = %e, "skipping a line of Podman's event stream that is not UTF-8");
+                    continue;
                 }
-                return Some(Ok(std::mem::take(&mut self.buf)));
             }
             match self.body.frame().await {
                 Some(Ok(frame)) => {
@@ -210,15 +246,14 @@ impl Lines {
     }
 }
 
-/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
+/// RFC 3986 unreserved characters stay as they are; everything else is encoded.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encodes a query value.
 pub(super) fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
