@@ -171,7 +171,7 @@ impl Collector for LifecycleCollector {
             .zip(keep)
             .filter_map(|(row, k)| k.then_some(row))
             .unzip();
-        encode_identities(&mut enc, &views, &base)?;
+        encode_identities(&mut enc, runtime, &views, &base)?;
         let node_labels: Labels = vec![("node", cut_label_value(&node)), ("runtime", runtime)];
         encode_node(&mut enc, &node_labels, &counts)?;
         family(
@@ -204,8 +204,23 @@ fn each<'b, 'a>(
         .filter_map(move |(v, b)| f(v).map(|x| gauge(b.as_slice(), x)))
 }
 
+/// The container id as Kubernetes writes it in a pod's status (`<runtime>://<id>`) and
+/// kube-state-metrics exports it in `kube_pod_container_info{container_id}`, so the two join
+/// on equal values (README "With kube-state-metrics"). CRI-O's prefix is `cri-o`.
+fn kube_container_id(runtime: &str, id: &str) -> String {
+    if id.is_empty() {
+        return String::new();
+    }
+    let scheme = match runtime {
+        "crio" => "cri-o",
+        other => other,
+    };
+    format!("{scheme}://{id}")
+}
+
 fn encode_identities(
     enc: &mut DescriptorEncoder,
+    runtime: &str,
     views: &[&IdentityView],
     base: &[&Labels],
 ) -> Result<(), std::fmt::Error> {
@@ -324,7 +339,11 @@ fn encode_identities(
                 ("image", cut_label_value(&v.image)),
                 ("image_id", cut_label_value(&v.image_id)),
             ];
-            gauge((b.as_slice(), info), 1.0)
+            let kube_id = [(
+                "kube_container_id",
+                kube_container_id(runtime, &v.container_id),
+            )];
+            gauge(((b.as_slice(), info), kube_id), 1.0)
         }),
     )?;
     Ok(())
@@ -599,6 +618,14 @@ mod test {
             .map(|v| base_labels("n", "docker", v, None))
             .collect();
         assert_eq!(unique_label_sets(&pods, &base), (vec![true, true], 0));
+    }
+
+    #[test]
+    fn kube_container_ids_take_the_pod_status_form() {
+        assert_eq!(kube_container_id("docker", "f83a"), "docker://f83a");
+        assert_eq!(kube_container_id("containerd", "f83a"), "containerd://f83a");
+        assert_eq!(kube_container_id("crio", "f83a"), "cri-o://f83a");
+        assert_eq!(kube_container_id("docker", ""), "");
     }
 
     fn test_view(namespace: &str, pod: &str, uid: &str, container: &str) -> IdentityView {

@@ -505,6 +505,18 @@ fn a_pod_recreated_under_its_name_is_a_second_series_never_a_duplicate(case: &Ca
         common::metric(&text, "lifecycle_agent_label_set_collisions", &[]),
         Some(0.0)
     );
+    // The id as the pod status and kube-state-metrics' kube_pod_container_info write it.
+    let id = case.rt.cli_ok(&["inspect", "-f", "{{.Id}}", &new.name]);
+    let want = format!("{}://{}", case.rt.kind(), id.trim());
+    assert_eq!(
+        common::metric(
+            &text,
+            "container_info",
+            &[("uid", &uid2), ("kube_container_id", &want)]
+        ),
+        Some(1.0),
+        "{text}"
+    );
     common::promtool_check(&text);
     drop((old, new));
 }
