@@ -4,9 +4,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{first_sight, ContainerState, Counted, TerminationReason, Tracker};
+use super::{
+    first_sight, ContainerState, Counted, TerminationReason, Tracker, MAX_SANDBOXES_COUNTED,
+};
 use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
-use crate::event::{Identity, Lookup};
+use crate::event::{Identity, Lookup, RuntimeKind};
 
 /// What a reconciliation changed, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -64,9 +66,9 @@ impl Tracker {
         let mut present = HashSet::with_capacity(snaps.len());
         // The runtime lists containers in no promised order: oldest first (by the kubelet's
         // ordinal, then creation), so the latest exit of an identity is the last one closed.
-        let mut snaps: Vec<&ContainerSnapshot> =
+        let mut ordered: Vec<&ContainerSnapshot> =
             snaps.iter().filter(|s| !s.labels.sandbox).collect();
-        snaps.sort_by_key(|s| {
+        ordered.sort_by_key(|s| {
             (
                 s.labels.k8s_restart_count,
                 s.created_at,
@@ -77,7 +79,7 @@ impl Tracker {
         // Identities this snapshot shows for the first time, with their newest container's
         // ordinal and whether it ran: the best lower bound, whichever container comes first.
         let mut first_seen: HashMap<Identity, (Option<u64>, bool)> = HashMap::new();
-        for s in &snaps {
+        for s in &ordered {
             if !self.containers.contains_key(&s.id) {
                 let identity = Identity::of(&s.id, &s.labels);
                 if !self.identities.contains_key(&identity) {
@@ -88,7 +90,7 @@ impl Tracker {
                 }
             }
         }
-        for s in snaps {
+        for s in ordered {
             present.insert(s.id.as_str());
             let identity = self
                 .containers
@@ -104,6 +106,12 @@ impl Tracker {
             }
         }
         if complete {
+            self.sandboxes = snaps
+                .iter()
+                .filter(|s| s.labels.sandbox)
+                .take(MAX_SANDBOXES_COUNTED)
+                .map(|s| s.id.clone())
+                .collect();
             let gone: Vec<String> = self
                 .containers
                 .keys()
@@ -205,6 +213,10 @@ impl Tracker {
 
     /// A container the tracker knows: apply what happened unseen. Returns restarts inferred.
     fn reconcile_known(&mut self, s: &ContainerSnapshot, now: i64) -> u64 {
+        // A CRI container starts at most once (the kubelet's restart is a new container), and
+        // CRI stamps its start a little after containerd's `/tasks/start` event: a later start
+        // time of a known CRI container is the same start, never an unseen one.
+        let starts_once = matches!(self.runtime, RuntimeKind::Containerd | RuntimeKind::Crio);
         let Some(c) = self.containers.get_mut(&s.id) else {
             return 0;
         };
@@ -213,7 +225,7 @@ impl Tracker {
         let mut ended: Option<(i64, i64)> = None;
         let mut unseen_starts = 0u64;
         let newer_start = match (s.started_at, c.started_at) {
-            (Some(new), Some(old)) => new > old,
+            (Some(new), Some(old)) => new > old && !starts_once,
             (Some(new), None) => c.finished_at.is_none_or(|f| new > f),
             _ => false,
         };
