@@ -124,7 +124,7 @@ fn a_crash_loop_counts_each_attempt_and_no_sandbox_is_a_series(kind: &'static st
     assert_eq!(metric(&m, "container_running", &app), Some(1.0));
     assert_eq!(metric(&m, "container_last_exit_code", &app), Some(4.0));
     let mut reason = app.clone();
-    reason.push(("reason", "error"));
+    reason.push(("reason", "Error"));
     assert_eq!(
         metric(&m, "container_last_terminated_reason", &reason),
         Some(1.0)
@@ -200,7 +200,7 @@ fn an_oom_kill_counts_once_with_exit_code_137(kind: &'static str) {
         agent.wait_metric("container_last_exit_code", &app, 137.0);
         agent.wait_metric("container_oom_kills_total", &app, 1.0);
         let mut reason = app.clone();
-        reason.push(("reason", "oom_killed"));
+        reason.push(("reason", "OOMKilled"));
         agent.wait_metric("container_last_terminated_reason", &reason, 1.0);
         barrier(&agent, &ctd, &pod, "barrier");
         let m = agent.metrics();
