@@ -176,7 +176,7 @@ impl Collector for LifecycleCollector {
         encode_node(&mut enc, &node_labels, &counts)?;
         family(
             &mut enc,
-            "lifecycle_agent_label_set_collisions",
+            "lifecycle_agent_series_collisions",
             "Identities left out of this scrape because a more recently started one has the same label set.",
             None,
             MetricType::Gauge,

@@ -502,7 +502,7 @@ fn a_pod_recreated_under_its_name_is_a_second_series_never_a_duplicate(case: &Ca
         None
     );
     assert_eq!(
-        common::metric(&text, "lifecycle_agent_label_set_collisions", &[]),
+        common::metric(&text, "lifecycle_agent_series_collisions", &[]),
         Some(0.0)
     );
     // The id as the pod status and kube-state-metrics' kube_pod_container_info write it.
