@@ -16,7 +16,8 @@ use crate::event::{RuntimeKind, SourceEvent};
 /// pointed at a Podman socket still gets Podman's own vocabulary.
 pub enum AnySource {
     Docker(DockerSource),
-    Podman(PodmanSource),
+    /// Boxed: it is the largest by far, and a source lives once per agent.
+    Podman(Box<PodmanSource>),
     Containerd(ContainerdSource),
     Cri(CriSource),
 }
@@ -41,7 +42,7 @@ impl AnySource {
         } = options;
         match runtime {
             RuntimeKind::Docker => AnySource::Docker(DockerSource::new(endpoint, filter)),
-            RuntimeKind::Podman => AnySource::Podman(PodmanSource::new(endpoint, filter)),
+            RuntimeKind::Podman => AnySource::Podman(Box::new(PodmanSource::new(endpoint, filter))),
             RuntimeKind::Containerd if !generic_cri => AnySource::Containerd(
                 ContainerdSource::new(endpoint, filter, containerd_namespaces),
             ),

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use super::{first_sight, ContainerState, Counted, TerminationReason, Tracker};
 use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
-use crate::event::{Identity, Lookup};
+use crate::event::{Identity, Lookup, RuntimeKind};
 
 /// What a reconciliation changed, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
