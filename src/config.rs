@@ -166,6 +166,9 @@ pub struct Config {
     /// Nanoseconds.
     pub history_retention: Option<i64>,
     pub admin_token: Option<String>,
+    /// The admin token file can be read by its group or by everyone: logged at start (the
+    /// logger does not exist yet when the configuration is read).
+    pub admin_token_exposed: Option<PathBuf>,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -297,10 +300,12 @@ impl Config {
             labels: allowlist(s.pod_labels_allowlist, "pod_labels_allowlist")?,
         };
 
-        let admin_token = s
-            .admin_token_file
-            .map(|p| read_token(&p).map_err(|m| err("admin_token_file", m)))
+        let token_file = s.admin_token_file;
+        let admin_token = token_file
+            .as_deref()
+            .map(|p| read_token(p).map_err(|m| err("admin_token_file", m)))
             .transpose()?;
+        let admin_token_exposed = token_file.filter(|p| readable_by_others(p));
 
         let node_name_defaulted = s.node_name.is_none();
         let node_name = s.node_name.unwrap_or_else(default_node_name);
@@ -335,6 +340,7 @@ impl Config {
             max_history,
             history_retention,
             admin_token,
+            admin_token_exposed,
             log_format: s.log_format.unwrap_or_default(),
             log_level: s.log_level.unwrap_or_else(|| "info".into()),
         })
@@ -384,6 +390,13 @@ fn default_state_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .unwrap_or_else(|| PathBuf::from("."));
     base.join("lifecycle-agent")
+}
+
+/// Whether the file's group or everyone may read it (a secret should be the owner's only;
+/// a Kubernetes Secret volume's default mode 0644 is one such).
+fn readable_by_others(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o044 != 0)
 }
 
 fn read_token(p: &Path) -> Result<String, String> {
@@ -580,5 +593,31 @@ mod test {
         })
         .unwrap_err();
         assert!(e.to_string().contains("admin_token_file"));
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_reported() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = file("s3cret-token\n");
+        let resolve = || {
+            Config::resolve(RunArgs {
+                admin_token_file: Some(f.path().into()),
+                ephemeral: Some(true),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            resolve().admin_token_exposed.as_deref(),
+            Some(f.path()),
+            "world-readable"
+        );
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(resolve().admin_token_exposed.is_some(), "group-readable");
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = resolve();
+        assert_eq!(c.admin_token_exposed, None);
+        assert_eq!(c.admin_token.as_deref(), Some("s3cret-token"));
     }
 }

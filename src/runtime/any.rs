@@ -14,9 +14,9 @@ use crate::event::{RuntimeKind, SourceEvent};
 /// through libpod, containerd through its events service and CRI, CRI-O through CRI. Chosen
 /// by what the daemon says it is, not by what the user expected, so `--runtime docker`
 /// pointed at a Podman socket still gets Podman's own vocabulary.
+/// Podman's source (a pooled HTTP client) is boxed: it is several times the size of the others.
 pub enum AnySource {
     Docker(DockerSource),
-    /// Boxed: it is the largest by far, and a source lives once per agent.
     Podman(Box<PodmanSource>),
     Containerd(ContainerdSource),
     Cri(CriSource),

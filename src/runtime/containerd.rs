@@ -409,12 +409,9 @@ async fn lifecycle(
                 known.lock().insert(key.clone(), k.clone());
                 k
             }
-            // Gone before we asked: only its removal still matters (to a container the
-            // tracker may know from a list).
-            None if d.kind == EventKind::Destroyed => Some(Arc::new(Subject {
-                container_id: d.container_id.clone(),
-                ..Subject::default()
-            })),
+            // Gone before we asked, and never listed or placed by this source: not one the
+            // tracker can know (a list fills `known` with every container it shows), and
+            // perhaps one the filter leaves out.
             None => {
                 debug!(container_id = %d.container_id, topic = %envelope.topic, "event of a container already gone");
                 return Ok(None);

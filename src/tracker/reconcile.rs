@@ -4,7 +4,9 @@
 
 use std::collections::HashSet;
 
-use super::{first_sight, ContainerState, Counted, TerminationReason, Tracker};
+use super::{
+    first_sight, ContainerState, Counted, TerminationReason, Tracker, MAX_SANDBOXES_COUNTED,
+};
 use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::event::{Identity, Lookup, RuntimeKind};
 
@@ -78,6 +80,12 @@ impl Tracker {
             }
         }
         if complete {
+            self.sandboxes = snaps
+                .iter()
+                .filter(|s| s.labels.sandbox)
+                .take(MAX_SANDBOXES_COUNTED)
+                .map(|s| s.id.clone())
+                .collect();
             let gone: Vec<String> = self
                 .containers
                 .keys()

@@ -385,6 +385,23 @@ fn sandboxes_are_not_tracked() {
     e.subject_mut().labels.sandbox = true;
     assert_eq!(t.apply(&e, S), Applied::Ignored);
     assert!(t.identities(S).is_empty());
+    // Hidden from every series, but counted.
+    assert_eq!(t.node_counts().sandboxes, 1);
+    assert_eq!(t.node_counts().tracked, 0);
+    let mut gone = ev(2 * S, "p", "destroy", EventKind::Destroyed);
+    gone.subject_mut().labels.sandbox = true;
+    t.apply(&gone, 2 * S);
+    assert_eq!(t.node_counts().sandboxes, 0);
+    // A reconciliation counts what the runtime lists.
+    let mut s = snap("q", SnapshotState::Running, Some(S), None);
+    s.labels.sandbox = true;
+    t.reconcile(
+        &[s, snap("a", SnapshotState::Running, Some(S), None)],
+        true,
+        3 * S,
+    );
+    assert_eq!(t.node_counts().sandboxes, 1);
+    assert_eq!(t.node_counts().tracked, 1);
 }
 
 #[test]
