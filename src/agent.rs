@@ -17,7 +17,7 @@ use crate::event::RuntimeKind;
 use crate::history::HistoryLimits;
 use crate::kube::watch::Connection;
 use crate::kube::{self, KubeState};
-use crate::runtime::any::AnySource;
+use crate::runtime::any::{AnySource, SourceOptions};
 use crate::runtime::discovery::{self, Candidate, RuntimeChoice};
 use crate::runtime::{watch, RuntimeInfo};
 use crate::state::State;
@@ -39,6 +39,8 @@ pub fn new_state(config: &Config) -> State {
         // Until a socket answers (or a saved state says otherwise): what was asked for.
         match config.runtime {
             RuntimeChoice::Podman => RuntimeKind::Podman,
+            RuntimeChoice::Containerd => RuntimeKind::Containerd,
+            RuntimeChoice::Crio => RuntimeKind::Crio,
             RuntimeChoice::Docker | RuntimeChoice::Auto => RuntimeKind::Docker,
         },
         HistoryLimits {
@@ -102,7 +104,11 @@ pub async fn run(config: Config) -> Result<()> {
         let cands = discovery::candidates(config.runtime, config.socket.as_deref(), |k| {
             std::env::var(k).ok()
         });
-        let filter = config.container_filter.clone();
+        let options = SourceOptions {
+            filter: config.container_filter.clone(),
+            containerd_namespaces: config.containerd_namespaces.clone(),
+            generic_cri: config.runtime == RuntimeChoice::Crio,
+        };
         let choice = config.runtime;
         tokio::spawn(
             async move {
@@ -113,7 +119,7 @@ pub async fn run(config: Config) -> Result<()> {
                     warn!(endpoint = %candidate.endpoint, runtime = %info.runtime, asked = ?choice, "the socket belongs to another runtime than asked for; following what answers there");
                 }
                 fault.trip(Task::Runtime);
-                let source = AnySource::for_runtime(info.runtime, &candidate.endpoint, filter);
+                let source = AnySource::for_runtime(info.runtime, &candidate.endpoint, options);
                 watch::run(source, state, stop).await;
             }
             .instrument(info_span!("runtime")),

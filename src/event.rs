@@ -122,6 +122,9 @@ pub enum RuntimeKind {
     #[default]
     Docker,
     Podman,
+    Containerd,
+    /// CRI-O, or any runtime followed through the generic CRI path.
+    Crio,
 }
 
 impl RuntimeKind {
@@ -129,6 +132,8 @@ impl RuntimeKind {
         match self {
             RuntimeKind::Docker => "docker",
             RuntimeKind::Podman => "podman",
+            RuntimeKind::Containerd => "containerd",
+            RuntimeKind::Crio => "crio",
         }
     }
 }
