@@ -175,8 +175,7 @@ fn prometheus_sees_restarts_by_node_and_running_gauges() {
                     .expect("expr")
                     .replace("$__rate_interval", "1m")
                     .replace("$__range", "10m")
-                    // The hidden cluster variable has no value where the series carry no
-                    // `cluster` label (one cluster): Grafana sends it empty.
+                    // Series without a `cluster` label match its empty value, as in Grafana.
                     .replace("$cluster", "")
                     .replace("$job", ".*")
                     .replace("$node", ".*");
