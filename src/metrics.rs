@@ -494,30 +494,7 @@ mod test {
         .unwrap()]
         .into_iter()
         .collect();
-        let view = |uid: &str| IdentityView {
-            namespace: "shop".into(),
-            pod: "web-1".into(),
-            pod_uid: uid.into(),
-            container: "web".into(),
-            container_id: String::new(),
-            container_ids: Vec::new(),
-            name: String::new(),
-            image: String::new(),
-            image_id: String::new(),
-            state: "running",
-            running: true,
-            paused: false,
-            uptime_seconds: 0.0,
-            time_since_start_seconds: None,
-            last_start_time: None,
-            last_start_nanos: None,
-            restarts: 0,
-            oom_kills: 0,
-            last_exit_code: None,
-            last_terminated_reason: None,
-            health: None,
-            events: [0; EventKind::ALL.len()],
-        };
+        let view = |uid: &str| crate::fixtures::identity_view("shop", "web-1", uid, "web");
         let known = view("u1");
         let l = base_labels("n", "docker", &known, Some(&idx));
         assert_eq!(l.last(), Some(&("annotation_team", "shop")));
