@@ -22,17 +22,19 @@ ARG BINARY_FROM=build
 FROM --platform=$BUILDPLATFORM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
 ARG TARGETARCH
 WORKDIR /src
+# protoc: the containerd and CRI bindings (containerd-client, k8s-cri) compile their .proto
+# files at build time.
 RUN set -eu; \
     case "$TARGETARCH" in \
       amd64) target=x86_64-unknown-linux-gnu; debarch=amd64; gcc=gcc-x86-64-linux-gnu ;; \
       arm64) target=aarch64-unknown-linux-gnu; debarch=arm64; gcc=gcc-aarch64-linux-gnu ;; \
       *) echo "unsupported TARGETARCH=$TARGETARCH (amd64, arm64)" >&2; exit 1 ;; \
     esac; \
-    if [ "$(dpkg --print-architecture)" != "$debarch" ]; then \
-      apt-get update; \
-      apt-get install -y --no-install-recommends "$gcc" "libc6-dev-$debarch-cross"; \
-      rm -rf /var/lib/apt/lists/*; \
-    fi; \
+    cross=""; \
+    if [ "$(dpkg --print-architecture)" != "$debarch" ]; then cross="$gcc libc6-dev-$debarch-cross"; fi; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends protobuf-compiler $cross; \
+    rm -rf /var/lib/apt/lists/*; \
     rustup target add "$target"; \
     echo "$target" > /rust-target
 ENV CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER=x86_64-linux-gnu-gcc \

@@ -6,13 +6,20 @@ Runs the release agent (with its durable store on) against
   - the synthetic Docker API (examples/synthetic_docker.rs) with 1 000 and 10 000 pod
     containers and 100 000 events: peak RSS (scrapes included), ingest time, /metrics time;
   - a private dockerd during a burst of 300 start/stop/restart actions, next to a
-    `docker events` client: per-event lag of the agent behind that client, and both counts.
+    `docker events` client: per-event lag of the agent behind that client, and both counts;
+  - a private containerd 1.6 (CRI plugin) driven over CRI by examples/cri_load.rs as a
+    kubelet would: idle RSS and CPU with 10 running pod containers, the ingest of a restart
+    burst (one container failing through 100 attempts; lag behind containerd's own event
+    time), and the reconciliation of 1 000 containers at start.
 
 Public tools only (dockerd, docker CLI, busybox-static, curl-free: urllib). Needs root for
 dockerd. Every loop is bounded; every process it starts is stopped.
 
     sudo python3 bench/bench.py            # prints one Markdown table
+    sudo python3 bench/bench.py containerd # only the containerd rows
 """
+
+import hashlib
 
 import json
 import os
@@ -29,6 +36,8 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT = os.path.join(ROOT, "target/release/lifecycle-agent")
 SYNTH = os.path.join(ROOT, "target/release/examples/synthetic_docker")
+CRI_LOAD = os.path.join(ROOT, "target/release/examples/cri_load")
+CRI_IMAGE = "localhost/latb-busybox:bb"
 LOOP = "trap 'exit 0' TERM; while true; do sleep 1; done"
 MAPPED = {"create", "start", "restart", "stop", "die", "kill", "pause", "unpause", "destroy", "oom"}
 PROCS = []
@@ -131,6 +140,108 @@ class Dockerd:
         if names:
             self.cli("rm", "-f", *names, check=False)
         stop(self.proc)
+        subprocess.run(["sh", "-c", f"grep -o ' {self.dir}/[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l"],
+                       capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def busybox_rootfs(dir):
+    rootfs = os.path.join(dir, "rootfs")
+    os.makedirs(os.path.join(rootfs, "bin"))
+    busybox = shutil.which("busybox")
+    shutil.copy(busybox, os.path.join(rootfs, "bin/busybox"))
+    for applet in subprocess.run([busybox, "--list"], capture_output=True, text=True).stdout.split():
+        if applet != "busybox":
+            os.symlink("busybox", os.path.join(rootfs, "bin", applet))
+    return rootfs
+
+
+class Containerd:
+    """A private containerd with its CRI plugin (own root, state, sockets, runc root)."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="latb-c-", dir="/tmp")
+        d = self.dir
+        self.sock = os.path.join(d, "c.sock")
+        for sub in ("cni/bin", "cni/conf"):
+            os.makedirs(os.path.join(d, sub))
+        cri = 'plugins."io.containerd.grpc.v1.cri"'
+        with open(os.path.join(d, "config.toml"), "w") as f:
+            f.write(f"""version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/c.sock"
+[ttrpc]
+  address = "{d}/c.sock.ttrpc"
+[{cri}]
+  sandbox_image = "{CRI_IMAGE}"
+  restrict_oom_score_adj = true
+  [{cri}.containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [{cri}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [{cri}.containerd.runtimes.runc.options]
+        Root = "{d}/runc"
+  [{cri}.cni]
+    bin_dir = "{d}/cni/bin"
+    conf_dir = "{d}/cni/conf"
+""")
+        self.proc = spawn(["containerd", "--config", os.path.join(d, "config.toml")],
+                          stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "containerd.log"), "w"))
+        wait_until("containerd", lambda: subprocess.run(["ctr", "-a", self.sock, "version"],
+                                                        capture_output=True).returncode == 0)
+        subprocess.run(["ctr", "-a", self.sock, "-n", "k8s.io", "images", "import", self.image()],
+                       check=True, capture_output=True)
+
+    def image(self):
+        """The busybox image as an OCI archive (no registry here); it keeps a sandbox running."""
+        work = os.path.join(self.dir, "image")
+        blobs = os.path.join(work, "oci/blobs/sha256")
+        os.makedirs(blobs)
+        rootfs = busybox_rootfs(work)
+        layer = os.path.join(work, "layer.tar")
+        subprocess.run(["tar", "-C", rootfs, "-cf", layer, "."], check=True)
+
+        def blob(data):
+            digest = hashlib.sha256(data).hexdigest()
+            with open(os.path.join(blobs, digest), "wb") as f:
+                f.write(data)
+            return {"digest": f"sha256:{digest}", "size": len(data)}
+
+        with open(layer, "rb") as f:
+            lb = blob(f.read())
+        cb = blob(json.dumps({"architecture": "amd64" if os.uname().machine == "x86_64" else "arm64",
+                              "os": "linux", "config": {"Cmd": ["/bin/sleep", "1000000"]},
+                              "rootfs": {"type": "layers", "diff_ids": [lb["digest"]]}}).encode())
+        mb = blob(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                              "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **cb},
+                              "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **lb}]}).encode())
+        with open(os.path.join(work, "oci/index.json"), "w") as f:
+            json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       **mb, "annotations": {"io.containerd.image.name": CRI_IMAGE}}]}, f)
+        with open(os.path.join(work, "oci/oci-layout"), "w") as f:
+            f.write('{"imageLayoutVersion":"1.0.0"}')
+        archive = os.path.join(work, "image.tar")
+        subprocess.run(["tar", "-C", os.path.join(work, "oci"), "-cf", archive, "."], check=True)
+        return archive
+
+    def load(self, *args):
+        subprocess.run([CRI_LOAD, self.sock, CRI_IMAGE, *args], check=True)
+
+    def close(self):
+        subprocess.run([CRI_LOAD, self.sock, CRI_IMAGE, "cleanup"], capture_output=True)
+        stop(self.proc)
+        # Shims outlive containerd; they are ours by the socket path they were given.
+        for pid in os.listdir("/proc"):
+            if pid.isdigit() and int(pid) != os.getpid():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        if self.sock.encode() in f.read():
+                            os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
         subprocess.run(["sh", "-c", f"grep -o ' {self.dir}/[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l"],
                        capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -275,6 +386,82 @@ def burst(rows):
             os.remove(log_path)
 
 
+def containerd_idle(rows):
+    c = Containerd()
+    try:
+        c.load("pods", "10", "1", "run")
+        p, port, state = start_agent(c.sock, ["--runtime", "containerd"])
+        wait_until("10 containers", lambda: metric(http(port, "/metrics")[1], "containers_running") == 10)
+        time.sleep(5)  # let start-up settle before measuring
+        t0, c0 = time.monotonic(), proc_stat(p.pid)
+        for _ in range(12):  # 60 s, one scrape every 5 s as Prometheus would
+            http(port, "/metrics")
+            time.sleep(5)
+        cpu = (proc_stat(p.pid) - c0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0) * 100
+        rows.append(("idle, 10 pod containers (real containerd)", f"{hwm_kib(p.pid) / 1024:.1f} MiB",
+                     f"{cpu:.3f} % of a core", "60 s, scraped every 5 s"))
+        stop(p)
+        shutil.rmtree(state, ignore_errors=True)
+    finally:
+        c.close()
+
+
+def containerd_burst(rows):
+    c = Containerd()
+    log_path = tempfile.mktemp(prefix="latb-agent-", suffix=".log")
+    attempts = 100
+    try:
+        p, port, state = start_agent(c.sock, ["--runtime", "containerd", "--log-format", "json", "--log-level",
+                                              "lifecycle_agent::events=debug,warn"], log=open(log_path, "w"))
+        c0 = proc_stat(p.pid)
+        t0 = time.monotonic()
+        c.load("crashloop", str(attempts))
+        took = time.monotonic() - t0
+        wait_until("the burst's restarts", lambda: metric(http(port, "/metrics")[1], "containers_restarts_total")
+                   == attempts - 1)
+        cpu = (proc_stat(p.pid) - c0) / os.sysconf("SC_CLK_TCK")
+        lags = []
+        with open(log_path) as f:
+            for line in f:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                if e.get("message") == "event applied" and e.get("applied") == "Recorded":
+                    lags.append((iso_ns(e["timestamp"]) - int(e["time_nanos"])) / 1e6)
+        lags.sort()
+        p50 = lags[len(lags) // 2] if lags else float("nan")
+        p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else float("nan")
+        rows.append((f"restart burst: one container through {attempts} attempts (real containerd, {took:.1f} s)",
+                     f"{hwm_kib(p.pid) / 1024:.1f} MiB", f"lag p50 {p50:.2f} ms, p99 {p99:.2f} ms; {cpu:.2f} CPU-s",
+                     f"{len(lags)} events; restarts counted {attempts - 1}, "
+                     f"inferred {metric(http(port, '/metrics')[1], 'lifecycle_agent_restarts_inferred_total'):.0f}"))
+        stop(p)
+        shutil.rmtree(state, ignore_errors=True)
+    finally:
+        c.close()
+        if os.path.exists(log_path):
+            os.remove(log_path)
+
+
+def containerd_reconcile(rows, containers=1_000, pods=10):
+    c = Containerd()
+    try:
+        c.load("pods", str(pods), str(containers // pods), "create")
+        t0 = time.monotonic()
+        p, port, state = start_agent(c.sock, ["--runtime", "containerd"])
+        ready = time.monotonic() - t0
+        n = metric(http(port, "/metrics")[1], "containers_tracked")
+        cpu = proc_stat(p.pid) / os.sysconf("SC_CLK_TCK")
+        rows.append((f"reconciliation of {containers} containers at start (real containerd, CRI list + status)",
+                     f"{hwm_kib(p.pid) / 1024:.1f} MiB", f"ready {ready:.2f} s; {cpu:.2f} CPU-s",
+                     f"containers_tracked {n:.0f}"))
+        stop(p)
+        shutil.rmtree(state, ignore_errors=True)
+    finally:
+        c.close()
+
+
 def iso_ns(ts):
     # 2026-11-26T05:02:41.687193Z (tracing-subscriber's JSON timestamp, microseconds or better)
     import datetime
@@ -284,17 +471,23 @@ def iso_ns(ts):
 
 
 def main():
-    for tool in ("dockerd", "docker", "busybox"):
+    only_containerd = sys.argv[1:] == ["containerd"]
+    tools = ("containerd", "ctr", "busybox") if only_containerd else ("dockerd", "docker", "containerd", "ctr", "busybox")
+    for tool in tools:
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing (sudo ./scripts/test installs it)")
-    subprocess.run(["cargo", "build", "--release", "--bin", "lifecycle-agent", "--example", "synthetic_docker"],
-                   cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--bin", "lifecycle-agent", "--example", "synthetic_docker",
+                    "--example", "cri_load"], cwd=ROOT, check=True)
     rows = []
     try:
-        idle(rows)
-        synthetic(rows, 1_000, 100_000, restart=True)
-        synthetic(rows, 10_000, 100_000)
-        burst(rows)
+        if not only_containerd:
+            idle(rows)
+            synthetic(rows, 1_000, 100_000, restart=True)
+            synthetic(rows, 10_000, 100_000)
+            burst(rows)
+        containerd_idle(rows)
+        containerd_burst(rows)
+        containerd_reconcile(rows)
     finally:
         for p in PROCS:
             if p.poll() is None:

@@ -10,21 +10,21 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::Config;
 use crate::event::RuntimeKind;
 use crate::history::HistoryLimits;
 use crate::kube::watch::Connection;
 use crate::kube::{self, KubeState};
-use crate::runtime::any::AnySource;
+use crate::runtime::any::{AnySource, SourceOptions};
 use crate::runtime::discovery::{self, Candidate, RuntimeChoice};
 use crate::runtime::{watch, RuntimeInfo};
 use crate::state::State;
 use crate::store::Store;
 use crate::time::now_nanos;
 use crate::tracker::persist::Delta;
-use crate::{api, Error, Result};
+use crate::{api, server, Error, Result};
 
 /// How often the history's retention window is applied.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
@@ -39,6 +39,8 @@ pub fn new_state(config: &Config) -> State {
         // Until a socket answers (or a saved state says otherwise): what was asked for.
         match config.runtime {
             RuntimeChoice::Podman => RuntimeKind::Podman,
+            RuntimeChoice::Containerd => RuntimeKind::Containerd,
+            RuntimeChoice::Crio => RuntimeKind::Crio,
             RuntimeChoice::Docker | RuntimeChoice::Auto => RuntimeKind::Docker,
         },
         HistoryLimits {
@@ -53,6 +55,9 @@ pub async fn run(config: Config) -> Result<()> {
     let state = new_state(&config);
     let kube_state = Arc::new(KubeState::new(&config.pod_metadata));
     let fault = Fault::from_env();
+    if let Some(path) = &config.admin_token_exposed {
+        warn!(path = %path.display(), "the admin token file is readable by its group or everyone; make it the owner's only (chmod 600, or defaultMode: 0400 on the Secret volume)");
+    }
     let shutdown = CancellationToken::new();
     let store = match &config.state_dir {
         Some(dir) => Some(Arc::new(open_store(dir, &config, &state)?)),
@@ -75,6 +80,7 @@ pub async fn run(config: Config) -> Result<()> {
     info!(%addr, node = %config.node_name, "serving metrics and API");
 
     let mut server = {
+        let http = Arc::new(server::HttpStats::default());
         let app = api::router(api::App {
             state: state.reader(),
             kube: kube_state.clone(),
@@ -82,18 +88,13 @@ pub async fn run(config: Config) -> Result<()> {
                 token,
                 history: state.history_clearer(),
             }),
+            http: http.clone(),
+            store: store.clone(),
         });
-        let stop = shutdown.clone();
+        let limits = server::Limits::for_fd_limit(crate::process::ProcessStats::read().max_fds);
         tokio::spawn(
-            async move {
-                let r = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(e) = r {
-                    error!(error = %e, "HTTP server failed");
-                }
-            }
-            .instrument(info_span!("http")),
+            server::serve(listener, app, http, limits, shutdown.clone())
+                .instrument(info_span!("http")),
         )
     };
 
@@ -103,7 +104,11 @@ pub async fn run(config: Config) -> Result<()> {
         let cands = discovery::candidates(config.runtime, config.socket.as_deref(), |k| {
             std::env::var(k).ok()
         });
-        let filter = config.container_filter.clone();
+        let options = SourceOptions {
+            filter: config.container_filter.clone(),
+            containerd_namespaces: config.containerd_namespaces.clone(),
+            generic_cri: config.runtime == RuntimeChoice::Crio,
+        };
         let choice = config.runtime;
         tokio::spawn(
             async move {
@@ -114,7 +119,7 @@ pub async fn run(config: Config) -> Result<()> {
                     warn!(endpoint = %candidate.endpoint, runtime = %info.runtime, asked = ?choice, "the socket belongs to another runtime than asked for; following what answers there");
                 }
                 fault.trip(Task::Runtime);
-                let source = AnySource::for_runtime(info.runtime, &candidate.endpoint, filter);
+                let source = AnySource::for_runtime(info.runtime, &candidate.endpoint, options);
                 watch::run(source, state, stop).await;
             }
             .instrument(info_span!("runtime")),
@@ -188,9 +193,8 @@ pub async fn run(config: Config) -> Result<()> {
             api::drain(server, HTTP_DRAIN).await;
             if let (Some(store), Some(flusher)) = (&store, flusher) {
                 let mut pending = flusher.await.unwrap_or_default();
-                flush_once(store, &state, &mut pending).await;
-                if pending.is_some() {
-                    error!("the last changes could not be saved; the next start replays them from the runtime where it still holds them");
+                if let Err(e) = flush_once(store, &state, &mut pending).await {
+                    error!(error = %e, "the last changes could not be saved; the next start replays them from the runtime where it still holds them");
                 }
             }
         } => {}
@@ -353,8 +357,15 @@ fn open_store(dir: &std::path::Path, config: &Config, state: &State) -> Result<S
 /// Group-commits the tracker's changes until `stop`; returns what could not be written yet.
 /// It sleeps until something changed (no wakeups on an idle node), then gathers for
 /// [`FLUSH_INTERVAL`] so one commit carries a whole burst.
+///
+/// While writes fail (a full or read-only disk) the changes stay in memory, merged into one
+/// delta that the history's bound keeps bounded, and are retried after [`RETRY_MIN`]
+/// doubling to [`RETRY_MAX`]; the store reopens its database for each retry, so writing
+/// resumes by itself once the disk takes it. Logged when writes start failing and when
+/// they work again, not per attempt (`lifecycle_agent_store_errors_total` counts those).
 async fn flush_loop(store: Arc<Store>, state: State, stop: CancellationToken) -> Option<Delta> {
     let mut pending: Option<Delta> = None;
+    let mut failing: Option<(u64, Duration)> = None;
     loop {
         if pending.is_none() {
             tokio::select! {
@@ -362,17 +373,44 @@ async fn flush_loop(store: Arc<Store>, state: State, stop: CancellationToken) ->
                 _ = stop.cancelled() => return pending,
             }
         }
+        let wait = failing.map_or(FLUSH_INTERVAL, |(_, delay)| delay);
         tokio::select! {
-            _ = tokio::time::sleep(FLUSH_INTERVAL) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => return pending,
         }
-        flush_once(&store, &state, &mut pending).await;
+        match (flush_once(&store, &state, &mut pending).await, failing) {
+            (Ok(()), None) => {}
+            (Ok(()), Some((failures, _))) => {
+                info!(
+                    failures,
+                    "store writes work again; the changes kept in memory are saved"
+                );
+                failing = None;
+            }
+            (Err(e), None) => {
+                warn!(error = %e, events = pending.as_ref().map_or(0, Delta::events), retry_in_secs = RETRY_MIN.as_secs(), "store writes fail; changes are kept in memory and retried with backoff");
+                failing = Some((1, RETRY_MIN));
+            }
+            (Err(e), Some((failures, delay))) => {
+                debug!(error = %e, failures = failures + 1, "store write failed again");
+                failing = Some((failures + 1, (delay * 2).min(RETRY_MAX)));
+            }
+        }
     }
 }
 
+/// First pause after a failed store write.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest pause between store write attempts.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// Takes the tracker's delta (a short lock), merges it into what failed before, and writes
-/// it on a blocking thread. A failed write is kept and retried with the next one.
-async fn flush_once(store: &Arc<Store>, state: &State, pending: &mut Option<Delta>) {
+/// it on a blocking thread. A failed write is kept in `pending` for the next attempt.
+async fn flush_once(
+    store: &Arc<Store>,
+    state: &State,
+    pending: &mut Option<Delta>,
+) -> std::result::Result<(), String> {
     let fresh = state.take_delta();
     let delta = match (pending.take(), fresh) {
         (Some(mut old), Some(new)) => {
@@ -380,19 +418,22 @@ async fn flush_once(store: &Arc<Store>, state: &State, pending: &mut Option<Delt
             old
         }
         (Some(d), None) | (None, Some(d)) => d,
-        (None, None) => return,
+        (None, None) => return Ok(()),
     };
     let s = store.clone();
     match tokio::task::spawn_blocking(move || (s.write(&delta), delta)).await {
-        Ok((Ok(()), _)) => state.store_written(),
+        Ok((Ok(()), _)) => {
+            state.store_written();
+            Ok(())
+        }
         Ok((Err(e), delta)) => {
             state.store_failed();
-            warn!(error = %e, events = delta.events(), "store write failed; will retry");
             *pending = Some(delta);
+            Err(e.to_string())
         }
         Err(e) => {
             state.store_failed();
-            error!(error = %e, "store writer task failed");
+            Err(format!("the store writer task failed: {e}"))
         }
     }
 }

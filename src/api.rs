@@ -14,11 +14,13 @@ use serde_json::json;
 
 use prometheus_client::metrics::counter::Counter;
 
+use crate::answers::{AnswerBudget, ScrapeSlot, ScrapeSlots};
 use crate::history::query::{EventQuery, RawEventQuery};
 use crate::history::HistoryEvent;
 use crate::kube::pods::{ApiFields, PodIndex};
 use crate::kube::KubeState;
 use crate::self_metrics::register_counters;
+use crate::server::HttpStats;
 use crate::state::{HistoryClearer, StateReader};
 use crate::time::{now_nanos, parse_time_or_ago};
 use crate::tracker::view::IdentityView;
@@ -33,6 +35,10 @@ pub struct App {
     pub kube: Arc<KubeState>,
     /// Enables `DELETE /api/v1/events` (`--admin-token-file`).
     pub admin: Option<Admin>,
+    /// The HTTP server's counters, which answers refused for memory count in too.
+    pub http: Arc<HttpStats>,
+    /// The state store, for `lifecycle_agent_store_up`; `None` with `--ephemeral`.
+    pub store: Option<Arc<crate::store::Store>>,
 }
 
 /// The bearer token of `DELETE /api/v1/events` and the one write it may do.
@@ -48,9 +54,37 @@ struct AppState {
     admin: Option<Arc<Admin>>,
     registry: Arc<Registry>,
     /// One permit per `/metrics` response being encoded.
-    scrapes: Arc<tokio::sync::Semaphore>,
+    scrapes: Arc<ScrapeSlots>,
     /// `lifecycle_agent_scrapes_rejected_total`.
     scrapes_rejected: Counter,
+    /// Memory for large JSON answers being sent.
+    budget: AnswerBudget,
+    /// Large answers being built at once.
+    builders: Arc<tokio::sync::Semaphore>,
+    http: Arc<HttpStats>,
+}
+
+/// Large answers built at once, each on a blocking thread: the async workers stay free for
+/// the probes and `/metrics` however many clients ask for the whole history.
+const MAX_CONCURRENT_BUILDS: usize = 2;
+
+impl AppState {
+    /// Runs `build` on a blocking thread once one of [`MAX_CONCURRENT_BUILDS`] is free.
+    async fn build(&self, build: impl FnOnce() -> Response + Send + 'static) -> Response {
+        let Ok(_turn) = self.builders.clone().acquire_owned().await else {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        };
+        match tokio::task::spawn_blocking(build).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "building an answer failed");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "building the answer failed",
+                )
+            }
+        }
+    }
 }
 
 /// `/metrics` responses encoded at once. Each holds a snapshot of every identity (about 5 MB
@@ -60,7 +94,12 @@ pub const MAX_CONCURRENT_SCRAPES: usize = 8;
 
 pub fn router(app: App) -> Router {
     let scrapes_rejected = Counter::default();
-    let registry = Arc::new(registry(&app.state, &app.kube, &scrapes_rejected));
+    let mut registry = registry(&app.state, &app.kube, &scrapes_rejected);
+    app.http.register(&mut registry, app.state.node_labels());
+    if let Some(store) = &app.store {
+        store.register(&mut registry, app.state.node_labels());
+    }
+    let registry = Arc::new(registry);
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -76,8 +115,11 @@ pub fn router(app: App) -> Router {
             kube: app.kube,
             admin: app.admin.map(Arc::new),
             registry,
-            scrapes: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SCRAPES)),
+            scrapes: ScrapeSlots::new(MAX_CONCURRENT_SCRAPES),
             scrapes_rejected,
+            budget: AnswerBudget::default(),
+            builders: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_BUILDS)),
+            http: app.http,
         })
 }
 
@@ -104,7 +146,29 @@ pub fn registry(
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (status, Json(json!({ "error": msg.to_string() }))).into_response()
+    (
+        status,
+        Json(json!({ "error": cut_message(msg.to_string()) })),
+    )
+        .into_response()
+}
+
+/// Error messages quote what the client sent; a 60 KB parameter is not echoed back whole.
+const MAX_ERROR_CHARS: usize = 300;
+
+fn cut_message(mut msg: String) -> String {
+    if let Some((at, _)) = msg.char_indices().nth(MAX_ERROR_CHARS) {
+        msg.truncate(at);
+        msg.push_str("... (cut)");
+    }
+    msg
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header; the scheme's name is
+/// case-insensitive (RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
 }
 
 /// OpenMetrics for scrapers that ask for it (Prometheus does), the classic text format for
@@ -125,7 +189,7 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
     } else {
         PROMETHEUS_TEXT
     };
-    let Ok(permit) = s.scrapes.clone().try_acquire_owned() else {
+    let Some(grant) = s.scrapes.acquire().await else {
         s.scrapes_rejected.inc();
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -138,8 +202,7 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
     let registry = s.registry.clone();
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let mut out = ChunkWriter::new(tx.clone(), runtime.clone());
+        let mut out = ChunkWriter::new(tx.clone(), runtime.clone(), grant.slot.clone());
         // A panic must not end the body as if it were complete.
         let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if openmetrics {
@@ -152,6 +215,11 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
         match encoded {
             Ok(Ok(())) => {}
             _ if tx.is_closed() => {}
+            Ok(Err(_)) if grant.slot.cancel.is_cancelled() => {
+                tracing::debug!(
+                    "a /metrics scrape whose client read nothing was stopped for a new one"
+                );
+            }
             Ok(Err(_)) if out.stalled => {
                 tracing::warn!(
                     seconds = CHUNK_SEND_TIMEOUT.as_secs(),
@@ -204,15 +272,22 @@ struct ChunkWriter {
     runtime: tokio::runtime::Handle,
     /// The scraper read nothing for [`CHUNK_SEND_TIMEOUT`].
     stalled: bool,
+    /// Where a new scrape sees that this one waits for its client, and stops it.
+    slot: Arc<ScrapeSlot>,
 }
 
 impl ChunkWriter {
-    fn new(tx: tokio::sync::mpsc::Sender<Chunk>, runtime: tokio::runtime::Handle) -> Self {
+    fn new(
+        tx: tokio::sync::mpsc::Sender<Chunk>,
+        runtime: tokio::runtime::Handle,
+        slot: Arc<ScrapeSlot>,
+    ) -> Self {
         ChunkWriter {
             buf: String::with_capacity(CHUNK_BYTES + 4096),
             tx,
             runtime,
             stalled: false,
+            slot,
         }
     }
 
@@ -221,14 +296,20 @@ impl ChunkWriter {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, String::with_capacity(CHUNK_BYTES + 4096));
-        let sent = self.runtime.block_on(tokio::time::timeout(
-            CHUNK_SEND_TIMEOUT,
-            self.tx.send(Ok(Bytes::from(chunk))),
-        ));
+        self.slot.waiting();
+        let cancel = self.slot.cancel.clone();
+        let sent = self.runtime.block_on(async {
+            tokio::select! {
+                r = tokio::time::timeout(CHUNK_SEND_TIMEOUT, self.tx.send(Ok(Bytes::from(chunk)))) => Some(r),
+                _ = cancel.cancelled() => None,
+            }
+        });
+        self.slot.taken();
         match sent {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(std::fmt::Error),
-            Err(_) => {
+            None => Err(std::fmt::Error),
+            Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(_))) => Err(std::fmt::Error),
+            Some(Err(_)) => {
                 self.stalled = true;
                 Err(std::fmt::Error)
             }
@@ -290,17 +371,42 @@ struct EventJson<'a> {
     pod_metadata: Option<ApiFields<'a>>,
 }
 
+/// Bytes of JSON per container, about, without pod metadata (see [`EVENT_JSON_ESTIMATE`]).
+const CONTAINER_JSON_ESTIMATE: usize = 600;
+
 async fn containers(State(s): State<AppState>) -> Response {
-    let (node, runtime, mut list) = {
-        let t = s.state.tracker();
-        (t.node().to_string(), t.runtime(), t.identities(now_nanos()))
+    let most = s.state.tracker().identity_count();
+    let Some(reservation) = s
+        .budget
+        .reserve(most * CONTAINER_JSON_ESTIMATE, &s.http.answers_rejected)
+    else {
+        return crate::answers::busy();
     };
-    list.sort_by(|a, b| {
-        (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container))
-    });
-    let pods = s.kube.pods();
-    let list: Vec<ContainerJson> = list.iter().map(|v| ContainerJson::new(v, &pods)).collect();
-    Json(json!({ "node": node, "runtime": runtime, "containers": list })).into_response()
+    let (state, kube) = (s.state.clone(), s.kube.clone());
+    s.build(move || {
+        let (node, runtime, mut list) = {
+            let t = state.tracker();
+            (t.node().to_string(), t.runtime(), t.identities(now_nanos()))
+        };
+        list.sort_by(|a, b| {
+            (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container))
+        });
+        let pods = kube.pods();
+        let list: Vec<ContainerJson> = list.iter().map(|v| ContainerJson::new(v, &pods)).collect();
+        #[derive(Serialize)]
+        struct Answer<'a> {
+            node: String,
+            runtime: crate::event::RuntimeKind,
+            containers: Vec<ContainerJson<'a>>,
+        }
+        let answer = Answer {
+            node,
+            runtime,
+            containers: list,
+        };
+        reservation.json(&answer)
+    })
+    .await
 }
 
 async fn container(State(s): State<AppState>, Path(key): Path<String>) -> Response {
@@ -323,6 +429,10 @@ fn parse_query<T: for<'de> Deserialize<'de>>(raw: Option<String>) -> Result<T, S
     serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| format!("bad query: {e}"))
 }
 
+/// Bytes of JSON per history event, about (a pod container's event is 300 to 400), to
+/// reserve answer memory before building it.
+const EVENT_JSON_ESTIMATE: usize = 320;
+
 async fn events(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     let raw: RawEventQuery = match parse_query(raw) {
         Ok(r) => r,
@@ -332,20 +442,42 @@ async fn events(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response 
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let result = s.state.tracker().history().query(&q);
-    let pods = s.kube.pods();
-    let events: Vec<EventJson> = result
-        .events
-        .iter()
-        .map(|event| EventJson {
-            event,
-            pod_metadata: (!event.subject.pod.is_empty())
-                .then(|| pods.by_name(&event.subject.namespace, &event.subject.pod))
-                .flatten()
-                .map(|p| p.api_fields()),
-        })
-        .collect();
-    Json(json!({ "events": events, "truncated": result.truncated })).into_response()
+    // Reserved for the most the query can return, before it runs: a flood of requests the
+    // budget cannot answer costs neither memory nor the query's CPU.
+    let most = q.limit.min(s.state.tracker().history().len());
+    let Some(reservation) = s
+        .budget
+        .reserve(most * EVENT_JSON_ESTIMATE, &s.http.answers_rejected)
+    else {
+        return crate::answers::busy();
+    };
+    let (state, kube) = (s.state.clone(), s.kube.clone());
+    s.build(move || {
+        let result = state.tracker().history().query(&q);
+        let pods = kube.pods();
+        let events: Vec<EventJson> = result
+            .events
+            .iter()
+            .map(|event| EventJson {
+                event,
+                pod_metadata: (!event.subject.pod.is_empty())
+                    .then(|| pods.by_name(&event.subject.namespace, &event.subject.pod))
+                    .flatten()
+                    .map(|p| p.api_fields()),
+            })
+            .collect();
+        #[derive(Serialize)]
+        struct Answer<'a> {
+            events: Vec<EventJson<'a>>,
+            truncated: bool,
+        }
+        let answer = Answer {
+            events,
+            truncated: result.truncated,
+        };
+        reservation.json(&answer)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -378,8 +510,7 @@ async fn clear_events(
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     if !given.is_some_and(|g| token_matches(g, &admin.token)) {
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         r.headers_mut().insert(
@@ -423,7 +554,6 @@ mod test {
     use crate::history::HistoryLimits;
     use crate::state::State;
     use http_body_util::BodyExt;
-    use std::future::IntoFuture;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -433,7 +563,15 @@ mod test {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(axum::serve(listener, router(state(n))).into_future());
+        let app = state(n);
+        let stats = app.http.clone();
+        tokio::spawn(crate::server::serve(
+            listener,
+            router(app),
+            stats,
+            crate::server::Limits::for_fd_limit(None),
+            tokio_util::sync::CancellationToken::new(),
+        ));
         addr
     }
 
@@ -457,6 +595,8 @@ mod test {
             state: state.reader(),
             kube: Arc::new(KubeState::default()),
             admin: None,
+            http: Arc::default(),
+            store: None,
         }
     }
 
@@ -527,11 +667,15 @@ mod test {
         let addr = listener.local_addr().expect("addr");
         let stop = tokio_util::sync::CancellationToken::new();
         let graceful = stop.clone();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router(state(20_000)))
-                .with_graceful_shutdown(graceful.cancelled_owned())
-                .await;
-        });
+        let app = state(20_000);
+        let stats = app.http.clone();
+        let server = tokio::spawn(crate::server::serve(
+            listener,
+            router(app),
+            stats,
+            crate::server::Limits::for_fd_limit(None),
+            graceful,
+        ));
         let (mut stalled, status) = stalled_scrape(addr).await;
         assert_eq!(status, "HTTP/1.1 200");
         stop.cancel();
@@ -571,8 +715,8 @@ mod test {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn scrapes_beyond_the_limit_get_503_until_one_ends() {
-        // Bodies far larger than the socket buffers: unread, each keeps its permit.
+    async fn scrapers_that_read_nothing_give_their_place_to_a_new_scrape() {
+        // Bodies far larger than the socket buffers: unread, each waits for its client.
         let addr = serve(20_000).await;
         let mut held = Vec::new();
         for _ in 0..MAX_CONCURRENT_SCRAPES {
@@ -580,21 +724,64 @@ mod test {
             assert_eq!(status, "HTTP/1.1 200");
             held.push(s);
         }
-        let (_, status) = stalled_scrape(addr).await;
-        assert_eq!(status, "HTTP/1.1 503", "one scrape beyond the limit");
-        drop(held);
+        // Once one of them has kept a chunk waiting for a second, a new scrape takes its place
+        // (before that, it may get 503: every permit is busy).
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut attempts = 0;
         loop {
-            let (_, status) = stalled_scrape(addr).await;
-            if status == "HTTP/1.1 200" {
+            attempts += 1;
+            let (parts, body) = scrape(addr).await;
+            if parts.status == StatusCode::OK {
+                assert!(body.ends_with("# EOF\n"), "the new scrape is complete");
                 break;
             }
+            assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
             assert!(
                 std::time::Instant::now() < deadline,
-                "the permits of scrapers that left come back"
+                "a stalled scrape gave its place up ({attempts} attempts)"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // One of the stalled scrapes was stopped: its body ends before `# EOF`.
+        let mut cut = 0;
+        for mut s in held {
+            let mut body = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return true,
+                        Ok(n) => body.extend_from_slice(&buf[..n]),
+                    }
+                }
+            })
+            .await;
+            if read == Ok(true) && !body.ends_with(b"# EOF\n0\r\n\r\n") {
+                cut += 1;
+            }
+        }
+        assert!(cut >= 1, "a stalled scrape was stopped");
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token("bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token("BEARER  s3cret "), Some("s3cret"));
+        assert_eq!(bearer_token("Basic czNjcmV0"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
+
+    #[test]
+    fn long_error_messages_are_cut() {
+        let long = format!("parameter `container`: {:?}", "x".repeat(61_000));
+        let cut = cut_message(long);
+        assert!(cut.chars().count() < MAX_ERROR_CHARS + 20, "{}", cut.len());
+        assert!(cut.ends_with("(cut)"));
+        assert_eq!(cut_message("short".into()), "short");
+        // A multi-byte character at the edge is not split.
+        let wide = "é".repeat(MAX_ERROR_CHARS + 5);
+        assert!(cut_message(wide).starts_with('é'));
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Default, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunArgs {
-    /// Container runtime: auto (first reachable of docker, podman), docker or podman.
+    /// Container runtime: auto (first reachable of docker, podman, containerd, crio), docker,
+    /// podman, containerd or crio (the generic CRI path).
     #[arg(long, env = "LIFECYCLE_RUNTIME", value_enum)]
     pub runtime: Option<RuntimeChoice>,
     /// Runtime API socket: PATH, unix://PATH or tcp://HOST:PORT.
@@ -79,6 +80,9 @@ pub struct RunArgs {
     /// Track only containers with these labels (KEY or KEY=VALUE, all must match).
     #[arg(long, env = "LIFECYCLE_CONTAINER_FILTER", value_delimiter = ',')]
     pub container_filter: Option<Vec<String>>,
+    /// containerd namespaces to follow (default k8s.io, the kubelet's; Docker's is moby).
+    #[arg(long, env = "LIFECYCLE_CONTAINERD_NAMESPACES", value_delimiter = ',')]
+    pub containerd_namespaces: Option<Vec<String>>,
     /// Events kept in the history.
     #[arg(long, env = "LIFECYCLE_MAX_HISTORY")]
     pub max_history: Option<usize>,
@@ -111,6 +115,7 @@ macro_rules! settings {
             pod_annotations_allowlist,
             pod_labels_allowlist,
             container_filter,
+            containerd_namespaces,
             max_history,
             history_retention,
             admin_token_file,
@@ -152,6 +157,8 @@ pub struct Config {
     /// `None` when ephemeral: nothing is written.
     pub state_dir: Option<PathBuf>,
     pub container_filter: ContainerFilter,
+    /// containerd namespaces the containerd source follows.
+    pub containerd_namespaces: Vec<String>,
     pub kube: KubeMode,
     /// Which pod annotations and labels become metric labels (default none).
     pub pod_metadata: Allowlists,
@@ -159,6 +166,9 @@ pub struct Config {
     /// Nanoseconds.
     pub history_retention: Option<i64>,
     pub admin_token: Option<String>,
+    /// The admin token file can be read by its group or by everyone: logged at start (the
+    /// logger does not exist yet when the configuration is read).
+    pub admin_token_exposed: Option<PathBuf>,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -276,6 +286,12 @@ impl Config {
         let container_filter = ContainerFilter::parse(&s.container_filter.unwrap_or_default())
             .map_err(|m| err("container_filter", m))?;
 
+        let containerd_namespaces = parse_namespaces(
+            s.containerd_namespaces
+                .unwrap_or_else(|| vec![crate::runtime::containerd::CRI_NAMESPACE.to_string()]),
+        )
+        .map_err(|m| err("containerd_namespaces", m))?;
+
         let allowlist = |items: Option<Vec<String>>, key: &'static str| {
             Allowlist::parse(&items.unwrap_or_default()).map_err(|m| err(key, m))
         };
@@ -284,10 +300,12 @@ impl Config {
             labels: allowlist(s.pod_labels_allowlist, "pod_labels_allowlist")?,
         };
 
-        let admin_token = s
-            .admin_token_file
-            .map(|p| read_token(&p).map_err(|m| err("admin_token_file", m)))
+        let token_file = s.admin_token_file;
+        let admin_token = token_file
+            .as_deref()
+            .map(|p| read_token(p).map_err(|m| err("admin_token_file", m)))
             .transpose()?;
+        let admin_token_exposed = token_file.filter(|p| readable_by_others(p));
 
         let node_name_defaulted = s.node_name.is_none();
         let node_name = s.node_name.unwrap_or_else(default_node_name);
@@ -316,15 +334,41 @@ impl Config {
             node_name,
             node_name_defaulted,
             container_filter,
+            containerd_namespaces,
             kube: s.kube.unwrap_or_default(),
             pod_metadata,
             max_history,
             history_retention,
             admin_token,
+            admin_token_exposed,
             log_format: s.log_format.unwrap_or_default(),
             log_level: s.log_level.unwrap_or_else(|| "info".into()),
         })
     }
+}
+
+/// containerd namespace names: letters, digits, `.`, `_` and `-`, starting with a letter or
+/// digit (containerd's own rule), at least one, no repeats.
+fn parse_namespaces(items: Vec<String>) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let ns = item.trim().to_string();
+        let valid = ns.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && ns.len() <= 76
+            && ns
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid {
+            return Err(format!("{ns:?} is not a containerd namespace name"));
+        }
+        if !out.contains(&ns) {
+            out.push(ns);
+        }
+    }
+    if out.is_empty() {
+        return Err("at least one namespace is needed (the kubelet's is k8s.io)".into());
+    }
+    Ok(out)
 }
 
 /// Root keeps state under /var/lib (the chart's hostPath); a user under XDG_STATE_HOME.
@@ -346,6 +390,13 @@ fn default_state_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .unwrap_or_else(|| PathBuf::from("."));
     base.join("lifecycle-agent")
+}
+
+/// Whether the file's group or everyone may read it (a secret should be the owner's only;
+/// a Kubernetes Secret volume's default mode 0644 is one such).
+fn readable_by_others(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o044 != 0)
 }
 
 fn read_token(p: &Path) -> Result<String, String> {
@@ -385,6 +436,11 @@ mod test {
         assert_eq!(c.max_history, 50);
         assert_eq!(c.listen.port(), 1234);
         assert_eq!(c.container_filter.labels, vec!["app=web".to_string()]);
+        assert_eq!(
+            c.containerd_namespaces,
+            vec!["k8s.io".to_string()],
+            "the default"
+        );
         assert_eq!(c.history_retention, Some(7 * 86_400 * 1_000_000_000));
         let c = Config::resolve(RunArgs {
             max_history: Some(9),
@@ -405,9 +461,18 @@ mod test {
         let f = file("history_retention: soon\n");
         let e = Config::resolve(with_file(&f)).unwrap_err().to_string();
         assert!(e.contains("history_retention"), "{e}");
-        let f = file("runtime: containerd\n");
+        let f = file("containerd_namespaces: [k8s.io, moby, k8s.io]\n");
+        let c = Config::resolve(with_file(&f)).unwrap();
+        assert_eq!(
+            c.containerd_namespaces,
+            vec!["k8s.io".to_string(), "moby".to_string()]
+        );
+        let f = file("runtime: rkt\n");
         let e = Config::resolve(with_file(&f)).unwrap_err().to_string();
         assert!(e.contains("runtime"), "{e}");
+        let f = file("containerd_namespaces: [\"k8s io\"]\n");
+        let e = Config::resolve(with_file(&f)).unwrap_err().to_string();
+        assert!(e.contains("containerd_namespaces"), "{e}");
         let e = Config::resolve(RunArgs {
             listen: Some("nowhere".into()),
             ..Default::default()
@@ -528,5 +593,31 @@ mod test {
         })
         .unwrap_err();
         assert!(e.to_string().contains("admin_token_file"));
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_reported() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = file("s3cret-token\n");
+        let resolve = || {
+            Config::resolve(RunArgs {
+                admin_token_file: Some(f.path().into()),
+                ephemeral: Some(true),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            resolve().admin_token_exposed.as_deref(),
+            Some(f.path()),
+            "world-readable"
+        );
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(resolve().admin_token_exposed.is_some(), "group-readable");
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = resolve();
+        assert_eq!(c.admin_token_exposed, None);
+        assert_eq!(c.admin_token.as_deref(), Some("s3cret-token"));
     }
 }

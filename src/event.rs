@@ -122,6 +122,9 @@ pub enum RuntimeKind {
     #[default]
     Docker,
     Podman,
+    Containerd,
+    /// CRI-O, or any runtime followed through the generic CRI path.
+    Crio,
 }
 
 impl RuntimeKind {
@@ -129,6 +132,8 @@ impl RuntimeKind {
         match self {
             RuntimeKind::Docker => "docker",
             RuntimeKind::Podman => "podman",
+            RuntimeKind::Containerd => "containerd",
+            RuntimeKind::Crio => "crio",
         }
     }
 }
@@ -149,6 +154,11 @@ pub mod k8s_labels {
     /// cri-dockerd marks the pod sandbox ("pause") container with this label.
     pub const DOCKER_TYPE: &str = "io.kubernetes.docker.type";
 }
+
+/// The highest kubelet restart ordinal believed. A container in CrashLoopBackOff restarts
+/// at most every 5 minutes: 100 000 attempts take about a year. Anything above is a label
+/// someone set, and ignored.
+pub const MAX_KUBELET_ORDINAL: u64 = 100_000;
 
 /// The Kubernetes pod container a runtime container belongs to, read from its labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -189,7 +199,12 @@ impl ContainerLabels {
         };
         let sandbox = get(k8s_labels::DOCKER_TYPE) == Some("podsandbox")
             || pod.as_ref().is_some_and(|p| p.container == "POD");
-        let k8s_restart_count = get(k8s_labels::RESTART_COUNT).and_then(|v| v.trim().parse().ok());
+        // Any `docker run -l` can set this label: it counts only beside the kubelet's pod
+        // labels and within what a kubelet can reach (README "Security and limits").
+        let k8s_restart_count = get(k8s_labels::RESTART_COUNT)
+            .filter(|_| pod.is_some())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|n| *n <= MAX_KUBELET_ORDINAL);
         ContainerLabels {
             pod,
             k8s_restart_count,
@@ -383,6 +398,29 @@ mod test {
             }
             other => panic!("expected a pod identity, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_kubelet_ordinal_counts_only_on_pod_containers_and_within_bounds() {
+        let pod = |count: &str| {
+            labels(&[
+                (k8s_labels::NAMESPACE, "shop"),
+                (k8s_labels::POD, "web-1"),
+                (k8s_labels::POD_UID, "u-1"),
+                (k8s_labels::CONTAINER, "nginx"),
+                (k8s_labels::RESTART_COUNT, count),
+            ])
+        };
+        let read = |l: &HashMap<String, String>| {
+            ContainerLabels::from_lookup(|k| l.get(k).map(String::as_str)).k8s_restart_count
+        };
+        assert_eq!(read(&pod("100000")), Some(MAX_KUBELET_ORDINAL));
+        assert_eq!(read(&pod("100001")), None);
+        assert_eq!(read(&pod("18446744073709551615")), None);
+        assert_eq!(read(&pod("18446744073709551616")), None);
+        assert_eq!(read(&pod("-1")), None);
+        let plain = labels(&[(k8s_labels::RESTART_COUNT, "3")]);
+        assert_eq!(read(&plain), None, "no pod labels, no ordinal");
     }
 
     #[test]

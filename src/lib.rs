@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod answers;
 pub mod api;
 pub mod cli;
 pub mod client;
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod process;
 pub mod runtime;
 pub mod self_metrics;
+pub mod server;
 pub mod state;
 pub mod stats;
 pub mod store;

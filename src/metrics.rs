@@ -319,6 +319,14 @@ fn encode_node(
     )?;
     family(
         enc,
+        "lifecycle_agent_sandbox_containers",
+        "Containers labelled as pod sandboxes: not tracked and in no other series (a rising value next to no pods means containers hide behind the label).",
+        None,
+        MetricType::Gauge,
+        g(c.sandboxes),
+    )?;
+    family(
+        enc,
         "containers_restarts",
         "Every restart seen on the node, including containers since removed.",
         None,

@@ -11,12 +11,22 @@
 use std::io::ErrorKind;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{EventKind, Health, Identity, RuntimeKind};
 use crate::history::{HistoryEvent, SubjectInterner, SubjectRef};
+use crate::self_metrics::NodeLabels;
 use crate::tracker::persist::{Delta, Saved, TrackerMeta};
 use crate::tracker::{ContainerState, IdentityState};
 
@@ -118,8 +128,12 @@ impl StoredEvent<&str> {
 }
 
 pub struct Store {
-    db: Database,
+    /// `None` after a failed write: redb refuses every transaction after an I/O error until
+    /// the database is closed and opened again, which the next write does.
+    db: Mutex<Option<Database>>,
     path: PathBuf,
+    /// Whether the last write succeeded (`lifecycle_agent_store_up`).
+    up: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -224,15 +238,13 @@ impl Store {
     fn try_open(path: &Path, max_events: usize) -> Result<(Store, Option<Saved>), Unusable> {
         let r = catch_unwind(AssertUnwindSafe(
             || -> Result<(Store, Option<Saved>), Unusable> {
-                let db = Database::builder()
-                    .set_cache_size(CACHE_BYTES)
-                    .create(path)
-                    .map_err(|e| classify(path, e))?;
+                let db = open_db(path).map_err(|e| classify(path, e))?;
+                let saved = load(&db, max_events).map_err(Unusable::Rebuild)?;
                 let store = Store {
-                    db,
+                    db: Mutex::new(Some(db)),
                     path: path.to_path_buf(),
+                    up: Arc::new(AtomicBool::new(true)),
                 };
-                let saved = store.load(max_events).map_err(Unusable::Rebuild)?;
                 Ok((store, saved))
             },
         ));
@@ -252,165 +264,223 @@ impl Store {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
-    /// Reads everything back. A fresh file gets its format version and yields `None`.
-    fn load(&self, max_events: usize) -> Result<Option<Saved>, String> {
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let version = {
-            let tx = self.db.begin_read().map_err(|x| e(&x))?;
-            match tx.open_table(META) {
-                Ok(t) => t
-                    .get(KEY_VERSION)
-                    .map_err(|x| e(&x))?
-                    .map(|v| v.value().to_vec()),
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(x) => return Err(e(&x)),
-            }
-        };
-        let Some(version) = version else {
-            self.init().map_err(|x| e(&x))?;
-            return Ok(None);
-        };
-        let version = <[u8; 4]>::try_from(version.as_slice())
-            .map(u32::from_le_bytes)
-            .map_err(|_| "unreadable format version".to_string())?;
-        if version != FORMAT_VERSION {
-            return Err(format!(
-                "format version {version}, this agent uses {FORMAT_VERSION}"
-            ));
+/// redb with a small page cache (see [`CACHE_BYTES`]).
+fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+}
+
+/// Reads everything back. A fresh file gets its format version and yields `None`.
+fn load(db: &Database, max_events: usize) -> Result<Option<Saved>, String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let version = {
+        let tx = db.begin_read().map_err(|x| e(&x))?;
+        match tx.open_table(META) {
+            Ok(t) => t
+                .get(KEY_VERSION)
+                .map_err(|x| e(&x))?
+                .map(|v| v.value().to_vec()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(x) => return Err(e(&x)),
         }
-        let saved = self.read_all(max_events)?;
-        if let Some(first) = saved.events.first().map(|e| e.seq) {
-            self.prune_events_before(first).map_err(|x| e(&x))?;
-        }
-        Ok(Some(saved))
+    };
+    let Some(version) = version else {
+        init(db).map_err(|x| e(&x))?;
+        return Ok(None);
+    };
+    let version = <[u8; 4]>::try_from(version.as_slice())
+        .map(u32::from_le_bytes)
+        .map_err(|_| "unreadable format version".to_string())?;
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "format version {version}, this agent uses {FORMAT_VERSION}"
+        ));
     }
-
-    /// Drops events a lowered `--max-history` no longer keeps.
-    fn prune_events_before(&self, seq: u64) -> Result<(), redb::Error> {
-        let tx = self.db.begin_write()?;
-        tx.open_table(EVENTS)?.retain_in(..seq, |_, _| false)?;
-        tx.commit()?;
-        Ok(())
+    let saved = read_all(db, max_events)?;
+    if let Some(first) = saved.events.first().map(|e| e.seq) {
+        prune_events_before(db, first).map_err(|x| e(&x))?;
     }
+    Ok(Some(saved))
+}
 
-    fn init(&self) -> Result<(), redb::Error> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut meta = tx.open_table(META)?;
-            meta.insert(KEY_VERSION, FORMAT_VERSION.to_le_bytes().as_slice())?;
-            tx.open_table(CONTAINERS)?;
-            tx.open_table(IDENTITIES)?;
-            tx.open_table(EVENTS)?;
-        }
-        tx.commit()?;
-        Ok(())
+/// Drops events a lowered `--max-history` no longer keeps.
+fn prune_events_before(db: &Database, seq: u64) -> Result<(), redb::Error> {
+    let tx = db.begin_write()?;
+    tx.open_table(EVENTS)?.retain_in(..seq, |_, _| false)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn init(db: &Database) -> Result<(), redb::Error> {
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(META)?;
+        meta.insert(KEY_VERSION, FORMAT_VERSION.to_le_bytes().as_slice())?;
+        tx.open_table(CONTAINERS)?;
+        tx.open_table(IDENTITIES)?;
+        tx.open_table(EVENTS)?;
     }
+    tx.commit()?;
+    Ok(())
+}
 
-    fn read_all(&self, max_events: usize) -> Result<Saved, String> {
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let tx = self.db.begin_read().map_err(|x| e(&x))?;
-        let meta_t = tx.open_table(META).map_err(|x| e(&x))?;
-        let meta: TrackerMeta = match meta_t.get(KEY_TRACKER).map_err(|x| e(&x))? {
-            Some(v) => decode("tracker meta", v.value())?,
-            None => TrackerMeta::default(),
-        };
-        let runtime = match meta_t.get(KEY_RUNTIME).map_err(|x| e(&x))? {
-            Some(v) => Some(decode("runtime", v.value())?),
-            None => None,
-        };
-        let mut saved = Saved {
-            meta,
-            runtime,
-            ..Default::default()
-        };
-        for row in tx
-            .open_table(CONTAINERS)
-            .map_err(|x| e(&x))?
-            .iter()
-            .map_err(|x| e(&x))?
-        {
-            let (k, v) = row.map_err(|x| e(&x))?;
-            let c: ContainerState = decode("container", v.value())?;
-            saved.containers.push((k.value().to_string(), c));
-        }
-        for row in tx
-            .open_table(IDENTITIES)
-            .map_err(|x| e(&x))?
-            .iter()
-            .map_err(|x| e(&x))?
-        {
-            let (_, v) = row.map_err(|x| e(&x))?;
-            saved.identities.push(decode("identity", v.value())?);
-        }
-        let events = tx.open_table(EVENTS).map_err(|x| e(&x))?;
-        let mut shared = SubjectInterner::default();
-        for row in events
-            .iter()
-            .map_err(|x| e(&x))?
-            .rev()
-            .take(max_events.max(1))
-        {
-            let (_, v) = row.map_err(|x| e(&x))?;
-            let stored: StoredEvent<&str> = decode("event", v.value())?;
-            saved.events.push(stored.load(&mut shared));
-        }
-        saved.events.reverse();
-        Ok(saved)
+fn read_all(db: &Database, max_events: usize) -> Result<Saved, String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let tx = db.begin_read().map_err(|x| e(&x))?;
+    let meta_t = tx.open_table(META).map_err(|x| e(&x))?;
+    let meta: TrackerMeta = match meta_t.get(KEY_TRACKER).map_err(|x| e(&x))? {
+        Some(v) => decode("tracker meta", v.value())?,
+        None => TrackerMeta::default(),
+    };
+    let runtime = match meta_t.get(KEY_RUNTIME).map_err(|x| e(&x))? {
+        Some(v) => Some(decode("runtime", v.value())?),
+        None => None,
+    };
+    let mut saved = Saved {
+        meta,
+        runtime,
+        ..Default::default()
+    };
+    for row in tx
+        .open_table(CONTAINERS)
+        .map_err(|x| e(&x))?
+        .iter()
+        .map_err(|x| e(&x))?
+    {
+        let (k, v) = row.map_err(|x| e(&x))?;
+        let c: ContainerState = decode("container", v.value())?;
+        saved.containers.push((k.value().to_string(), c));
     }
+    for row in tx
+        .open_table(IDENTITIES)
+        .map_err(|x| e(&x))?
+        .iter()
+        .map_err(|x| e(&x))?
+    {
+        let (_, v) = row.map_err(|x| e(&x))?;
+        saved.identities.push(decode("identity", v.value())?);
+    }
+    let events = tx.open_table(EVENTS).map_err(|x| e(&x))?;
+    let mut shared = SubjectInterner::default();
+    for row in events
+        .iter()
+        .map_err(|x| e(&x))?
+        .rev()
+        .take(max_events.max(1))
+    {
+        let (_, v) = row.map_err(|x| e(&x))?;
+        let stored: StoredEvent<&str> = decode("event", v.value())?;
+        saved.events.push(stored.load(&mut shared));
+    }
+    saved.events.reverse();
+    Ok(saved)
+}
 
+impl Store {
     /// Writes one group commit durably (fsync before returning). Blocking: call it off the
-    /// async workers.
+    /// async workers. After a failed write the database is closed, and the next write opens
+    /// it again first (redb's recovery makes the file consistent), so a disk that was full
+    /// or read-only for a while is written again once it can be, without a restart.
     pub fn write(&self, d: &Delta) -> Result<(), StoreError> {
-        self.write_inner(d).map_err(|reason| StoreError::Write {
+        let mut db = self.db.lock();
+        let r = match db.as_ref() {
+            Some(open) => write_inner(open, d),
+            None => match open_db(&self.path) {
+                Ok(open) => write_inner(db.insert(open), d),
+                Err(e) => Err(format!("reopening the database: {e}")),
+            },
+        };
+        if r.is_err() {
+            // Closed now; reopened by the next write.
+            *db = None;
+        }
+        self.up.store(r.is_ok(), Ordering::Relaxed);
+        r.map_err(|reason| StoreError::Write {
             path: self.path.clone(),
             reason,
         })
     }
 
-    fn write_inner(&self, d: &Delta) -> Result<(), String> {
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let tx = self.db.begin_write().map_err(|x| e(&x))?;
-        {
-            let mut t = tx.open_table(CONTAINERS).map_err(|x| e(&x))?;
-            for (id, rec) in &d.containers {
-                match rec {
-                    Some(c) => t.insert(id.as_str(), encode(c)?.as_slice()).map(|_| ()),
-                    None => t.remove(id.as_str()).map(|_| ()),
-                }
-                .map_err(|x| e(&x))?;
+    /// Registers `lifecycle_agent_store_up`: 1 while the last write succeeded, 0 while writes
+    /// fail (changes are kept in memory and retried).
+    pub fn register(&self, r: &mut Registry, labels: NodeLabels) {
+        r.register_collector(Box::new(StoreUp {
+            up: self.up.clone(),
+            labels,
+        }));
+    }
+}
+
+/// `lifecycle_agent_store_up`, read at scrape time.
+struct StoreUp {
+    up: Arc<AtomicBool>,
+    labels: NodeLabels,
+}
+
+impl std::fmt::Debug for StoreUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreUp").field("up", &self.up).finish()
+    }
+}
+
+impl Collector for StoreUp {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let owned = (self.labels)();
+        let labels: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut family = enc.encode_descriptor(
+            "lifecycle_agent_store_up",
+            "1 while the state store takes writes, 0 while they fail (changes are kept in memory and retried with backoff).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(self.up.load(Ordering::Relaxed)))
+            .encode(family.encode_family(&labels)?)
+    }
+}
+
+fn write_inner(db: &Database, d: &Delta) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let tx = db.begin_write().map_err(|x| e(&x))?;
+    {
+        let mut t = tx.open_table(CONTAINERS).map_err(|x| e(&x))?;
+        for (id, rec) in &d.containers {
+            match rec {
+                Some(c) => t.insert(id.as_str(), encode(c)?.as_slice()).map(|_| ()),
+                None => t.remove(id.as_str()).map(|_| ()),
             }
-            let mut t = tx.open_table(IDENTITIES).map_err(|x| e(&x))?;
-            for (id, rec) in &d.identities {
-                let key = encode::<Identity>(id)?;
-                match rec {
-                    Some(i) => t
-                        .insert(key.as_slice(), encode::<IdentityState>(i)?.as_slice())
-                        .map(|_| ()),
-                    None => t.remove(key.as_slice()).map(|_| ()),
-                }
-                .map_err(|x| e(&x))?;
+            .map_err(|x| e(&x))?;
+        }
+        let mut t = tx.open_table(IDENTITIES).map_err(|x| e(&x))?;
+        for (id, rec) in &d.identities {
+            let key = encode::<Identity>(id)?;
+            match rec {
+                Some(i) => t
+                    .insert(key.as_slice(), encode::<IdentityState>(i)?.as_slice())
+                    .map(|_| ()),
+                None => t.remove(key.as_slice()).map(|_| ()),
             }
-            let mut t = tx.open_table(EVENTS).map_err(|x| e(&x))?;
-            for ev in &d.history.events {
-                t.insert(ev.seq, encode(&StoredEvent::from(ev))?.as_slice())
-                    .map_err(|x| e(&x))?;
-            }
-            if d.history.evicted_through > 0 {
-                t.retain_in(..=d.history.evicted_through, |_, _| false)
-                    .map_err(|x| e(&x))?;
-            }
-            for seq in &d.history.removed {
-                t.remove(*seq).map_err(|x| e(&x))?;
-            }
-            let mut t = tx.open_table(META).map_err(|x| e(&x))?;
-            t.insert(KEY_TRACKER, encode(&d.meta)?.as_slice())
-                .map_err(|x| e(&x))?;
-            t.insert(KEY_RUNTIME, encode(&d.runtime)?.as_slice())
+            .map_err(|x| e(&x))?;
+        }
+        let mut t = tx.open_table(EVENTS).map_err(|x| e(&x))?;
+        for ev in &d.history.events {
+            t.insert(ev.seq, encode(&StoredEvent::from(ev))?.as_slice())
                 .map_err(|x| e(&x))?;
         }
-        tx.commit().map_err(|x| e(&x))
+        if d.history.evicted_through > 0 {
+            t.retain_in(..=d.history.evicted_through, |_, _| false)
+                .map_err(|x| e(&x))?;
+        }
+        for seq in &d.history.removed {
+            t.remove(*seq).map_err(|x| e(&x))?;
+        }
+        let mut t = tx.open_table(META).map_err(|x| e(&x))?;
+        t.insert(KEY_TRACKER, encode(&d.meta)?.as_slice())
+            .map_err(|x| e(&x))?;
+        t.insert(KEY_RUNTIME, encode(&d.runtime)?.as_slice())
+            .map_err(|x| e(&x))?;
     }
+    tx.commit().map_err(|x| e(&x))
 }
 
 /// Renames an unusable file to `state.redb.bad-<unix seconds>` beside it, keeping it for a

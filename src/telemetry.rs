@@ -25,8 +25,10 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), BadLogLevel> {
             filter = filter.add_directive(d);
         }
     }
+    // Colours only for a terminal: in a file, a pipe or the container log they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let r = match format {
         LogFormat::Text => builder.try_init(),

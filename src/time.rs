@@ -44,6 +44,8 @@ pub enum TimeError {
     BadTime(String),
     #[error("duration {0:?} is too long")]
     Overflow(String),
+    #[error("{0:?} is out of range (times from 1677-09-21 to 2262-04-11 can be given)")]
+    OutOfRange(String),
 }
 
 /// Parses durations such as `90s`, `15m`, `1h30m`, `7d`, `500ms` into nanoseconds.
@@ -92,10 +94,11 @@ pub fn parse_time_or_ago(s: &str, now: i64) -> Result<i64, TimeError> {
     if let Ok(ago) = parse_duration(s) {
         return Ok(now.saturating_sub(ago));
     }
-    DateTime::parse_from_rfc3339(s.trim())
-        .ok()
-        .and_then(|t| t.timestamp_nanos_opt())
-        .ok_or_else(|| TimeError::BadTime(s.to_string()))
+    let t =
+        DateTime::parse_from_rfc3339(s.trim()).map_err(|_| TimeError::BadTime(s.to_string()))?;
+    // Nanoseconds since 1970 in an i64 reach from 1677 to 2262.
+    t.timestamp_nanos_opt()
+        .ok_or_else(|| TimeError::OutOfRange(s.to_string()))
 }
 
 #[cfg(test)]
@@ -126,6 +129,14 @@ mod test {
             Ok(1_500_000_000)
         );
         assert!(parse_time_or_ago("yesterday", now).is_err());
+        assert!(matches!(
+            parse_time_or_ago("9999-12-31T23:59:59Z", now),
+            Err(TimeError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            parse_time_or_ago("1000-01-01T00:00:00Z", now),
+            Err(TimeError::OutOfRange(_))
+        ));
     }
 
     #[test]

@@ -36,6 +36,8 @@ const DEDUP_CAPACITY: usize = 8192;
 const LOOKUP_QUEUE_CAPACITY: usize = 16_384;
 const DAY_NANOS: i64 = 86_400 * NANOS_PER_SEC;
 /// Restarts inferred at once that enter the 1 h / 24 h statistics (each is one entry there).
+/// Sandbox containers remembered at most (their ids only), whatever a runtime reports.
+const MAX_SANDBOXES_COUNTED: usize = 100_000;
 const MAX_INFERRED_TIMES: u64 = 1_000;
 
 /// Why the last session of an identity ended (`container_last_terminated_reason`).
@@ -212,6 +214,10 @@ pub struct Tracker {
     lookups: VecDeque<String>,
     /// Whether look-ups were dropped since the queue last had room (logged once).
     lookups_dropped: bool,
+    /// Containers labelled as pod sandboxes: not tracked (README "Restarts, identity and
+    /// uptime"), but counted, since any container can carry the label and so hide from
+    /// every series. Rebuilt by every complete reconciliation, so not persisted.
+    sandboxes: HashSet<String>,
 }
 
 /// Records changed since the last flush (only kept when a store is attached).
@@ -240,6 +246,7 @@ impl Tracker {
             journal: None,
             lookups: VecDeque::new(),
             lookups_dropped: false,
+            sandboxes: HashSet::new(),
         }
     }
 
@@ -287,6 +294,11 @@ impl Tracker {
     /// Applies one runtime event.
     pub fn apply(&mut self, ev: &RuntimeEvent, now: i64) -> Applied {
         if ev.subject.labels.sandbox {
+            if ev.kind == EventKind::Destroyed {
+                self.sandboxes.remove(&ev.subject.container_id);
+            } else if self.sandboxes.len() < MAX_SANDBOXES_COUNTED {
+                self.sandboxes.insert(ev.subject.container_id.clone());
+            }
             return Applied::Ignored;
         }
         if self.floor.is_some_and(|f| ev.time_nanos < f) {
@@ -436,8 +448,9 @@ impl Tracker {
         let Some(id) = self.identities.get_mut(identity) else {
             return;
         };
-        id.restarts += n;
-        self.node_restarts += n;
+        // Saturating: no count read from a runtime can wrap a counter back to small values.
+        id.restarts = id.restarts.saturating_add(n);
+        self.node_restarts = self.node_restarts.saturating_add(n);
         match how {
             Counted::Observed(at) => {
                 for _ in 0..n {
@@ -445,12 +458,12 @@ impl Tracker {
                 }
             }
             Counted::Inferred(at) => {
-                self.inferred += n;
+                self.inferred = self.inferred.saturating_add(n);
                 for _ in 0..n.min(MAX_INFERRED_TIMES) {
                     self.push_restart_time(at);
                 }
             }
-            Counted::FirstSight => self.inferred += n,
+            Counted::FirstSight => self.inferred = self.inferred.saturating_add(n),
         }
     }
 

@@ -2,6 +2,8 @@
 
 use futures_util::stream::BoxStream;
 
+use super::containerd::ContainerdSource;
+use super::cri::CriSource;
 use super::docker::DockerSource;
 use super::podman::PodmanSource;
 use super::{ContainerFilter, RuntimeInfo, Source, SourceError};
@@ -9,35 +11,70 @@ use crate::event::snapshot::ContainerSnapshot;
 use crate::event::{RuntimeKind, SourceEvent};
 
 /// The source for whatever answered on a socket: Docker through its Engine API, Podman
-/// through libpod. Chosen by what the daemon says it is, not by what the user expected, so
-/// `--runtime docker` pointed at a Podman socket still gets Podman's own vocabulary.
+/// through libpod, containerd through its events service and CRI, CRI-O through CRI. Chosen
+/// by what the daemon says it is, not by what the user expected, so `--runtime docker`
+/// pointed at a Podman socket still gets Podman's own vocabulary.
 pub enum AnySource {
     Docker(DockerSource),
     Podman(PodmanSource),
+    Containerd(ContainerdSource),
+    Cri(CriSource),
+}
+
+/// What a source is told besides its socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceOptions {
+    pub filter: ContainerFilter,
+    /// containerd namespaces to follow (`--containerd-namespaces`).
+    pub containerd_namespaces: Vec<String>,
+    /// The generic CRI path was asked for (`--runtime crio`): it is used whatever CRI
+    /// runtime answers, containerd included.
+    pub generic_cri: bool,
 }
 
 impl AnySource {
-    pub fn for_runtime(runtime: RuntimeKind, endpoint: &str, filter: ContainerFilter) -> AnySource {
+    pub fn for_runtime(runtime: RuntimeKind, endpoint: &str, options: SourceOptions) -> AnySource {
+        let SourceOptions {
+            filter,
+            containerd_namespaces,
+            generic_cri,
+        } = options;
         match runtime {
             RuntimeKind::Docker => AnySource::Docker(DockerSource::new(endpoint, filter)),
             RuntimeKind::Podman => AnySource::Podman(PodmanSource::new(endpoint, filter)),
+            RuntimeKind::Containerd if !generic_cri => AnySource::Containerd(
+                ContainerdSource::new(endpoint, filter, containerd_namespaces),
+            ),
+            RuntimeKind::Containerd | RuntimeKind::Crio => {
+                AnySource::Cri(CriSource::new(endpoint, filter))
+            }
         }
     }
+}
+
+/// Calls the same method on whichever source it is.
+macro_rules! each {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            AnySource::Docker($s) => $e,
+            AnySource::Podman($s) => $e,
+            AnySource::Containerd($s) => $e,
+            AnySource::Cri($s) => $e,
+        }
+    };
 }
 
 impl Source for AnySource {
     fn endpoint(&self) -> &str {
-        match self {
-            AnySource::Docker(s) => s.endpoint(),
-            AnySource::Podman(s) => s.endpoint(),
-        }
+        each!(self, s => s.endpoint())
+    }
+
+    fn replays(&self) -> bool {
+        each!(self, s => s.replays())
     }
 
     async fn connect(&mut self) -> Result<RuntimeInfo, SourceError> {
-        match self {
-            AnySource::Docker(s) => s.connect().await,
-            AnySource::Podman(s) => s.connect().await,
-        }
+        each!(self, s => s.connect().await)
     }
 
     fn events(
@@ -45,30 +82,18 @@ impl Source for AnySource {
         since: Option<i64>,
         until: Option<i64>,
     ) -> BoxStream<'static, Result<Option<SourceEvent>, SourceError>> {
-        match self {
-            AnySource::Docker(s) => s.events(since, until),
-            AnySource::Podman(s) => s.events(since, until),
-        }
+        each!(self, s => s.events(since, until))
     }
 
     async fn snapshot(&self) -> Result<Vec<ContainerSnapshot>, SourceError> {
-        match self {
-            AnySource::Docker(s) => s.snapshot().await,
-            AnySource::Podman(s) => s.snapshot().await,
-        }
+        each!(self, s => s.snapshot().await)
     }
 
     async fn inspect(&self, container_id: &str) -> Result<Option<ContainerSnapshot>, SourceError> {
-        match self {
-            AnySource::Docker(s) => s.inspect(container_id).await,
-            AnySource::Podman(s) => s.inspect(container_id).await,
-        }
+        each!(self, s => s.inspect(container_id).await)
     }
 
     async fn ping(&self) -> Result<(), SourceError> {
-        match self {
-            AnySource::Docker(s) => s.ping().await,
-            AnySource::Podman(s) => s.ping().await,
-        }
+        each!(self, s => s.ping().await)
     }
 }

@@ -1,10 +1,12 @@
-//! Which runtime socket to use (`--runtime auto|docker|podman`, `--socket`), and the probe
-//! behind `lifecycle-agent check` (README "Configuration").
+//! Which runtime socket to use (`--runtime auto|docker|podman|containerd|crio`, `--socket`),
+//! and the probe behind `lifecycle-agent check` (README "Configuration").
 
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use super::containerd::ContainerdSource;
+use super::cri::CriSource;
 use super::docker::DockerSource;
 use super::podman::PodmanSource;
 use super::{ContainerFilter, RuntimeInfo, Source, SourceError};
@@ -18,6 +20,9 @@ pub enum RuntimeChoice {
     Auto,
     Docker,
     Podman,
+    Containerd,
+    /// CRI-O, or the generic CRI path on any CRI runtime.
+    Crio,
 }
 
 /// A socket worth trying, and why.
@@ -50,7 +55,9 @@ pub fn candidates(
         let expected = match choice {
             RuntimeChoice::Podman => "podman",
             RuntimeChoice::Docker => "docker",
-            RuntimeChoice::Auto => "docker or podman",
+            RuntimeChoice::Containerd => "containerd",
+            RuntimeChoice::Crio => "crio",
+            RuntimeChoice::Auto => ANY,
         };
         return vec![Candidate {
             expected,
@@ -60,6 +67,8 @@ pub fn candidates(
     }
     let docker = matches!(choice, RuntimeChoice::Auto | RuntimeChoice::Docker);
     let podman = matches!(choice, RuntimeChoice::Auto | RuntimeChoice::Podman);
+    let containerd = matches!(choice, RuntimeChoice::Auto | RuntimeChoice::Containerd);
+    let crio = matches!(choice, RuntimeChoice::Auto | RuntimeChoice::Crio);
     let docker_host = env("DOCKER_HOST").filter(|v| !v.is_empty());
     let container_host = env("CONTAINER_HOST").filter(|v| !v.is_empty());
     // What the environment names first (README "Configuration": DOCKER_HOST /
@@ -100,8 +109,32 @@ pub fn candidates(
             });
         }
     }
+    // After Docker and Podman: a node that has one of them besides containerd (Docker runs
+    // on containerd) means it, and containerd's `k8s.io` namespace is the kubelet's.
+    if containerd {
+        out.push(Candidate {
+            expected: "containerd",
+            endpoint: "unix:///run/containerd/containerd.sock".into(),
+            origin: "default containerd socket",
+        });
+        out.push(Candidate {
+            expected: "containerd",
+            endpoint: "unix:///run/k3s/containerd/containerd.sock".into(),
+            origin: "k3s/RKE2 containerd socket",
+        });
+    }
+    if crio {
+        out.push(Candidate {
+            expected: "crio",
+            endpoint: "unix:///var/run/crio/crio.sock".into(),
+            origin: "default CRI-O socket",
+        });
+    }
     out
 }
+
+/// What `--socket` is expected to be under `--runtime auto`.
+const ANY: &str = "any runtime";
 
 /// The result of probing one candidate.
 #[derive(Debug)]
@@ -116,7 +149,7 @@ const PROBE_TIMEOUT_SECS: u64 = 10;
 pub async fn probe(candidate: &Candidate) -> Probe {
     let result = tokio::time::timeout(
         std::time::Duration::from_secs(PROBE_TIMEOUT_SECS),
-        identify(&candidate.endpoint),
+        identify_as(candidate.expected, &candidate.endpoint),
     )
     .await
     .map_err(|_| format!("no answer within {PROBE_TIMEOUT_SECS}s"))
@@ -127,7 +160,38 @@ pub async fn probe(candidate: &Candidate) -> Probe {
     }
 }
 
-/// Asks a socket what answers there. libpod first: only Podman has it, and its version is
+/// Asks a socket what answers there, as what it is expected to be: a containerd or CRI-O
+/// socket speaks gRPC, the others HTTP; a socket of unknown kind is asked both ways.
+pub async fn identify_as(expected: &str, endpoint: &str) -> Result<RuntimeInfo, SourceError> {
+    match expected {
+        "containerd" => {
+            ContainerdSource::new(endpoint, ContainerFilter::default(), Vec::new())
+                .connect()
+                .await
+        }
+        "crio" => {
+            CriSource::new(endpoint, ContainerFilter::default())
+                .connect()
+                .await
+        }
+        ANY => match identify(endpoint).await {
+            Ok(info) => Ok(info),
+            Err(e @ SourceError::Unreachable { .. }) if !endpoint.starts_with("unix://") => Err(e),
+            Err(http) => {
+                match ContainerdSource::new(endpoint, ContainerFilter::default(), Vec::new())
+                    .connect()
+                    .await
+                {
+                    Ok(info) => Ok(info),
+                    Err(_) => Err(http),
+                }
+            }
+        },
+        _ => identify(endpoint).await,
+    }
+}
+
+/// Asks an HTTP socket what answers there. libpod first: only Podman has it, and its version is
 /// the one the Podman source speaks; a Docker daemon refuses the path and is then asked
 /// through the Engine API (which would also answer for Podman, naming it in `/version`).
 pub async fn identify(endpoint: &str) -> Result<RuntimeInfo, SourceError> {
@@ -151,6 +215,9 @@ pub fn matches_choice(choice: RuntimeChoice, found: RuntimeKind) -> bool {
         RuntimeChoice::Auto => true,
         RuntimeChoice::Docker => found == RuntimeKind::Docker,
         RuntimeChoice::Podman => found == RuntimeKind::Podman,
+        RuntimeChoice::Containerd => found == RuntimeKind::Containerd,
+        // The generic CRI path follows any CRI runtime, containerd included.
+        RuntimeChoice::Crio => matches!(found, RuntimeKind::Crio | RuntimeKind::Containerd),
     }
 }
 
@@ -181,7 +248,8 @@ pub fn explain_none_reachable(failures: &[Probe]) -> String {
     }
     s.push_str(
         "Point the agent at a socket with --socket PATH (or LIFECYCLE_SOCKET, DOCKER_HOST, CONTAINER_HOST), \
-         e.g. --socket /var/run/docker.sock or --runtime podman --socket $XDG_RUNTIME_DIR/podman/podman.sock; \
+         e.g. --socket /var/run/docker.sock, --runtime podman --socket $XDG_RUNTIME_DIR/podman/podman.sock \
+         or --runtime containerd --socket /run/containerd/containerd.sock; \
          make sure this user may read it (root, or the socket's group).",
     );
     s
@@ -212,9 +280,15 @@ mod test {
             vec![
                 "unix:///var/run/docker.sock",
                 "unix:///run/podman/podman.sock",
-                "unix:///run/user/1000/podman/podman.sock"
+                "unix:///run/user/1000/podman/podman.sock",
+                "unix:///run/containerd/containerd.sock",
+                "unix:///run/k3s/containerd/containerd.sock",
+                "unix:///var/run/crio/crio.sock",
             ]
         );
+        let c = candidates(RuntimeChoice::Containerd, None, env(&[]));
+        assert!(c.iter().all(|c| c.expected == "containerd"), "{c:?}");
+        assert_eq!(c.len(), 2);
     }
 
     #[test]
@@ -234,7 +308,7 @@ mod test {
             None,
             env(&[("CONTAINER_HOST", "/x/p.sock")]),
         );
-        let eps: Vec<_> = c.iter().map(|c| c.endpoint.as_str()).collect();
+        let eps: Vec<_> = c.iter().map(|c| c.endpoint.as_str()).take(2).collect();
         assert_eq!(
             eps,
             vec!["unix:///x/p.sock", "unix:///var/run/docker.sock"],

@@ -5,6 +5,8 @@
 //! This file depends on none of them, so they can all depend on it.
 
 pub mod any;
+pub mod containerd;
+pub mod cri;
 pub mod discovery;
 pub mod docker;
 pub mod podman;
@@ -72,6 +74,13 @@ impl ContainerFilter {
 pub trait Source: Send + Sync + 'static {
     /// Where it connects, for messages.
     fn endpoint(&self) -> &str;
+
+    /// Whether `events` can reach into the past (Docker's ring, Podman's log). Without it
+    /// (containerd, CRI) a reconnect or a restart goes straight to the reconciliation, which
+    /// counts what happened meanwhile from the runtime's state.
+    fn replays(&self) -> bool {
+        true
+    }
 
     /// Connects (negotiating the API version) and says what answered.
     fn connect(&mut self) -> impl Future<Output = Result<RuntimeInfo, SourceError>> + Send;

@@ -183,7 +183,8 @@ fn another_format_version_is_rebuilt_not_misread() {
         let (store, mut t, _) = reopen(dir.path(), 100);
         churn(&mut t, "a", S, 2);
         flush(&mut t, &store);
-        let tx = store.db.begin_write().unwrap();
+        let db = store.db.lock();
+        let tx = db.as_ref().unwrap().begin_write().unwrap();
         tx.open_table(META)
             .unwrap()
             .insert(KEY_VERSION, 0u32.to_le_bytes().as_slice())

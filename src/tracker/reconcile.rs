@@ -4,7 +4,9 @@
 
 use std::collections::HashSet;
 
-use super::{first_sight, ContainerState, Counted, TerminationReason, Tracker};
+use super::{
+    first_sight, ContainerState, Counted, TerminationReason, Tracker, MAX_SANDBOXES_COUNTED,
+};
 use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::event::{Identity, Lookup};
 
@@ -78,6 +80,12 @@ impl Tracker {
             }
         }
         if complete {
+            self.sandboxes = snaps
+                .iter()
+                .filter(|s| s.labels.sandbox)
+                .take(MAX_SANDBOXES_COUNTED)
+                .map(|s| s.id.clone())
+                .collect();
             let gone: Vec<String> = self
                 .containers
                 .keys()
@@ -168,6 +176,10 @@ impl Tracker {
 
     /// A container the tracker knows: apply what happened unseen. Returns restarts inferred.
     fn reconcile_known(&mut self, s: &ContainerSnapshot, now: i64) -> u64 {
+        // A CRI container starts at most once (the kubelet's restart is a new container), and
+        // CRI stamps its start a little after containerd's `/tasks/start` event: a later start
+        // time of a known CRI container is the same start, never an unseen one.
+        let starts_once = matches!(self.runtime, RuntimeKind::Containerd | RuntimeKind::Crio);
         let Some(c) = self.containers.get_mut(&s.id) else {
             return 0;
         };
@@ -176,7 +188,7 @@ impl Tracker {
         let mut ended: Option<(i64, i64)> = None;
         let mut unseen_starts = 0u64;
         let newer_start = match (s.started_at, c.started_at) {
-            (Some(new), Some(old)) => new > old,
+            (Some(new), Some(old)) => new > old && !starts_once,
             (Some(_), None) => true,
             _ => false,
         };

@@ -366,6 +366,23 @@ fn sandboxes_are_not_tracked() {
     e.subject_mut().labels.sandbox = true;
     assert_eq!(t.apply(&e, S), Applied::Ignored);
     assert!(t.identities(S).is_empty());
+    // Hidden from every series, but counted.
+    assert_eq!(t.node_counts().sandboxes, 1);
+    assert_eq!(t.node_counts().tracked, 0);
+    let mut gone = ev(2 * S, "p", "destroy", EventKind::Destroyed);
+    gone.subject_mut().labels.sandbox = true;
+    t.apply(&gone, 2 * S);
+    assert_eq!(t.node_counts().sandboxes, 0);
+    // A reconciliation counts what the runtime lists.
+    let mut s = snap("q", SnapshotState::Running, Some(S), None);
+    s.labels.sandbox = true;
+    t.reconcile(
+        &[s, snap("a", SnapshotState::Running, Some(S), None)],
+        true,
+        3 * S,
+    );
+    assert_eq!(t.node_counts().sandboxes, 1);
+    assert_eq!(t.node_counts().tracked, 1);
 }
 
 #[test]
@@ -643,4 +660,29 @@ fn reconciliation_refreshes_the_image_id_and_name_of_known_containers() {
         (v.name.as_str(), v.image_id.as_str(), v.restarts),
         ("renamed-unseen", "sha256:1", 0)
     );
+}
+
+#[test]
+fn a_cri_containers_start_stamped_later_by_cri_is_the_same_start() {
+    let mut t = tracker();
+    t.set_runtime(RuntimeKind::Containerd);
+    // containerd's /tasks/start at 2 s, CRI's started_at a little later.
+    apply_all(
+        &mut t,
+        &[
+            in_pod(ev(S, "a0", "/containers/create", EventKind::Created), 0),
+            in_pod(ev(2 * S, "a0", "/tasks/start", EventKind::Started), 0),
+            in_pod(die(3 * S, "a0", 1), 0),
+        ],
+    );
+    let mut s = snap("a0", SnapshotState::Exited, Some(2 * S + 5), Some(3 * S));
+    s.labels = pod_labels(Some(0));
+    t.reconcile(&[s.clone()], true, 4 * S);
+    assert_eq!(only(&t, 4 * S).restarts, 0);
+    // Attempt 1 ran while the agent was away: one restart, inferred.
+    let mut s1 = snap("a1", SnapshotState::Exited, Some(5 * S), Some(6 * S));
+    s1.labels = pod_labels(Some(1));
+    let report = t.reconcile(&[s, s1], true, 7 * S);
+    assert_eq!(report.inferred_restarts, 1);
+    assert_eq!(only(&t, 7 * S).restarts, 1);
 }

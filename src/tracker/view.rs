@@ -48,9 +48,16 @@ pub struct NodeCounts {
     pub paused: u64,
     pub stopped: u64,
     pub restarts_total: u64,
+    /// Containers labelled as pod sandboxes, which no other series shows.
+    pub sandboxes: u64,
 }
 
 impl Tracker {
+    /// Identities tracked.
+    pub fn identity_count(&self) -> usize {
+        self.identities.len()
+    }
+
     /// Per-identity views at `now`, for metrics and the API.
     pub fn identities(&self, now: i64) -> Vec<IdentityView> {
         self.identities
@@ -172,6 +179,7 @@ impl Tracker {
     pub fn node_counts(&self) -> NodeCounts {
         let mut n = NodeCounts {
             restarts_total: self.node_restarts,
+            sandboxes: self.sandboxes.len() as u64,
             ..Default::default()
         };
         for c in self.containers.values() {

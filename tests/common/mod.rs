@@ -4,6 +4,8 @@
 //! and containerd namespace, and a watchdog that stops it when the test process goes away.
 #![allow(dead_code)]
 
+pub mod containerd;
+pub mod fake_cri;
 pub mod fake_kube;
 pub mod podman;
 
