@@ -8,7 +8,7 @@ use super::{
     first_sight, ContainerState, Counted, TerminationReason, Tracker, MAX_SANDBOXES_COUNTED,
 };
 use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
-use crate::event::{Identity, Lookup};
+use crate::event::{Identity, Lookup, RuntimeKind};
 
 /// What a reconciliation changed, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

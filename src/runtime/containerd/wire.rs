@@ -1,0 +1,174 @@
+//! containerd's wire formats: the events of its stream (protobuf, by topic) and the CRI
+//! plugin's own record of a container (JSON in a container extension).
+
+use containerd_client::events::{
+    ContainerCreate, ContainerDelete, TaskExit, TaskOom, TaskPaused, TaskResumed, TaskStart,
+};
+use prost::Message;
+
+use crate::event::EventKind;
+
+pub(super) fn timestamp_nanos(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(t.nanos))
+}
+
+/// One event of containerd's stream as the agent reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub kind: EventKind,
+    pub container_id: String,
+    pub exit_code: Option<i64>,
+    /// The event's own time where it has one (an exit's `exited_at`).
+    pub time_nanos: Option<i64>,
+}
+
+/// Decodes the lifecycle events among containerd's topics; `None` for the rest (task
+/// create/delete, exec processes, snapshots, images, ...). Only the exit of a container's
+/// init process ends it: an exec'd process exits with its own id.
+pub fn decode(topic: &str, payload: &[u8]) -> Option<Decoded> {
+    let plain = |kind: EventKind, container_id: String| Decoded {
+        kind,
+        container_id,
+        exit_code: None,
+        time_nanos: None,
+    };
+    match topic {
+        "/containers/create" => ContainerCreate::decode(payload)
+            .ok()
+            .map(|e| plain(EventKind::Created, e.id)),
+        "/containers/delete" => ContainerDelete::decode(payload)
+            .ok()
+            .map(|e| plain(EventKind::Destroyed, e.id)),
+        "/tasks/start" => TaskStart::decode(payload)
+            .ok()
+            .map(|e| plain(EventKind::Started, e.container_id)),
+        "/tasks/oom" => TaskOom::decode(payload)
+            .ok()
+            .map(|e| plain(EventKind::Oom, e.container_id)),
+        "/tasks/paused" => TaskPaused::decode(payload)
+            .ok()
+            .map(|e| plain(EventKind::Paused, e.container_id)),
+        "/tasks/resumed" => TaskResumed::decode(payload)
+            .ok()
+            .map(|e| plain(EventKind::Unpaused, e.container_id)),
+        "/tasks/exit" => {
+            let e = TaskExit::decode(payload).ok()?;
+            if !e.id.is_empty() && e.id != e.container_id {
+                return None;
+            }
+            Some(Decoded {
+                kind: EventKind::Died,
+                exit_code: Some(i64::from(e.exit_status)),
+                time_nanos: e.exited_at.as_ref().map(timestamp_nanos),
+                container_id: e.container_id,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The extension in which containerd's CRI plugin keeps its own record of a container
+/// (JSON): the kubelet's `ContainerConfig`, with the attempt, and the image reference.
+/// Present from `/containers/create` on, before CRI itself answers for the container.
+pub const CRI_METADATA_EXTENSION: &str = "io.cri-containerd.container.metadata";
+
+/// What the CRI plugin's record of a container says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CriMetadata {
+    pub name: String,
+    pub attempt: u64,
+    pub image: String,
+    pub image_ref: String,
+}
+
+/// Reads the CRI plugin's record (`{"Version":"v1","Metadata":{"Config":{"metadata":
+/// {"name":...,"attempt":...},"image":{"image":...}},"ImageRef":...}}`); `None` if it is
+/// missing or of another shape.
+pub fn cri_metadata(value: &[u8]) -> Option<CriMetadata> {
+    let v: serde_json::Value = serde_json::from_slice(value).ok()?;
+    let m = v.get("Metadata")?;
+    let config = m.get("Config")?;
+    let meta = config.get("metadata")?;
+    let text =
+        |v: Option<&serde_json::Value>| v.and_then(|x| x.as_str()).unwrap_or_default().to_string();
+    Some(CriMetadata {
+        name: text(meta.get("name")),
+        // Go omits a zero attempt.
+        attempt: meta.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0),
+        image: text(config.get("image").and_then(|i| i.get("image"))),
+        image_ref: text(m.get("ImageRef")),
+    })
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn lifecycle_topics_decode_and_exec_exits_do_not_end_a_container() {
+        let start = TaskStart {
+            container_id: "c1".into(),
+            pid: 42,
+        };
+        assert_eq!(
+            decode("/tasks/start", &start.encode_to_vec()).map(|d| d.kind),
+            Some(EventKind::Started)
+        );
+        let exit = TaskExit {
+            container_id: "c1".into(),
+            id: "c1".into(),
+            pid: 42,
+            exit_status: 137,
+            exited_at: Some(prost_types::Timestamp {
+                seconds: 2,
+                nanos: 5,
+            }),
+        };
+        assert_eq!(
+            decode("/tasks/exit", &exit.encode_to_vec()),
+            Some(Decoded {
+                kind: EventKind::Died,
+                container_id: "c1".into(),
+                exit_code: Some(137),
+                time_nanos: Some(2_000_000_005),
+            })
+        );
+        let exec_exit = TaskExit {
+            id: "exec-1".into(),
+            ..exit
+        };
+        assert_eq!(decode("/tasks/exit", &exec_exit.encode_to_vec()), None);
+        let oom = TaskOom {
+            container_id: "c1".into(),
+        };
+        assert_eq!(
+            decode("/tasks/oom", &oom.encode_to_vec()).map(|d| d.kind),
+            Some(EventKind::Oom)
+        );
+        assert_eq!(decode("/tasks/delete", &[]), None);
+        assert_eq!(decode("/snapshot/prepare", &[]), None);
+    }
+
+    #[test]
+    fn the_cri_plugins_record_gives_the_attempt() {
+        let json = br#"{"Version":"v1","Metadata":{"ID":"c1","Config":{"metadata":{"name":"app","attempt":2},"image":{"image":"busybox:1"}},"ImageRef":"sha256:ab"}}"#;
+        assert_eq!(
+            cri_metadata(json),
+            Some(CriMetadata {
+                name: "app".into(),
+                attempt: 2,
+                image: "busybox:1".into(),
+                image_ref: "sha256:ab".into(),
+            })
+        );
+        let first = br#"{"Version":"v1","Metadata":{"Config":{"metadata":{"name":"app"}}}}"#;
+        assert_eq!(
+            cri_metadata(first).map(|m| m.attempt),
+            Some(0),
+            "Go omits attempt 0"
+        );
+        assert_eq!(cri_metadata(b"{}"), None);
+    }
+}
