@@ -237,17 +237,17 @@ async fn first_to_end(
 fn why_ended(r: std::result::Result<(), JoinError>) -> String {
     match r {
         Ok(()) => "it returned".into(),
-        Err(e) if e.is_panic() => {
-            let payload = e.into_panic();
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into());
-            format!("it panicked: {msg}")
-        }
+        Err(e) if e.is_panic() => format!("it panicked: {}", panic_message(&*e.into_panic())),
         Err(e) => format!("it was cancelled: {e}"),
     }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Tasks a test can make panic.
@@ -421,21 +421,38 @@ async fn flush_once(
         (None, None) => return Ok(()),
     };
     let s = store.clone();
-    match tokio::task::spawn_blocking(move || (s.write(&delta), delta)).await {
-        Ok((Ok(()), _)) => {
+    match tokio::task::spawn_blocking(move || write_kept(delta, |d| s.write(d))).await {
+        Ok((Ok(Ok(())), _)) => {
             state.store_written();
             Ok(())
         }
-        Ok((Err(e), delta)) => {
+        Ok((Ok(Err(e)), delta)) => {
             state.store_failed();
             *pending = Some(delta);
             Err(e.to_string())
+        }
+        Ok((Err(panic), delta)) => {
+            state.store_failed();
+            *pending = Some(delta);
+            Err(format!("the store write panicked: {panic}"))
         }
         Err(e) => {
             state.store_failed();
             Err(format!("the store writer task failed: {e}"))
         }
     }
+}
+
+/// Runs `write` on `delta` and hands the delta back whatever happened, a panic included
+/// (its message is the error): a write that panicked is retried with the next one, like a
+/// failed write. Its transaction was dropped unfinished, so none of it was committed.
+fn write_kept<E>(
+    delta: Delta,
+    write: impl FnOnce(&Delta) -> Result<(), E>,
+) -> (Result<Result<(), E>, String>, Delta) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(&delta)))
+        .map_err(|p| panic_message(&*p));
+    (r, delta)
 }
 
 /// Probes the candidate sockets until one answers, and says what answered (which source to
@@ -484,5 +501,66 @@ async fn wait_for_signal() {
             warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the agent");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::event::{ContainerLabels, EventKind, RuntimeEvent, Subject};
+    use crate::tracker::Tracker;
+
+    #[test]
+    fn a_panicked_store_write_keeps_its_batch_for_the_next_write() {
+        let mut t = Tracker::new(
+            "n".into(),
+            RuntimeKind::Docker,
+            HistoryLimits {
+                max_events: 100,
+                retention: None,
+            },
+        );
+        t.enable_journal();
+        for (at, kind) in [(1, EventKind::Created), (2, EventKind::Started)] {
+            let ev = RuntimeEvent {
+                time_nanos: at,
+                kind,
+                action: kind.as_str().into(),
+                subject: Arc::new(Subject {
+                    container_id: "c1".into(),
+                    name: "web".into(),
+                    image: "busybox".into(),
+                    labels: ContainerLabels::default(),
+                }),
+                exit_code: None,
+                health: None,
+            };
+            t.apply(&ev, at);
+        }
+        let delta = t.take_delta().expect("a delta");
+        let (r, kept) = write_kept(delta, |_| -> std::result::Result<(), String> {
+            panic!("the disk caught fire")
+        });
+        assert_eq!(r, Err("the disk caught fire".to_string()));
+        assert_eq!(kept.events(), 2, "the batch survives the panic");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), 100).expect("open").store;
+        let (r, _) = write_kept(kept, |d| store.write(d));
+        assert!(matches!(r, Ok(Ok(()))), "{r:?}");
+        drop(store);
+        let saved = Store::open(dir.path(), 100)
+            .expect("reopen")
+            .saved
+            .expect("saved state");
+        let mut restored = Tracker::new(
+            "n".into(),
+            RuntimeKind::Docker,
+            HistoryLimits {
+                max_events: 100,
+                retention: None,
+            },
+        );
+        restored.restore(saved);
+        assert_eq!(restored.history().len(), 2);
     }
 }

@@ -5,7 +5,8 @@
 //!   while the budget is spent, large answers get 503 with `Retry-After` instead of growing
 //!   memory with every client that asks and never reads. The connection's write timeout
 //!   (`server`) frees what a client that stopped reading holds.
-//! - **`/metrics` scrapes** hold a permit while they stream ([`ScrapeSlots`]). A scrape whose
+//! - **`/metrics` scrapes** are encoded into a few 64 KiB chunks at a time ([`ChunkWriter`])
+//!   and hold a permit while they stream ([`ScrapeSlots`]). A scrape whose
 //!   client has not taken a chunk for [`STALL_PREEMPT`] gives its permit up to a new scrape,
 //!   so clients that ask and never read cannot keep Prometheus out.
 
@@ -223,6 +224,79 @@ struct ChargedChunk {
 impl AsRef<[u8]> for ChargedChunk {
     fn as_ref(&self) -> &[u8] {
         &self.data
+    }
+}
+
+/// Size of one `/metrics` body chunk.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks encoded ahead of a slow scraper.
+pub const CHUNKS_IN_FLIGHT: usize = 2;
+/// A scraper that reads nothing for this long is given up on (Prometheus times out sooner).
+pub const CHUNK_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+pub type Chunk = Result<Bytes, std::io::Error>;
+
+/// A `fmt::Write` that sends what is written in chunks to the response body; a write fails
+/// (ending the encoding) once the scraper has gone or stalled.
+pub struct ChunkWriter {
+    buf: String,
+    tx: tokio::sync::mpsc::Sender<Chunk>,
+    runtime: tokio::runtime::Handle,
+    /// The scraper read nothing for [`CHUNK_SEND_TIMEOUT`].
+    pub stalled: bool,
+    /// Where a new scrape sees that this one waits for its client, and stops it.
+    slot: Arc<ScrapeSlot>,
+}
+
+impl ChunkWriter {
+    pub fn new(
+        tx: tokio::sync::mpsc::Sender<Chunk>,
+        runtime: tokio::runtime::Handle,
+        slot: Arc<ScrapeSlot>,
+    ) -> Self {
+        ChunkWriter {
+            buf: String::with_capacity(CHUNK_BYTES + 4096),
+            tx,
+            runtime,
+            stalled: false,
+            slot,
+        }
+    }
+
+    pub fn flush(&mut self) -> std::fmt::Result {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, String::with_capacity(CHUNK_BYTES + 4096));
+        self.slot.waiting();
+        let cancel = self.slot.cancel.clone();
+        let sent = self.runtime.block_on(async {
+            tokio::select! {
+                r = tokio::time::timeout(CHUNK_SEND_TIMEOUT, self.tx.send(Ok(Bytes::from(chunk)))) => Some(r),
+                _ = cancel.cancelled() => None,
+            }
+        });
+        self.slot.taken();
+        match sent {
+            None => Err(std::fmt::Error),
+            Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(_))) => Err(std::fmt::Error),
+            Some(Err(_)) => {
+                self.stalled = true;
+                Err(std::fmt::Error)
+            }
+        }
+    }
+}
+
+impl std::fmt::Write for ChunkWriter {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.buf.push_str(s);
+        if self.buf.len() >= CHUNK_BYTES {
+            self.flush()
+        } else {
+            Ok(())
+        }
     }
 }
 

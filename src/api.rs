@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,9 @@ use serde_json::json;
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::answers::{AnswerBudget, ScrapeSlot, ScrapeSlots};
+use crate::answers::{
+    AnswerBudget, ChunkWriter, ScrapeSlots, CHUNKS_IN_FLIGHT, CHUNK_SEND_TIMEOUT,
+};
 use crate::history::query::{EventQuery, RawEventQuery};
 use crate::history::HistoryEvent;
 use crate::kube::pods::{ApiFields, PodIndex};
@@ -255,79 +257,6 @@ pub async fn drain(mut server: tokio::task::JoinHandle<()>, grace: std::time::Du
     true
 }
 
-/// Size of one `/metrics` body chunk.
-const CHUNK_BYTES: usize = 64 * 1024;
-/// Chunks encoded ahead of a slow scraper.
-const CHUNKS_IN_FLIGHT: usize = 2;
-/// A scraper that reads nothing for this long is given up on (Prometheus times out sooner).
-const CHUNK_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-type Chunk = Result<Bytes, std::io::Error>;
-
-/// A `fmt::Write` that sends what is written in chunks to the response body; a write fails
-/// (ending the encoding) once the scraper has gone or stalled.
-struct ChunkWriter {
-    buf: String,
-    tx: tokio::sync::mpsc::Sender<Chunk>,
-    runtime: tokio::runtime::Handle,
-    /// The scraper read nothing for [`CHUNK_SEND_TIMEOUT`].
-    stalled: bool,
-    /// Where a new scrape sees that this one waits for its client, and stops it.
-    slot: Arc<ScrapeSlot>,
-}
-
-impl ChunkWriter {
-    fn new(
-        tx: tokio::sync::mpsc::Sender<Chunk>,
-        runtime: tokio::runtime::Handle,
-        slot: Arc<ScrapeSlot>,
-    ) -> Self {
-        ChunkWriter {
-            buf: String::with_capacity(CHUNK_BYTES + 4096),
-            tx,
-            runtime,
-            stalled: false,
-            slot,
-        }
-    }
-
-    fn flush(&mut self) -> std::fmt::Result {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, String::with_capacity(CHUNK_BYTES + 4096));
-        self.slot.waiting();
-        let cancel = self.slot.cancel.clone();
-        let sent = self.runtime.block_on(async {
-            tokio::select! {
-                r = tokio::time::timeout(CHUNK_SEND_TIMEOUT, self.tx.send(Ok(Bytes::from(chunk)))) => Some(r),
-                _ = cancel.cancelled() => None,
-            }
-        });
-        self.slot.taken();
-        match sent {
-            None => Err(std::fmt::Error),
-            Some(Ok(Ok(()))) => Ok(()),
-            Some(Ok(Err(_))) => Err(std::fmt::Error),
-            Some(Err(_)) => {
-                self.stalled = true;
-                Err(std::fmt::Error)
-            }
-        }
-    }
-}
-
-impl std::fmt::Write for ChunkWriter {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.buf.push_str(s);
-        if self.buf.len() >= CHUNK_BYTES {
-            self.flush()
-        } else {
-            Ok(())
-        }
-    }
-}
-
 async fn readyz(State(s): State<AppState>) -> Response {
     let r = s.state.readiness();
     if r.ready {
@@ -553,6 +482,7 @@ mod test {
     use crate::fixtures::EventBuilder;
     use crate::history::HistoryLimits;
     use crate::state::State;
+    use axum::body::Bytes;
     use http_body_util::BodyExt;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -631,7 +561,11 @@ mod test {
             parts.headers.get(header::CONTENT_LENGTH).is_none(),
             "a streamed body has no length up front"
         );
-        assert!(body.len() > 4 * CHUNK_BYTES, "{} bytes", body.len());
+        assert!(
+            body.len() > 4 * crate::answers::CHUNK_BYTES,
+            "{} bytes",
+            body.len()
+        );
         assert!(body.ends_with("# EOF\n"), "the body is complete");
         let running = body
             .lines()

@@ -3,11 +3,15 @@
 
 use std::fmt::Write as _;
 
-use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::client::{get_json, ClientError};
-use crate::config::{Config, RunArgs};
+use crate::config::{Config, RunArgs, SETTINGS};
 use crate::history::query::{parse_types, RawEventQuery};
 use crate::history::HistoryEvent;
 use crate::runtime::discovery::{self, Probe};
@@ -72,6 +76,94 @@ pub struct EventsArgs {
     pub limit: Option<usize>,
     #[arg(long)]
     pub json: bool,
+}
+
+/// What is wrong with the command line.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// clap's own answer (a usage error, `--help`, `--version`): printed and exited as clap does.
+    #[error(transparent)]
+    Clap(clap::Error),
+    /// A value clap could not parse that an environment variable set, not a flag: clap names
+    /// only the flag (README "Configuration").
+    #[error("environment variable {var}: {}", first_line(.error))]
+    Env { var: String, error: clap::Error },
+}
+
+fn first_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
+}
+
+/// Parses the command line and the environment variables clap reads, and records which
+/// settings of `run` and `check` an environment variable gave, so that a configuration error
+/// names the variable rather than a flag nobody passed.
+pub fn parse<I, T>(argv: I) -> Result<Cli, ParseError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    let cmd = Cli::command();
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(&argv)
+        .map_err(|e| blame_env(e, &argv, &cmd))?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(ParseError::Clap)?;
+    if let (Command::Run(args) | Command::Check(args), Some((name, sub))) =
+        (&mut cli.command, matches.subcommand())
+    {
+        let defs = cmd.find_subcommand(name);
+        for key in SETTINGS {
+            if sub.value_source(key) == Some(ValueSource::EnvVariable) {
+                let var = defs
+                    .and_then(|c| c.get_arguments().find(|a| a.get_id() == *key))
+                    .and_then(|a| a.get_env())
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                args.from_env.push((key, var));
+            }
+        }
+    }
+    Ok(cli)
+}
+
+/// A value clap refused for a flag that is not on the command line came from the flag's
+/// environment variable: say which.
+fn blame_env(e: clap::Error, argv: &[OsString], cmd: &clap::Command) -> ParseError {
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return ParseError::Clap(e);
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return ParseError::Clap(e);
+    };
+    let Some(long) = arg
+        .strip_prefix("--")
+        .and_then(|a| a.split([' ', '=']).next())
+    else {
+        return ParseError::Clap(e);
+    };
+    let flag = format!("--{long}");
+    let on_command_line = argv.iter().any(|a| {
+        let a = a.to_string_lossy();
+        a == flag || a.starts_with(&format!("{flag}="))
+    });
+    let var = cmd
+        .get_subcommands()
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned());
+    match var {
+        Some(var) if !on_command_line && std::env::var_os(&var).is_some() => {
+            ParseError::Env { var, error: e }
+        }
+        _ => ParseError::Clap(e),
+    }
 }
 
 /// Which runtimes `check` found, and which one `run` would use.

@@ -98,6 +98,11 @@ pub struct RunArgs {
     /// Log level or filter (info, debug, lifecycle_agent=debug,warn).
     #[arg(long, env = "LIFECYCLE_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// The settings above that came from an environment variable rather than a flag (key,
+    /// variable), so an error names the variable (filled by `cli::parse`).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub from_env: Vec<(&'static str, String)>,
 }
 
 /// Lists every setting once, for the layering of flags over the file and for knowing which
@@ -125,6 +130,14 @@ macro_rules! settings {
     };
 }
 
+/// Every setting's key (its field, clap's argument id), in the order of [`RunArgs`].
+pub const SETTINGS: &[&str] = {
+    macro_rules! keys {
+        ($($f:ident),*) => { &[$(stringify!($f)),*] };
+    }
+    settings!(keys)
+};
+
 impl RunArgs {
     /// These settings (flags and env) laid over `file`'s, with the keys the flags gave.
     fn over(self, file: RunArgs) -> (RunArgs, Vec<&'static str>) {
@@ -137,7 +150,11 @@ impl RunArgs {
         settings!(note);
         macro_rules! layer {
             ($($f:ident),*) => {
-                RunArgs { $($f: self.$f.or(file.$f),)* config: self.config }
+                RunArgs {
+                    $($f: self.$f.or(file.$f),)*
+                    config: self.config,
+                    from_env: self.from_env,
+                }
             };
         }
         (settings!(layer), given)
@@ -187,9 +204,15 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-    #[error("{origin} `{key}`: {message}")]
-    Value {
-        origin: &'static str,
+    #[error("flag --{flag} (`{key}`): {message}")]
+    Flag {
+        flag: String,
+        key: &'static str,
+        message: String,
+    },
+    #[error("environment variable {var} (`{key}`): {message}")]
+    Env {
+        var: String,
         key: &'static str,
         message: String,
     },
@@ -245,13 +268,21 @@ impl Config {
         };
         let path = args.config.clone().unwrap_or_default();
         let (s, given) = args.over(file);
-        // Blames the flag/env when one was given, else the file's key.
+        let from_env = s.from_env.clone();
+        // Blames the environment variable or the flag when one was given, else the file's key.
         let err = |key: &'static str, message: String| {
             if given.contains(&key) {
-                ConfigError::Value {
-                    origin: "flag/env",
-                    key,
-                    message,
+                match from_env.iter().find(|(k, _)| *k == key) {
+                    Some((_, var)) => ConfigError::Env {
+                        var: var.clone(),
+                        key,
+                        message,
+                    },
+                    None => ConfigError::Flag {
+                        flag: key.replace('_', "-"),
+                        key,
+                        message,
+                    },
                 }
             } else {
                 ConfigError::File {
@@ -313,6 +344,15 @@ impl Config {
             return Err(err("node_name", "must not be empty".into()));
         }
 
+        // Checked here, not when logging starts, so the error names where the value came from.
+        let log_level = s.log_level.unwrap_or_else(|| "info".into());
+        tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| {
+            err(
+                "log_level",
+                format!("{log_level:?} is not a level or filter (info, debug, lifecycle_agent=debug): {e}"),
+            )
+        })?;
+
         let ephemeral = s.ephemeral.unwrap_or(false);
         let state_dir = match s.state_dir {
             _ if ephemeral => None,
@@ -342,7 +382,7 @@ impl Config {
             admin_token,
             admin_token_exposed,
             log_format: s.log_format.unwrap_or_default(),
-            log_level: s.log_level.unwrap_or_else(|| "info".into()),
+            log_level,
         })
     }
 }

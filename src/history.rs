@@ -243,6 +243,31 @@ impl SubjectInterner {
 struct Postings {
     subject: Arc<EventSubject>,
     seqs: VecDeque<u64>,
+    /// Names (runtime name, or the `container` of a plain container) of its earlier events'
+    /// subjects, from before a rename: a query by a former name finds its events through the
+    /// postings as a scan does (renames are rare; this is almost always empty).
+    former_names: Vec<Text>,
+}
+
+impl Postings {
+    /// Whether a `container` query for `c` may select events of this container: by its
+    /// current or a former name, or an id prefix. Each event is then matched on its own.
+    fn may_match(&self, id: &str, c: &str) -> bool {
+        &*self.subject.name == c
+            || &*self.subject.container == c
+            || id.starts_with(c)
+            || self.former_names.iter().any(|n| &**n == c)
+    }
+
+    /// Takes `next` as the current subject, keeping the names it replaces.
+    fn set_subject(&mut self, next: &Arc<EventSubject>) {
+        let old = std::mem::replace(&mut self.subject, next.clone());
+        for n in [&old.name, &old.container] {
+            if **n != *next.name && **n != *next.container && !self.former_names.contains(n) {
+                self.former_names.push(n.clone());
+            }
+        }
+    }
 }
 
 /// Above this share of the history, a `container` query scans instead of using postings.
@@ -320,7 +345,7 @@ impl History {
             Some(p) => {
                 p.seqs.push_back(e.seq);
                 if !Arc::ptr_eq(&p.subject, &e.subject) {
-                    p.subject = e.subject.clone();
+                    p.set_subject(&e.subject);
                 }
             }
             None => {
@@ -329,6 +354,7 @@ impl History {
                     Postings {
                         subject: e.subject.clone(),
                         seqs: VecDeque::from([e.seq]),
+                        former_names: Vec::new(),
                     },
                 );
             }
@@ -634,6 +660,38 @@ mod test {
         };
         assert_eq!(h.query(&q("a-renamed")).events.len(), 1);
         assert_eq!(h.query(&q("a")).events.len(), 3, "by id prefix and name");
+    }
+
+    #[test]
+    fn a_former_name_finds_the_same_events_through_the_index_and_a_scan() {
+        let mut h = history(1000);
+        // Other containers' events, so that one container's are few enough for the index.
+        for t in 0..100 {
+            h.push(ev(t, EventKind::Started, &format!("other{}", t % 10), ""));
+        }
+        let named = |t, kind, name: &str| {
+            let mut e = ev(t, kind, "web", "");
+            let s = Arc::make_mut(&mut e.subject);
+            s.name = name.into();
+            s.container = name.into();
+            e
+        };
+        h.push(named(100, EventKind::Started, "web-old"));
+        h.push(named(101, EventKind::Died, "web-old"));
+        h.push(named(102, EventKind::Started, "web-new"));
+        h.push(named(103, EventKind::Died, "web-newer"));
+        for (name, want) in [("web-old", 2), ("web-new", 1), ("web-newer", 1), ("web", 4)] {
+            let q = EventQuery {
+                container: Some(name.into()),
+                ..EventQuery::default()
+            };
+            assert!(h.candidates(name).is_some(), "{name}: the index answers");
+            let indexed = h.query(&q).events;
+            let scanned = h.collect(h.events.iter().rev(), &q).events;
+            let seqs = |v: &[HistoryEvent]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+            assert_eq!(seqs(&indexed), seqs(&scanned), "{name}");
+            assert_eq!(indexed.len(), want, "{name}");
+        }
     }
 
     #[test]

@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use lifecycle_agent::cli::{self, Cli, Command};
+use lifecycle_agent::cli::{self, Command};
 use lifecycle_agent::config::{Config, RunArgs};
 use lifecycle_agent::{agent, telemetry};
 
@@ -9,7 +8,14 @@ use lifecycle_agent::{agent, telemetry};
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match cli::parse(std::env::args_os()) {
+        Ok(c) => c,
+        Err(cli::ParseError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("lifecycle-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -8,6 +8,8 @@
 //! snapshot, a scrape allocates one base label vector per identity, and rows are encoded as
 //! they are produced (the HTTP side streams the output in chunks).
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -42,8 +44,10 @@ pub fn register(r: &mut Registry, state: StateReader, kube: Arc<KubeState>) {
 
 type Labels<'a> = Vec<(&'a str, &'a str)>;
 
-/// The labels of every series of an identity: `node`, `runtime`, `namespace`, `pod`,
-/// `container`, then the allowlisted `annotation_*` / `label_*` of its pod when known.
+/// The labels of every series of an identity: `node`, `runtime`, `namespace`, `pod`, `uid`
+/// (the pod's uid, empty outside Kubernetes: a pod re-created under its name is a new series,
+/// as in kube-state-metrics; `docs/design.md`, "One series per label set"), `container`,
+/// then the allowlisted `annotation_*` / `label_*` of its pod when known.
 fn base_labels<'a>(
     node: &'a str,
     runtime: &'a str,
@@ -53,18 +57,50 @@ fn base_labels<'a>(
     let meta = pods
         .filter(|_| !v.pod_uid.is_empty())
         .and_then(|p| p.for_identity(&v.pod_uid, &v.namespace, &v.pod));
-    let mut l = Vec::with_capacity(5 + meta.map_or(0, |m| m.metric_label_count()));
+    let mut l = Vec::with_capacity(6 + meta.map_or(0, |m| m.metric_label_count()));
     l.extend_from_slice(&[
         ("node", cut_label_value(node)),
         ("runtime", runtime),
         ("namespace", cut_label_value(&v.namespace)),
         ("pod", cut_label_value(&v.pod)),
+        ("uid", cut_label_value(&v.pod_uid)),
         ("container", cut_label_value(&v.container)),
     ]);
     if let Some(m) = meta {
         l.extend(m.metric_labels());
     }
     l
+}
+
+/// Leaves out every identity whose label set another identity of the scrape also has, but
+/// the one started most recently: one scrape must never carry a series twice (Prometheus
+/// would keep an arbitrary one). With `uid` in the labels, two identities collide only in
+/// corner cases: two plain containers whose names meet during a rename, or values equal
+/// once cut at 1 KiB. Returns which identities to encode and how many were left out.
+fn unique_label_sets(views: &[IdentityView], base: &[Labels]) -> (Vec<bool>, u64) {
+    let mut keep = vec![true; views.len()];
+    let mut first: HashMap<&[(&str, &str)], usize> = HashMap::with_capacity(views.len());
+    let mut dropped = 0;
+    for (i, b) in base.iter().enumerate() {
+        match first.entry(b.as_slice()) {
+            Entry::Vacant(e) => {
+                e.insert(i);
+            }
+            Entry::Occupied(mut e) => {
+                dropped += 1;
+                let j = *e.get();
+                let newer =
+                    |v: &IdentityView| (v.last_start_nanos, v.running, v.container_id.clone());
+                if newer(&views[i]) > newer(&views[j]) {
+                    keep[j] = false;
+                    e.insert(i);
+                } else {
+                    keep[i] = false;
+                }
+            }
+        }
+    }
+    (keep, dropped)
 }
 
 fn with<'a>(base: &Labels<'a>, extra: &[(&'a str, &'a str)]) -> Labels<'a> {
@@ -128,9 +164,24 @@ impl Collector for LifecycleCollector {
             .iter()
             .map(|v| base_labels(&node, runtime, v, pods.as_deref()))
             .collect();
-        encode_identities(&mut enc, &views, &base)?;
+        let (keep, collisions) = unique_label_sets(&views, &base);
+        let (views, base): (Vec<&IdentityView>, Vec<&Labels>) = views
+            .iter()
+            .zip(&base)
+            .zip(keep)
+            .filter_map(|(row, k)| k.then_some(row))
+            .unzip();
+        encode_identities(&mut enc, runtime, &views, &base)?;
         let node_labels: Labels = vec![("node", cut_label_value(&node)), ("runtime", runtime)];
         encode_node(&mut enc, &node_labels, &counts)?;
+        family(
+            &mut enc,
+            "lifecycle_agent_series_collisions",
+            "Identities left out of this scrape because a more recently started one has the same label set.",
+            None,
+            MetricType::Gauge,
+            vec![gauge(node_labels.clone(), collisions as f64)],
+        )?;
         self.encode_self(&mut enc, &node_labels, &own)
     }
 }
@@ -143,8 +194,8 @@ struct TrackerFigures {
 
 /// One gauge row per identity for which `f` has a value.
 fn each<'b, 'a>(
-    views: &'b [IdentityView],
-    base: &'b [Labels<'a>],
+    views: &'b [&'b IdentityView],
+    base: &'b [&'b Labels<'a>],
     f: impl Fn(&IdentityView) -> Option<f64> + 'b,
 ) -> impl Iterator<Item = (&'b [(&'a str, &'a str)], ConstGauge<f64>)> + 'b {
     views
@@ -153,10 +204,25 @@ fn each<'b, 'a>(
         .filter_map(move |(v, b)| f(v).map(|x| gauge(b.as_slice(), x)))
 }
 
+/// The container id as Kubernetes writes it in a pod's status (`<runtime>://<id>`) and
+/// kube-state-metrics exports it in `kube_pod_container_info{container_id}`, so the two join
+/// on equal values (README "With kube-state-metrics"). CRI-O's prefix is `cri-o`.
+fn kube_container_id(runtime: &str, id: &str) -> String {
+    if id.is_empty() {
+        return String::new();
+    }
+    let scheme = match runtime {
+        "crio" => "cri-o",
+        other => other,
+    };
+    format!("{scheme}://{id}")
+}
+
 fn encode_identities(
     enc: &mut DescriptorEncoder,
-    views: &[IdentityView],
-    base: &[Labels],
+    runtime: &str,
+    views: &[&IdentityView],
+    base: &[&Labels],
 ) -> Result<(), std::fmt::Error> {
     let b2f = |b: bool| if b { 1.0 } else { 0.0 };
     let rows = || views.iter().zip(base);
@@ -273,7 +339,11 @@ fn encode_identities(
                 ("image", cut_label_value(&v.image)),
                 ("image_id", cut_label_value(&v.image_id)),
             ];
-            gauge((b.as_slice(), info), 1.0)
+            let kube_id = [(
+                "kube_container_id",
+                kube_container_id(runtime, &v.container_id),
+            )];
+            gauge(((b.as_slice(), info), kube_id), 1.0)
         }),
     )?;
     Ok(())
@@ -502,13 +572,71 @@ mod test {
         .unwrap()]
         .into_iter()
         .collect();
-        let view = |uid: &str| crate::fixtures::identity_view("shop", "web-1", uid, "web");
+        let view = |uid: &str| test_view("shop", "web-1", uid, "web");
         let known = view("u1");
         let l = base_labels("n", "docker", &known, Some(&idx));
         assert_eq!(l.last(), Some(&("annotation_team", "shop")));
-        assert_eq!(l.len(), 6);
+        assert_eq!(l.len(), 7);
+        assert!(l.contains(&("uid", "u1")), "{l:?}");
         let other = view("u2");
-        assert_eq!(base_labels("n", "docker", &other, Some(&idx)).len(), 5);
-        assert_eq!(base_labels("n", "docker", &known, None).len(), 5);
+        assert_eq!(base_labels("n", "docker", &other, Some(&idx)).len(), 6);
+        assert_eq!(base_labels("n", "docker", &known, None).len(), 6);
+    }
+
+    #[test]
+    fn a_label_set_is_encoded_once_for_the_most_recently_started_identity() {
+        let view = |id: &str, started: Option<i64>| IdentityView {
+            container_id: id.into(),
+            last_start_nanos: started,
+            ..test_view("", "", "", "web")
+        };
+        // Two plain containers whose names meet (a rename in flight), and a third apart.
+        let views = [
+            view("new", Some(20)),
+            view("old", Some(10)),
+            view("never", None),
+            IdentityView {
+                container: "db".into(),
+                ..view("db", Some(5))
+            },
+        ];
+        let base: Vec<Labels> = views
+            .iter()
+            .map(|v| base_labels("n", "docker", v, None))
+            .collect();
+        let (keep, dropped) = unique_label_sets(&views, &base);
+        assert_eq!(keep, [true, false, false, true]);
+        assert_eq!(dropped, 2);
+        // The order of the snapshot does not decide which one stays.
+        let rev: Vec<IdentityView> = views.iter().rev().cloned().collect();
+        let base: Vec<Labels> = rev
+            .iter()
+            .map(|v| base_labels("n", "docker", v, None))
+            .collect();
+        let (keep, dropped) = unique_label_sets(&rev, &base);
+        assert_eq!(keep, [true, false, false, true]);
+        assert_eq!(dropped, 2);
+        // A pod re-created under its name differs by `uid`: both stay.
+        let pods = [
+            test_view("shop", "web-0", "u1", "web"),
+            test_view("shop", "web-0", "u2", "web"),
+        ];
+        let base: Vec<Labels> = pods
+            .iter()
+            .map(|v| base_labels("n", "docker", v, None))
+            .collect();
+        assert_eq!(unique_label_sets(&pods, &base), (vec![true, true], 0));
+    }
+
+    #[test]
+    fn kube_container_ids_take_the_pod_status_form() {
+        assert_eq!(kube_container_id("docker", "f83a"), "docker://f83a");
+        assert_eq!(kube_container_id("containerd", "f83a"), "containerd://f83a");
+        assert_eq!(kube_container_id("crio", "f83a"), "cri-o://f83a");
+        assert_eq!(kube_container_id("docker", ""), "");
+    }
+
+    fn test_view(namespace: &str, pod: &str, uid: &str, container: &str) -> IdentityView {
+        crate::fixtures::identity_view(namespace, pod, uid, container)
     }
 }

@@ -365,11 +365,9 @@ impl Connection {
         tokio::pin!(conn);
         let mut draining = false;
         loop {
-            // A write that blocks after this sleep was armed is seen at the next look, so
-            // look at least twice per stall period.
-            let deadline = activity
-                .deadline(&self.limits)
-                .min(Instant::now() + self.limits.write_stall / 2);
+            // Re-armed whenever a write starts to block, so the stall deadline applies; no
+            // wake-ups otherwise while a connection is idle.
+            let deadline = activity.deadline(&self.limits);
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
@@ -387,6 +385,7 @@ impl Connection {
                         return;
                     }
                 }
+                _ = activity.blocked.notified() => {}
                 _ = activity.evict.cancelled() => {
                     debug!("HTTP connection without progress closed for a new one");
                     return;
@@ -456,6 +455,8 @@ struct Activity {
     write_blocked: AtomicBool,
     /// Cancelled to close the connection for a new one over the cap.
     evict: CancellationToken,
+    /// Raised when a write starts to block, to re-arm the connection's deadline.
+    blocked: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -466,6 +467,7 @@ impl Activity {
             write_blocked_ms: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
             evict: CancellationToken::new(),
+            blocked: tokio::sync::Notify::new(),
         }
     }
 
@@ -486,6 +488,7 @@ impl Activity {
         if !self.write_blocked.swap(true, Ordering::Relaxed) {
             self.write_blocked_ms
                 .store(self.now_ms(), Ordering::Relaxed);
+            self.blocked.notify_one();
         }
     }
 

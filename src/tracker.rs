@@ -40,10 +40,14 @@ const DAY_NANOS: i64 = 86_400 * NANOS_PER_SEC;
 const MAX_SANDBOXES_COUNTED: usize = 100_000;
 const MAX_INFERRED_TIMES: u64 = 1_000;
 
-/// Why the last session of an identity ended (`container_last_terminated_reason`).
+/// Why the last session of an identity ended (`container_last_terminated_reason`). The words
+/// are the Kubernetes ones kube-state-metrics exports (`kube_pod_container_status_last_terminated_reason`),
+/// so queries and alert rules carry over; `Killed` (stopped by a signal, no OOM) is ours, as
+/// Kubernetes has no word for it (README "Metrics"). The store keeps the variant's index,
+/// never the word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum TerminationReason {
+    #[serde(rename = "OOMKilled")]
     OomKilled,
     Error,
     Completed,
@@ -53,10 +57,10 @@ pub enum TerminationReason {
 impl TerminationReason {
     pub fn as_str(self) -> &'static str {
         match self {
-            TerminationReason::OomKilled => "oom_killed",
-            TerminationReason::Error => "error",
-            TerminationReason::Completed => "completed",
-            TerminationReason::Killed => "killed",
+            TerminationReason::OomKilled => "OOMKilled",
+            TerminationReason::Error => "Error",
+            TerminationReason::Completed => "Completed",
+            TerminationReason::Killed => "Killed",
         }
     }
 
@@ -535,6 +539,11 @@ impl Tracker {
                         TerminationReason::classify(exit, c.oom_in_session, c.killed_in_session);
                     let identity = c.identity.clone();
                     self.close_session(&identity, session, exit, reason);
+                } else if c.started_at.is_none() && c.finished_at.is_none() {
+                    // Met first at this death (a replay that lost the start): the start a
+                    // reconciliation finds is this session's, not a newer one.
+                    c.exited = true;
+                    c.finished_at = Some(ev.time_nanos);
                 }
             }
             EventKind::Killed => c.killed_in_session = true,

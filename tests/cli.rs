@@ -141,3 +141,64 @@ fn events_cli_rejects_unknown_types_before_asking() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("exploded"));
 }
+
+/// Runs `run` and returns its stderr, asserting the configuration exit status 2.
+fn config_error(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut all = vec!["run", "--ephemeral"];
+    all.extend_from_slice(args);
+    let out = agent(&all, env);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
+    err
+}
+
+#[test]
+fn every_configuration_error_names_where_the_value_came_from() {
+    const BAD_LEVEL: &str = "lifecycle_agent=verbose";
+    // The file: its path and the key.
+    let f = config_file(&format!("log_level: {BAD_LEVEL}\n"));
+    let path = f.path().to_str().unwrap();
+    let err = config_error(&["--config", path], &[]);
+    assert!(
+        err.contains(&format!("config file {path}: key `log_level`")),
+        "{err}"
+    );
+    // An environment variable: the variable, for values the agent checks ...
+    let err = config_error(&[], &[("LIFECYCLE_LOG_LEVEL", BAD_LEVEL)]);
+    assert!(
+        err.contains("environment variable LIFECYCLE_LOG_LEVEL"),
+        "{err}"
+    );
+    let err = config_error(&[], &[("LIFECYCLE_LISTEN", "nowhere")]);
+    assert!(
+        err.contains("environment variable LIFECYCLE_LISTEN"),
+        "{err}"
+    );
+    // ... and for values the command line parser refuses.
+    let err = config_error(&[], &[("LIFECYCLE_MAX_HISTORY", "lots")]);
+    assert!(
+        err.contains("environment variable LIFECYCLE_MAX_HISTORY") && err.contains("lots"),
+        "{err}"
+    );
+    let err = config_error(&[], &[("LIFECYCLE_RUNTIME", "lxc")]);
+    assert!(
+        err.contains("environment variable LIFECYCLE_RUNTIME"),
+        "{err}"
+    );
+    // A flag: the flag, even when its variable is set too (the flag wins).
+    let err = config_error(
+        &["--log-level", BAD_LEVEL],
+        &[("LIFECYCLE_LOG_LEVEL", "info")],
+    );
+    assert!(err.contains("flag --log-level"), "{err}");
+    let err = config_error(&["--listen", "nowhere"], &[]);
+    assert!(err.contains("flag --listen"), "{err}");
+    let err = config_error(
+        &["--max-history", "lots"],
+        &[("LIFECYCLE_MAX_HISTORY", "5")],
+    );
+    assert!(
+        err.contains("--max-history") && !err.contains("LIFECYCLE_MAX_HISTORY"),
+        "{err}"
+    );
+}

@@ -124,7 +124,7 @@ fn a_crash_loop_counts_each_attempt_and_no_sandbox_is_a_series(kind: &'static st
     assert_eq!(metric(&m, "container_running", &app), Some(1.0));
     assert_eq!(metric(&m, "container_last_exit_code", &app), Some(4.0));
     let mut reason = app.clone();
-    reason.push(("reason", "error"));
+    reason.push(("reason", "Error"));
     assert_eq!(
         metric(&m, "container_last_terminated_reason", &reason),
         Some(1.0)
@@ -200,7 +200,7 @@ fn an_oom_kill_counts_once_with_exit_code_137(kind: &'static str) {
         agent.wait_metric("container_last_exit_code", &app, 137.0);
         agent.wait_metric("container_oom_kills_total", &app, 1.0);
         let mut reason = app.clone();
-        reason.push(("reason", "oom_killed"));
+        reason.push(("reason", "OOMKilled"));
         agent.wait_metric("container_last_terminated_reason", &reason, 1.0);
         barrier(&agent, &ctd, &pod, "barrier");
         let m = agent.metrics();
@@ -485,4 +485,35 @@ fn check_names_containerd_with_its_version_whatever_was_asked() {
     }
     let (ok, out) = check(&["--runtime", "docker", "--socket", &sock]);
     assert!(!ok, "a containerd socket is no Docker socket: {out}");
+}
+
+#[test]
+fn a_task_paused_with_ctr_is_paused_and_counts_no_restart() {
+    let Some(ctd) = Containerd::shared() else {
+        return;
+    };
+    let case = Case::new("pause", "containerd");
+    let agent = case.agent(&ctd, &[]);
+    let pod = case.pod(&ctd, "pause");
+    let app = series(&pod, "app");
+    let id = pod.run("app", 0, LOOP, None);
+    agent.wait_metric("container_running", &app, 1.0);
+    ctd.ctr("k8s.io", &["tasks", "pause", &id]);
+    agent.wait_metric("container_paused", &app, 1.0);
+    ctd.ctr("k8s.io", &["tasks", "resume", &id]);
+    agent.wait_metric("container_paused", &app, 0.0);
+    barrier(&agent, &ctd, &pod, "barrier");
+    let m = agent.metrics();
+    assert_eq!(
+        metric(&m, "container_restarts_total", &app),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(metric(&m, "container_running", &app), Some(1.0));
+    let ev = agent.events(&format!("pod={}&container=app", pod.name));
+    assert_eq!(
+        types_of(&ev),
+        vec!["created", "started", "paused", "unpaused"],
+        "{ev:?}"
+    );
 }

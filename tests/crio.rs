@@ -82,7 +82,7 @@ fn a_crash_loop_counts_each_attempt(with_events: bool) {
     );
     assert_eq!(metric(&m, "container_last_exit_code", &app), Some(4.0));
     let mut reason = app.clone();
-    reason.push(("reason", "error"));
+    reason.push(("reason", "Error"));
     assert_eq!(
         metric(&m, "container_last_terminated_reason", &reason),
         Some(1.0)
@@ -111,7 +111,7 @@ fn an_oom_kill_counts_once_with_exit_code_137(with_events: bool) {
     cri.exit(&id, 137, true);
     agent.wait_metric("container_last_exit_code", &hog, 137.0);
     let mut reason = hog.clone();
-    reason.push(("reason", "oom_killed"));
+    reason.push(("reason", "OOMKilled"));
     agent.wait_metric("container_last_terminated_reason", &reason, 1.0);
     barrier(&agent, &cri, "hog-1", "barrier");
     let m = agent.metrics();
@@ -186,7 +186,7 @@ fn a_removed_container_leaves_its_series(with_events: bool) {
     agent.wait_metric("container_running", &app, 1.0);
     cri.exit(&id, 0, false);
     let mut reason = app.clone();
-    reason.push(("reason", "completed"));
+    reason.push(("reason", "Completed"));
     agent.wait_metric("container_last_terminated_reason", &reason, 1.0);
     cri.remove(&id);
     common::wait_for(

@@ -342,6 +342,66 @@ fn a_gap_longer_than_dockers_buffer_is_reported() {
     let _ = std::fs::remove_dir_all(state);
 }
 
+#[test]
+fn a_container_first_met_in_a_partial_replay_starts_from_restart_count() {
+    // Its own daemon: replays depend on what is in Docker's 256-event buffer.
+    let Some(d) = DockerDaemon::start_private() else {
+        return;
+    };
+    let label = label();
+    let state = state_dir();
+    let filter = ["--container-filter", label.as_str()];
+    let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+    let first = d.run("before", &["--label", &label], LOOP);
+    agent.wait_metric(
+        "container_running",
+        &[("container", first.name.as_str())],
+        1.0,
+    );
+    assert!(agent.stop().success());
+    // While the agent is stopped: a container that fails 3 times (its restart policy
+    // restarts it), then runs until told to fail once more.
+    let script = "n=$(cat /n 2>/dev/null || echo 0); echo $((n+1)) > /n; \
+        [ \"$n\" -lt 3 ] && exit 1; trap 'exit 0' TERM; \
+        while [ ! -f /fail ]; do sleep 0.1; done; rm /fail; exit 1";
+    let c = d.run(
+        "policy",
+        &["--label", &label, "--restart", "on-failure"],
+        script,
+    );
+    // Docker counts a restart when it schedules it, and calls a container in its back-off
+    // running: wait for the start itself.
+    let restart_count = |d: &DockerDaemon| {
+        let f = "{{.RestartCount}} {{.State.Running}} {{.State.Restarting}}";
+        d.docker_ok(&["inspect", "-f", f, &c.name])
+            .trim()
+            .to_string()
+    };
+    wait_for("3 policy restarts", Duration::from_secs(30), || {
+        (restart_count(&d) == "3 true false").then_some(())
+    });
+    // Docker keeps its last 256 events (all containers): 300 push out the beginning.
+    for i in 0..300 {
+        d.docker_ok(&[if i % 2 == 0 { "pause" } else { "unpause" }, &first.name]);
+    }
+    // Its 4th restart is in what Docker still holds: the agent meets it there first.
+    d.docker_ok(&["exec", &c.name, "touch", "/fail"]);
+    wait_for("the 4th policy restart", Duration::from_secs(30), || {
+        (restart_count(&d) == "4 true false").then_some(())
+    });
+    let agent = Agent::start_with_state(&d.socket(), &state, &filter);
+    agent.wait_metric("lifecycle_agent_events_possibly_missed_total", &[], 1.0);
+    let id = [("container", c.name.as_str())];
+    agent.wait_metric("container_running", &id, 1.0);
+    agent.wait_metric("container_restarts_total", &id, 4.0);
+    // The replayed restart is in the history, the lost ones are not.
+    let started = agent.events(&format!("container={}&type=started", c.name));
+    assert_eq!(started.len(), 1, "{started:?}");
+    drop((c, first));
+    drop(agent);
+    let _ = std::fs::remove_dir_all(state);
+}
+
 fn corrupt(dir: &Path, how: &str) {
     let f = dir.join("state.redb");
     match how {

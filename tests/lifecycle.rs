@@ -93,6 +93,8 @@ both_runtimes!(
     metrics_follow_the_exposition_formats,
     a_container_created_after_ready_gets_its_image_id,
     a_rename_renames_the_series_without_an_event,
+    a_pod_recreated_under_its_name_is_a_second_series_never_a_duplicate,
+    a_filter_of_two_labels_tracks_only_containers_with_both,
 );
 
 docker_only!(
@@ -168,7 +170,7 @@ fn stop_then_start_counts_one_and_pause_counts_none(case: &Case) {
     agent.wait_metric("container_running", &c(&ctr.name), 0.0);
     agent.wait_metric(
         "container_last_terminated_reason",
-        &[("container", &ctr.name), ("reason", "completed")],
+        &[("container", &ctr.name), ("reason", "Completed")],
         1.0,
     );
     assert_eq!(
@@ -202,7 +204,7 @@ fn restart_policy_on_failure_counts_each_restart_and_node_total_survives_removal
     agent.wait_metric("container_running", &c(&ctr.name), 0.0);
     agent.wait_metric(
         "container_last_terminated_reason",
-        &[("container", &ctr.name), ("reason", "error")],
+        &[("container", &ctr.name), ("reason", "Error")],
         1.0,
     );
     let inspect = case.rt.cli_ok(&[
@@ -300,7 +302,7 @@ fn oom_kill_counts_once_with_exit_code_137(case: &Case) {
         agent.wait_metric("container_oom_kills_total", &c(&ctr.name), 1.0);
         agent.wait_metric(
             "container_last_terminated_reason",
-            &[("container", &ctr.name), ("reason", "oom_killed")],
+            &[("container", &ctr.name), ("reason", "OOMKilled")],
             1.0,
         );
         let ev = history(&agent, &format!("container={}&type=oom", ctr.name));
@@ -428,6 +430,145 @@ fn kubelet_style_replacement_is_one_restart_of_the_same_identity(case: &Case) {
     agent.wait_metric("containers_restarts_total", &[], 1.0);
 }
 
+/// Fails when one scrape carries a metric name with the same label set twice.
+fn assert_no_duplicate_series(text: &str) {
+    let mut seen = std::collections::HashSet::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let series = line.rsplit_once(' ').map_or(line, |(s, _)| s);
+        assert!(
+            seen.insert(series),
+            "a series twice in one scrape: {series}"
+        );
+    }
+}
+
+fn a_pod_recreated_under_its_name_is_a_second_series_never_a_duplicate(case: &Case) {
+    let agent = case.agent(&[]);
+    let pod = format!("io.kubernetes.pod.name={}", common::unique("sts"));
+    let pod_name = pod.trim_start_matches("io.kubernetes.pod.name=");
+    let (uid1, uid2) = (common::unique("uid"), common::unique("uid"));
+    let (l1, l2) = (
+        format!("io.kubernetes.pod.uid={uid1}"),
+        format!("io.kubernetes.pod.uid={uid2}"),
+    );
+    let attempt0 = "annotation.io.kubernetes.container.restartCount=0";
+    // The old pod's container died and the kubelet has not collected it yet; the pod is
+    // deleted and re-created under its name (a StatefulSet pod), with a new uid.
+    let old = case
+        .rt
+        .run("sts", &pod_labels(case, &pod, &l1, attempt0), "exit 1");
+    let old_id = [
+        ("pod", pod_name),
+        ("container", "web"),
+        ("uid", uid1.as_str()),
+    ];
+    let new_id = [
+        ("pod", pod_name),
+        ("container", "web"),
+        ("uid", uid2.as_str()),
+    ];
+    agent.wait_metric("container_running", &old_id, 0.0);
+    let new = case
+        .rt
+        .run("sts", &pod_labels(case, &pod, &l2, attempt0), LOOP);
+    agent.wait_metric("container_running", &new_id, 1.0);
+    agent.wait_metric(
+        "container_events_total",
+        &[("event", "started"), ("uid", &uid2)],
+        1.0,
+    );
+    let text = agent.metrics();
+    assert_no_duplicate_series(&text);
+    // Two series per family, one per pod, neither fed by the other.
+    let restarts = common::samples(&text, "container_restarts_total");
+    assert_eq!(restarts.len(), 2, "{restarts:?}");
+    assert_eq!(
+        common::metric(&text, "container_restarts_total", &old_id),
+        Some(0.0)
+    );
+    assert_eq!(
+        common::metric(&text, "container_restarts_total", &new_id),
+        Some(0.0)
+    );
+    assert_eq!(
+        common::metric(&text, "container_last_exit_code", &old_id),
+        Some(1.0)
+    );
+    assert_eq!(
+        common::metric(&text, "container_last_exit_code", &new_id),
+        None
+    );
+    assert_eq!(
+        common::metric(&text, "lifecycle_agent_series_collisions", &[]),
+        Some(0.0)
+    );
+    // The id as the pod status and kube-state-metrics' kube_pod_container_info write it.
+    let id = case.rt.cli_ok(&["inspect", "-f", "{{.Id}}", &new.name]);
+    let want = format!("{}://{}", case.rt.kind(), id.trim());
+    assert_eq!(
+        common::metric(
+            &text,
+            "container_info",
+            &[("uid", &uid2), ("kube_container_id", &want)]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    common::promtool_check(&text);
+    drop((old, new));
+}
+
+fn a_filter_of_two_labels_tracks_only_containers_with_both(case: &Case) {
+    // libpod's event filter ORs two labels: the agent must check them itself.
+    let other = format!("lat.other={}", common::unique("both"));
+    let filter = format!("{},{other}", case.label);
+    let agent = Agent::start_on(
+        case.rt.kind(),
+        &case.rt.socket(),
+        &["--container-filter", &filter],
+    );
+    let only_a = case.rt.run("only-a", &case.opts(&[]), LOOP);
+    let only_b = case.rt.run("only-b", &["--label", &other], LOOP);
+    case.rt.cli_ok(&["restart", "-t", "0", &only_a.name]);
+    case.rt.cli_ok(&["restart", "-t", "0", &only_b.name]);
+    // The barrier: events arrive in order, so once this container's restart is counted,
+    // every event of the two before it has been seen (and must have been dropped).
+    let both = case.rt.run("both", &case.opts(&["--label", &other]), LOOP);
+    case.rt.cli_ok(&["restart", "-t", "0", &both.name]);
+    agent.wait_metric("container_restarts_total", &c(&both.name), 1.0);
+    let names = |agent: &Agent| -> Vec<String> {
+        common::samples(&agent.metrics(), "container_info")
+            .into_iter()
+            .filter_map(|(l, _)| l.into_iter().find(|(k, _)| k == "name").map(|(_, v)| v))
+            .collect()
+    };
+    assert_eq!(names(&agent), [both.name.as_str()]);
+    assert_eq!(
+        common::metric(&agent.metrics(), "containers_tracked", &[]),
+        Some(1.0)
+    );
+    let seen: Vec<String> = history(&agent, "limit=1000")
+        .iter()
+        .map(|e| e["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|n| *n == both.name),
+        "{seen:?}"
+    );
+    // An agent that meets the three through list + inspect selects the same one.
+    let listed = Agent::start_on(
+        case.rt.kind(),
+        &case.rt.socket(),
+        &["--container-filter", &filter],
+    );
+    listed.wait_metric("containers_tracked", &[], 1.0);
+    assert_eq!(names(&listed), [both.name.as_str()]);
+    drop((only_a, only_b, both));
+}
+
 fn events_api_filters_and_names_bad_parameters(case: &Case) {
     let agent = case.agent(&[]);
     let a = case.rt.run("api-a", &case.opts(&[]), "exit 0");
@@ -436,6 +577,11 @@ fn events_api_filters_and_names_bad_parameters(case: &Case) {
     agent.wait_metric("container_last_exit_code", &c(&a.name), 0.0);
     case.rt.cli_ok(&["kill", &b.name]);
     agent.wait_metric("container_running", &c(&b.name), 0.0);
+    agent.wait_metric(
+        "container_last_terminated_reason",
+        &[("container", &b.name), ("reason", "Killed")],
+        1.0,
+    );
 
     let by_a = history(&agent, &format!("container={}", a.name));
     assert_eq!(

@@ -113,7 +113,7 @@ fn an_oom_kill_is_exit_137_without_an_oom_event() {
     // What the README promises: Podman tells nothing of the OOM kill.
     agent.wait_metric(
         "container_last_terminated_reason",
-        &[("container", &ctr.name), ("reason", "error")],
+        &[("container", &ctr.name), ("reason", "Error")],
         1.0,
     );
     agent.wait_metric("container_oom_kills_total", &c(&ctr.name), 0.0);

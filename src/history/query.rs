@@ -174,11 +174,11 @@ impl History {
 
     /// The sequence numbers (newest first) of the containers a `container` filter selects,
     /// or `None` when they are too many for the postings to beat a scan.
-    fn candidates(&self, c: &str) -> Option<Vec<u64>> {
+    pub(super) fn candidates(&self, c: &str) -> Option<Vec<u64>> {
         let mut total = 0;
         let mut lists = Vec::new();
         for (id, p) in &self.by_container {
-            if &*p.subject.name == c || &*p.subject.container == c || id.starts_with(c) {
+            if p.may_match(id, c) {
                 total += p.seqs.len();
                 lists.push(&p.seqs);
             }

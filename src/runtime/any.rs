@@ -14,9 +14,10 @@ use crate::event::{RuntimeKind, SourceEvent};
 /// through libpod, containerd through its events service and CRI, CRI-O through CRI. Chosen
 /// by what the daemon says it is, not by what the user expected, so `--runtime docker`
 /// pointed at a Podman socket still gets Podman's own vocabulary.
+/// Podman's source (a pooled HTTP client) is boxed: it is several times the size of the others.
 pub enum AnySource {
     Docker(DockerSource),
-    Podman(PodmanSource),
+    Podman(Box<PodmanSource>),
     Containerd(ContainerdSource),
     Cri(CriSource),
 }
@@ -41,7 +42,7 @@ impl AnySource {
         } = options;
         match runtime {
             RuntimeKind::Docker => AnySource::Docker(DockerSource::new(endpoint, filter)),
-            RuntimeKind::Podman => AnySource::Podman(PodmanSource::new(endpoint, filter)),
+            RuntimeKind::Podman => AnySource::Podman(Box::new(PodmanSource::new(endpoint, filter))),
             RuntimeKind::Containerd if !generic_cri => AnySource::Containerd(
                 ContainerdSource::new(endpoint, filter, containerd_namespaces),
             ),

@@ -40,13 +40,14 @@ use tracing::{debug, info, warn};
 
 mod wire;
 
+use wire::timestamp_nanos;
+pub use wire::{cri_metadata, decode, CriMetadata, Decoded, StartOrder, CRI_METADATA_EXTENSION};
+
 use super::cri;
 use super::snapshot::{ContainerSnapshot, SnapshotState};
 use super::{ContainerFilter, RuntimeInfo, Source, SourceError};
 use crate::event::{ContainerLabels, EventKind, RuntimeEvent, RuntimeKind, SourceEvent, Subject};
 use crate::time::now_nanos;
-use wire::timestamp_nanos;
-pub use wire::{cri_metadata, decode, CriMetadata, Decoded, CRI_METADATA_EXTENSION};
 
 /// The namespace of the CRI plugin's containers (the kubelet's).
 pub const CRI_NAMESPACE: &str = "k8s.io";
@@ -387,47 +388,6 @@ async fn subscriber(
     }
 }
 
-/// Puts a container's start before what its task says next. containerd publishes
-/// `/tasks/start` from its task service once the shim's start call returns, but the shim's
-/// own events (`/tasks/oom`, `/tasks/exit`) are forwarded on another path and can overtake
-/// it: a container OOM-killed at once arrives as oom, start, exit. Events of a container
-/// created on this stream and not started yet wait for its start (or its removal).
-#[derive(Debug, Default)]
-pub struct StartOrder {
-    waiting: HashMap<(String, String), Vec<RuntimeEvent>>,
-}
-
-impl StartOrder {
-    /// The events to forward now, in order.
-    pub fn pass(&mut self, namespace: &str, ev: RuntimeEvent) -> Vec<RuntimeEvent> {
-        let key = (namespace.to_string(), ev.subject.container_id.clone());
-        match ev.kind {
-            EventKind::Created => {
-                self.waiting.insert(key, Vec::new());
-                vec![ev]
-            }
-            EventKind::Started | EventKind::Destroyed => {
-                let mut out = vec![ev];
-                if let Some(held) = self.waiting.remove(&key) {
-                    if out[0].kind == EventKind::Destroyed {
-                        out.splice(0..0, held);
-                    } else {
-                        out.extend(held);
-                    }
-                }
-                out
-            }
-            _ => match self.waiting.get_mut(&key) {
-                Some(held) => {
-                    held.push(ev);
-                    Vec::new()
-                }
-                None => vec![ev],
-            },
-        }
-    }
-}
-
 /// One envelope as a lifecycle event of a tracked container, or `None`.
 async fn lifecycle(
     lookup: &Lookup,
@@ -449,12 +409,9 @@ async fn lifecycle(
                 known.lock().insert(key.clone(), k.clone());
                 k
             }
-            // Gone before we asked: only its removal still matters (to a container the
-            // tracker may know from a list).
-            None if d.kind == EventKind::Destroyed => Some(Arc::new(Subject {
-                container_id: d.container_id.clone(),
-                ..Subject::default()
-            })),
+            // Gone before we asked, and never listed or placed by this source: not one the
+            // tracker can know (a list fills `known` with every container it shows), and
+            // perhaps one the filter leaves out.
             None => {
                 debug!(container_id = %d.container_id, topic = %envelope.topic, "event of a container already gone");
                 return Ok(None);
@@ -727,51 +684,6 @@ impl ContainerdSource {
 #[cfg(test)]
 mod test {
     use super::*;
-
-    fn event(kind: EventKind) -> RuntimeEvent {
-        RuntimeEvent {
-            time_nanos: 1,
-            kind,
-            action: kind.as_str().into(),
-            subject: Arc::new(Subject {
-                container_id: "c1".into(),
-                ..Subject::default()
-            }),
-            exit_code: None,
-            health: None,
-        }
-    }
-
-    #[test]
-    fn an_oom_and_an_exit_that_overtake_the_start_wait_for_it() {
-        let mut order = StartOrder::default();
-        let kinds = |evs: Vec<RuntimeEvent>| evs.iter().map(|e| e.kind).collect::<Vec<_>>();
-        assert_eq!(
-            kinds(order.pass("k8s.io", event(EventKind::Created))),
-            vec![EventKind::Created]
-        );
-        assert!(order.pass("k8s.io", event(EventKind::Oom)).is_empty());
-        assert_eq!(
-            kinds(order.pass("k8s.io", event(EventKind::Started))),
-            vec![EventKind::Started, EventKind::Oom]
-        );
-        assert_eq!(
-            kinds(order.pass("k8s.io", event(EventKind::Died))),
-            vec![EventKind::Died]
-        );
-        // A container known from a list passes straight through.
-        assert_eq!(
-            kinds(order.pass("moby", event(EventKind::Oom))),
-            vec![EventKind::Oom]
-        );
-        // Created, never started, removed: what it held goes before the removal.
-        order.pass("x", event(EventKind::Created));
-        order.pass("x", event(EventKind::Died));
-        assert_eq!(
-            kinds(order.pass("x", event(EventKind::Destroyed))),
-            vec![EventKind::Died, EventKind::Destroyed]
-        );
-    }
 
     #[test]
     fn sandboxes_are_known_by_their_kind_label() {

@@ -143,10 +143,13 @@ impl Source for DockerSource {
             filters: Some(filters),
         };
         let endpoint = self.endpoint.clone();
+        let filter = self.filter.clone();
         client
             .events(Some(opts))
             .map(move |item| match item {
-                Ok(msg) => Ok(to_source_event(msg)),
+                Ok(msg) => Ok(selected(&filter, &msg)
+                    .then(|| to_source_event(msg))
+                    .flatten()),
                 Err(e) => Err(SourceError::Api {
                     endpoint: endpoint.clone(),
                     operation: "events",
@@ -167,7 +170,15 @@ impl Source for DockerSource {
             .list_containers(Some(opts))
             .await
             .map_err(|e| self.api("list containers", e))?;
-        let ids: Vec<String> = list.into_iter().filter_map(|c| c.id).collect();
+        let ids: Vec<String> = list
+            .into_iter()
+            .filter(|c| {
+                let labels = c.labels.as_ref();
+                self.filter
+                    .matches(|k| labels.and_then(|l| l.get(k)).map(String::as_str))
+            })
+            .filter_map(|c| c.id)
+            .collect();
         let results: Vec<_> = stream::iter(ids)
             .map(|id| async move { self.inspect(&id).await })
             .buffer_unordered(INSPECT_CONCURRENCY)
@@ -200,6 +211,13 @@ impl Source for DockerSource {
             .map(|_| ())
             .map_err(|e| self.unreachable(error_chain(&e)))
     }
+}
+
+/// Whether an event's container passes `--container-filter` (its attributes carry the
+/// container's labels).
+fn selected(filter: &ContainerFilter, msg: &EventMessage) -> bool {
+    let attrs = msg.actor.as_ref().and_then(|a| a.attributes.as_ref());
+    filter.matches(|k| attrs.and_then(|a| a.get(k)).map(String::as_str))
 }
 
 /// Translates one Docker event; non-container and unmapped actions become `None`. A rename's

@@ -46,7 +46,10 @@ pub enum SourceError {
     Unresponsive { endpoint: String, seconds: u64 },
 }
 
-/// Label filters (`--container-filter KEY[=VALUE]`), applied by the runtime itself.
+/// Label filters (`--container-filter KEY[=VALUE]`): a container is tracked only when it
+/// carries every one of them. They are passed to the runtime's list and event filters to
+/// save work, and checked again by the sources ([`ContainerFilter::matches`]) because the
+/// runtimes do not agree on what several filters mean: libpod's event filter ORs them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerFilter {
     pub labels: Vec<String>,
@@ -66,6 +69,15 @@ impl ContainerFilter {
             labels.push(item.trim().to_string());
         }
         Ok(ContainerFilter { labels })
+    }
+
+    /// Whether a container with these labels (or event attributes, which carry them) passes
+    /// every filter: `KEY` needs the label, `KEY=VALUE` needs that value.
+    pub fn matches<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.labels.iter().all(|f| match f.split_once('=') {
+            Some((key, value)) => get(key.trim()) == Some(value),
+            None => get(f).is_some(),
+        })
     }
 }
 
@@ -200,6 +212,21 @@ mod test {
         let text = error_chain(&e);
         assert!(text.starts_with("client error (Connect): "), "{text}");
         assert!(text.contains("Permission denied"), "{text}");
+    }
+
+    #[test]
+    fn container_filters_all_must_match() {
+        let f = ContainerFilter::parse(&["a=1".into(), "b=2".into(), "c".into()]).unwrap();
+        let labels = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(key, _)| *key == k).map(|(_, v)| *v)
+        };
+        assert!(f.matches(labels(&[("a", "1"), ("b", "2"), ("c", "")])));
+        assert!(!f.matches(labels(&[("a", "1"), ("c", "x")])), "b missing");
+        assert!(!f.matches(labels(&[("a", "1"), ("b", "3"), ("c", "x")])));
+        assert!(!f.matches(labels(&[("a", "1"), ("b", "2")])), "c missing");
+        assert!(ContainerFilter::default().matches(labels(&[])));
+        let eq = ContainerFilter::parse(&["k=v=w".into()]).unwrap();
+        assert!(eq.matches(labels(&[("k", "v=w")])));
     }
 
     #[test]

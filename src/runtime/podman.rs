@@ -110,6 +110,7 @@ struct StreamCtx {
     endpoint: String,
     target: Target,
     infra: Arc<Mutex<InfraCache>>,
+    filter: ContainerFilter,
 }
 
 impl StreamCtx {
@@ -149,6 +150,14 @@ impl StreamCtx {
             );
             return None;
         };
+        // libpod's event filter ORs the values of one key: check every label here.
+        let attrs = raw.actor.attributes.as_ref();
+        if !self
+            .filter
+            .matches(|k| attrs.and_then(|a| a.get(k)).map(String::as_str))
+        {
+            return None;
+        }
         if let Some(r) = to_rename(&raw) {
             return Some(SourceEvent::Renamed(r));
         }
@@ -332,6 +341,7 @@ impl Source for PodmanSource {
                 endpoint: self.endpoint.clone(),
                 target,
                 infra: self.infra.clone(),
+                filter: self.filter.clone(),
             },
             filters: self.filters(&[("type", "container")]),
             until,
@@ -364,7 +374,13 @@ impl Source for PodmanSource {
                 cache.known.insert(c.id.clone(), c.is_infra);
             }
         }
-        let results: Vec<_> = stream::iter(list.into_iter().filter(|c| !c.is_infra))
+        let selected = list.into_iter().filter(|c| {
+            !c.is_infra
+                && self
+                    .filter
+                    .matches(|k| c.labels.as_ref().and_then(|l| l.get(k)).map(String::as_str))
+        });
+        let results: Vec<_> = stream::iter(selected)
             .map(|c| async move { self.inspect(&c.id).await })
             .buffer_unordered(INSPECT_CONCURRENCY)
             .collect()

@@ -2,7 +2,7 @@
 //! every (re)connect, and with a look-up of one container (`docs/design.md`, "Replay and
 //! reconciliation"). What happened unseen is inferred here.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::{
     first_sight, ContainerState, Counted, TerminationReason, Tracker, MAX_SANDBOXES_COUNTED,
@@ -64,7 +64,33 @@ impl Tracker {
     ) -> ReconcileReport {
         let mut report = ReconcileReport::default();
         let mut present = HashSet::with_capacity(snaps.len());
-        for s in snaps.iter().filter(|s| !s.labels.sandbox) {
+        // The runtime lists containers in no promised order: oldest first (by the kubelet's
+        // ordinal, then creation), so the latest exit of an identity is the last one closed.
+        let mut ordered: Vec<&ContainerSnapshot> =
+            snaps.iter().filter(|s| !s.labels.sandbox).collect();
+        ordered.sort_by_key(|s| {
+            (
+                s.labels.k8s_restart_count,
+                s.created_at,
+                s.started_at,
+                s.id.as_str(),
+            )
+        });
+        // Identities this snapshot shows for the first time, with their newest container's
+        // ordinal and whether it ran: the best lower bound, whichever container comes first.
+        let mut first_seen: HashMap<Identity, (Option<u64>, bool)> = HashMap::new();
+        for s in &ordered {
+            if !self.containers.contains_key(&s.id) {
+                let identity = Identity::of(&s.id, &s.labels);
+                if !self.identities.contains_key(&identity) {
+                    first_seen.insert(
+                        identity,
+                        (s.labels.k8s_restart_count, s.started_at.is_some()),
+                    );
+                }
+            }
+        }
+        for s in ordered {
             present.insert(s.id.as_str());
             let identity = self
                 .containers
@@ -75,7 +101,7 @@ impl Tracker {
             if self.containers.contains_key(&s.id) {
                 report.inferred_restarts += self.reconcile_known(s, now);
             } else {
-                report.inferred_restarts += self.adopt(s, now);
+                report.inferred_restarts += self.adopt(s, now, &first_seen);
                 report.added += 1;
             }
         }
@@ -101,8 +127,14 @@ impl Tracker {
         report
     }
 
-    /// A container met first in a snapshot. Returns restarts inferred.
-    fn adopt(&mut self, s: &ContainerSnapshot, now: i64) -> u64 {
+    /// A container met first in a snapshot; `first_seen` holds the identities the snapshot
+    /// shows for the first time (see [`Tracker::reconcile`]). Returns restarts inferred.
+    fn adopt(
+        &mut self,
+        s: &ContainerSnapshot,
+        now: i64,
+        first_seen: &HashMap<Identity, (Option<u64>, bool)>,
+    ) -> u64 {
         let identity = Identity::of(&s.id, &s.labels);
         let running = s.state.is_running();
         let state = ContainerState {
@@ -131,8 +163,11 @@ impl Tracker {
         let inferred = if fresh {
             let id = self.identity_entry(&identity);
             // The best lower bound the runtime gives (`docs/design.md`, "Restart semantics").
-            let (restarts, ever_started) = match s.labels.k8s_restart_count {
-                Some(attempt) => first_sight(Some(attempt), started),
+            let newest = first_seen
+                .get(&identity)
+                .and_then(|&(attempt, ran)| attempt.map(|a| (a, ran)));
+            let (restarts, ever_started) = match newest {
+                Some((attempt, ran)) => first_sight(Some(attempt), ran),
                 // Docker raises RestartCount when it schedules a restart: the start that
                 // follows the back-off is counted when it is seen, as for a known container.
                 None if s.state == SnapshotState::Restarting => {
@@ -141,7 +176,7 @@ impl Tracker {
                 None => (s.restart_count, started),
             };
             id.ever_started = ever_started;
-            id.max_attempt = s.labels.k8s_restart_count;
+            id.max_attempt = newest.map(|(a, _)| a);
             self.add_restarts(&identity, restarts, Counted::FirstSight);
             restarts
         } else if s.labels.k8s_restart_count.is_some() {
@@ -162,9 +197,11 @@ impl Tracker {
             id.health = s.health;
         }
         if s.finished_at.is_some() && !running {
-            // A new identity's last session is known exactly; earlier ones are not, and a
-            // known identity's sessions were counted as they ended.
-            let uptime = match (fresh, s.started_at, s.finished_at) {
+            // The last session of each container of an identity this snapshot shows first is
+            // known exactly; earlier ones are not, and a known identity's sessions were counted
+            // as they ended.
+            let new_identity = first_seen.contains_key(&identity);
+            let uptime = match (new_identity, s.started_at, s.finished_at) {
                 (true, Some(a), Some(b)) => b - a,
                 _ => 0,
             };
@@ -189,7 +226,7 @@ impl Tracker {
         let mut unseen_starts = 0u64;
         let newer_start = match (s.started_at, c.started_at) {
             (Some(new), Some(old)) => new > old && !starts_once,
-            (Some(_), None) => true,
+            (Some(new), None) => c.finished_at.is_none_or(|f| new > f),
             _ => false,
         };
         if newer_start {
@@ -257,6 +294,33 @@ impl Tracker {
             self.close_session(&identity, b - a, s.exit_code, reason);
         }
         self.add_restarts(&identity, inferred, Counted::Inferred(now));
-        inferred
+        inferred + self.restart_count_bound(&identity, s)
+    }
+
+    /// The first-sight rule for a container met through an event (`docs/design.md`,
+    /// "Restart semantics"): a container first seen in a replay that lost its beginning (a
+    /// gap longer than Docker's buffer) is counted from its first event, so the runtime's
+    /// `RestartCount` is still its lower bound when it is reconciled. Restarts all seen are
+    /// never fewer (the runtime counts only policy restarts and resets its count on a manual
+    /// start), so this only raises a count that missed some. A container Docker is about to
+    /// restart already counts the start to come, which is counted when seen. Plain containers
+    /// only: a kubelet container's bound is its ordinal. Returns restarts added.
+    fn restart_count_bound(&mut self, identity: &Identity, s: &ContainerSnapshot) -> u64 {
+        if !matches!(identity, Identity::Container(_)) {
+            return 0;
+        }
+        let bound = match s.state {
+            SnapshotState::Restarting => s.restart_count.saturating_sub(1),
+            _ => s.restart_count,
+        };
+        let Some(id) = self.identities.get_mut(identity) else {
+            return 0;
+        };
+        let missing = bound.saturating_sub(id.restarts);
+        if missing > 0 {
+            id.ever_started = true;
+            self.add_restarts(identity, missing, Counted::FirstSight);
+        }
+        missing
     }
 }

@@ -663,6 +663,144 @@ fn reconciliation_refreshes_the_image_id_and_name_of_known_containers() {
 }
 
 #[test]
+fn termination_reasons_are_the_kubernetes_words_in_metrics_and_json() {
+    let words = [
+        (TerminationReason::OomKilled, "OOMKilled"),
+        (TerminationReason::Error, "Error"),
+        (TerminationReason::Completed, "Completed"),
+        (TerminationReason::Killed, "Killed"),
+    ];
+    for (reason, word) in words {
+        assert_eq!(reason.as_str(), word);
+        assert_eq!(
+            serde_json::to_value(reason).ok(),
+            Some(serde_json::json!(word))
+        );
+    }
+}
+
+#[test]
+fn first_sight_of_an_identity_does_not_depend_on_the_order_of_the_list() {
+    // Three containers of one pod container: two exited attempts and the running one.
+    let attempt = |id: &str, n: u64, state, started, finished: Option<i64>, code| {
+        let mut s = snap(id, state, Some(started), finished);
+        s.labels = pod_labels(Some(n));
+        s.created_at = Some(started - 1);
+        s.exit_code = finished.map(|_| code);
+        s
+    };
+    let all = [
+        attempt("a", 0, SnapshotState::Exited, S, Some(11 * S), 2),
+        attempt("b", 1, SnapshotState::Exited, 12 * S, Some(15 * S), 1),
+        attempt("c", 2, SnapshotState::Running, 20 * S, None, 0),
+    ];
+    let orders = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    for order in orders {
+        let snaps: Vec<_> = order.iter().map(|&i| all[i].clone()).collect();
+        let mut t = tracker();
+        t.reconcile(&snaps, true, 30 * S);
+        let v = only(&t, 30 * S);
+        assert_eq!(v.restarts, 2, "order {order:?}");
+        // 10 s + 3 s of the exited sessions, 10 s of the running one.
+        assert_eq!(v.uptime_seconds, 23.0, "order {order:?}");
+        assert_eq!(
+            v.last_exit_code,
+            Some(1),
+            "the latest exit; order {order:?}"
+        );
+        assert_eq!(t.inferred_restarts(), 2, "order {order:?}");
+        assert_eq!(
+            t.restarts_last_day(30 * S),
+            0,
+            "restarts of unknown time are not recent; order {order:?}"
+        );
+    }
+}
+
+#[test]
+fn a_container_first_met_in_a_partial_replay_gets_restart_count_as_its_lower_bound() {
+    // The replay lost the container's create and its first restarts: it is met at a `die`,
+    // then restarted by its policy; Docker's RestartCount says 4 restarts in all.
+    let mut t = tracker();
+    apply_all(
+        &mut t,
+        &[
+            die(10 * S, "a", 1),
+            ev(11 * S, "a", "start", EventKind::Started),
+        ],
+    );
+    assert_eq!(only(&t, 12 * S).restarts, 1);
+    let mut s = snap("a", SnapshotState::Running, Some(11 * S), Some(10 * S));
+    s.restart_count = 4;
+    let r = t.reconcile(&[s.clone()], true, 12 * S);
+    assert_eq!(r.inferred_restarts, 3);
+    assert_eq!(only(&t, 12 * S).restarts, 4);
+    assert_eq!(
+        t.restarts_last_day(12 * S),
+        1,
+        "only the observed one has a time"
+    );
+    // Later reconciliations of the same state add nothing.
+    t.reconcile(&[s], true, 13 * S);
+    assert_eq!(only(&t, 13 * S).restarts, 4);
+    assert_eq!(t.node_counts().restarts_total, 4);
+}
+
+#[test]
+fn restarts_seen_live_are_not_counted_again_by_restart_count() {
+    let mut t = tracker();
+    run(&mut t, "a");
+    for i in 0..3 {
+        let at = (10 + 2 * i) * S;
+        apply_all(
+            &mut t,
+            &[
+                die(at, "a", 1),
+                ev(at + S, "a", "start", EventKind::Started),
+            ],
+        );
+    }
+    assert_eq!(only(&t, 20 * S).restarts, 3);
+    let mut s = snap("a", SnapshotState::Running, Some(15 * S), Some(14 * S));
+    s.restart_count = 3;
+    t.reconcile(&[s], true, 20 * S);
+    assert_eq!(only(&t, 20 * S).restarts, 3);
+    // Caught in Docker's back-off: RestartCount already counts the start to come.
+    apply_all(&mut t, &[die(21 * S, "a", 1)]);
+    let mut s = snap("a", SnapshotState::Restarting, Some(15 * S), Some(21 * S));
+    s.restart_count = 4;
+    t.reconcile(&[s], true, 22 * S);
+    assert_eq!(only(&t, 22 * S).restarts, 3);
+    apply_all(&mut t, &[ev(23 * S, "a", "start", EventKind::Started)]);
+    assert_eq!(only(&t, 24 * S).restarts, 4);
+}
+
+#[test]
+fn a_container_first_met_at_its_death_and_reconciled_in_docker_back_off_counts_once() {
+    // Met at the `die` of its 4th run; Docker already counts the restart it schedules.
+    let mut t = tracker();
+    apply_all(&mut t, &[die(10 * S, "a", 1)]);
+    let mut s = snap("a", SnapshotState::Restarting, Some(9 * S), Some(10 * S));
+    s.restart_count = 4;
+    t.reconcile(&[s], true, 11 * S);
+    assert_eq!(
+        only(&t, 11 * S).restarts,
+        3,
+        "the scheduled start counts when seen"
+    );
+    apply_all(&mut t, &[ev(12 * S, "a", "start", EventKind::Started)]);
+    assert_eq!(only(&t, 13 * S).restarts, 4);
+    assert_eq!(t.node_counts().restarts_total, 4);
+}
+
+#[test]
 fn a_cri_containers_start_stamped_later_by_cri_is_the_same_start() {
     let mut t = tracker();
     t.set_runtime(RuntimeKind::Containerd);

@@ -1,14 +1,17 @@
-//! containerd's wire formats: the events of its stream (protobuf, by topic) and the CRI
-//! plugin's own record of a container (JSON in a container extension).
+//! containerd's wire formats, as pure functions: its event topics and payloads, the CRI
+//! plugin's record of a container, and the order in which a container's events are passed on.
+
+use std::collections::HashMap;
 
 use containerd_client::events::{
     ContainerCreate, ContainerDelete, TaskExit, TaskOom, TaskPaused, TaskResumed, TaskStart,
 };
 use prost::Message;
 
-use crate::event::EventKind;
+use crate::event::{EventKind, RuntimeEvent};
 
-pub(super) fn timestamp_nanos(t: &prost_types::Timestamp) -> i64 {
+/// Unix nanoseconds of a protobuf timestamp.
+pub fn timestamp_nanos(t: &prost_types::Timestamp) -> i64 {
     t.seconds
         .saturating_mul(1_000_000_000)
         .saturating_add(i64::from(t.nanos))
@@ -102,9 +105,53 @@ pub fn cri_metadata(value: &[u8]) -> Option<CriMetadata> {
     })
 }
 
+/// Puts a container's start before what its task says next. containerd publishes
+/// `/tasks/start` from its task service once the shim's start call returns, but the shim's
+/// own events (`/tasks/oom`, `/tasks/exit`) are forwarded on another path and can overtake
+/// it: a container OOM-killed at once arrives as oom, start, exit. Events of a container
+/// created on this stream and not started yet wait for its start (or its removal).
+#[derive(Debug, Default)]
+pub struct StartOrder {
+    waiting: HashMap<(String, String), Vec<RuntimeEvent>>,
+}
+
+impl StartOrder {
+    /// The events to forward now, in order.
+    pub fn pass(&mut self, namespace: &str, ev: RuntimeEvent) -> Vec<RuntimeEvent> {
+        let key = (namespace.to_string(), ev.subject.container_id.clone());
+        match ev.kind {
+            EventKind::Created => {
+                self.waiting.insert(key, Vec::new());
+                vec![ev]
+            }
+            EventKind::Started | EventKind::Destroyed => {
+                let mut out = vec![ev];
+                if let Some(held) = self.waiting.remove(&key) {
+                    if out[0].kind == EventKind::Destroyed {
+                        out.splice(0..0, held);
+                    } else {
+                        out.extend(held);
+                    }
+                }
+                out
+            }
+            _ => match self.waiting.get_mut(&key) {
+                Some(held) => {
+                    held.push(ev);
+                    Vec::new()
+                }
+                None => vec![ev],
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod test {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::event::Subject;
 
     #[test]
     fn lifecycle_topics_decode_and_exec_exits_do_not_end_a_container() {
@@ -170,5 +217,50 @@ mod test {
             "Go omits attempt 0"
         );
         assert_eq!(cri_metadata(b"{}"), None);
+    }
+
+    fn event(kind: EventKind) -> RuntimeEvent {
+        RuntimeEvent {
+            time_nanos: 1,
+            kind,
+            action: kind.as_str().into(),
+            subject: Arc::new(Subject {
+                container_id: "c1".into(),
+                ..Subject::default()
+            }),
+            exit_code: None,
+            health: None,
+        }
+    }
+
+    #[test]
+    fn an_oom_and_an_exit_that_overtake_the_start_wait_for_it() {
+        let mut order = StartOrder::default();
+        let kinds = |evs: Vec<RuntimeEvent>| evs.iter().map(|e| e.kind).collect::<Vec<_>>();
+        assert_eq!(
+            kinds(order.pass("k8s.io", event(EventKind::Created))),
+            vec![EventKind::Created]
+        );
+        assert!(order.pass("k8s.io", event(EventKind::Oom)).is_empty());
+        assert_eq!(
+            kinds(order.pass("k8s.io", event(EventKind::Started))),
+            vec![EventKind::Started, EventKind::Oom]
+        );
+        assert_eq!(
+            kinds(order.pass("k8s.io", event(EventKind::Died))),
+            vec![EventKind::Died]
+        );
+        // A container known from a list passes straight through.
+        assert_eq!(
+            kinds(order.pass("moby", event(EventKind::Oom))),
+            vec![EventKind::Oom]
+        );
+        // Created, never started, removed: what it held goes before the removal.
+        order.pass("x", event(EventKind::Created));
+        order.pass("x", event(EventKind::Died));
+        assert_eq!(
+            kinds(order.pass("x", event(EventKind::Destroyed))),
+            vec![EventKind::Died, EventKind::Destroyed]
+        );
     }
 }

@@ -170,6 +170,8 @@ pub(super) struct ListItem {
     pub(super) id: String,
     #[serde(rename = "IsInfra", default)]
     pub(super) is_infra: bool,
+    #[serde(rename = "Labels", default)]
+    pub(super) labels: Option<HashMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
