@@ -478,9 +478,8 @@ async fn uptime_stats(State(s): State<AppState>) -> Response {
 #[cfg(test)]
 mod test {
     use super::*;
-    use crate::event::{
-        ContainerLabels, EventKind, RuntimeEvent, RuntimeKind, SourceEvent, Subject,
-    };
+    use crate::event::{EventKind, RuntimeKind};
+    use crate::fixtures::EventBuilder;
     use crate::history::HistoryLimits;
     use crate::state::State;
     use axum::body::Bytes;
@@ -517,20 +516,10 @@ mod test {
             },
         );
         state.ingest((0..n).map(|i| {
-            let ev = RuntimeEvent {
-                time_nanos: 1_000 + i as i64,
-                kind: EventKind::Started,
-                action: "start".into(),
-                subject: Arc::new(Subject {
-                    container_id: format!("{i:064x}"),
-                    name: format!("web-{i}"),
-                    image: "busybox".into(),
-                    labels: ContainerLabels::default(),
-                }),
-                exit_code: None,
-                health: None,
-            };
-            SourceEvent::Lifecycle(ev)
+            EventBuilder::new(EventKind::Started, &format!("{i:064x}"))
+                .at(1_000 + i as i64)
+                .name(&format!("web-{i}"))
+                .source()
         }));
         App {
             state: state.reader(),

@@ -438,18 +438,12 @@ mod test {
 
     #[test]
     fn equal_subjects_are_shared_until_they_change_or_the_container_goes() {
-        let event = |kind: EventKind, name: &str| RuntimeEvent {
-            time_nanos: 1,
-            kind,
-            action: kind.as_str().into(),
-            subject: Arc::new(Subject {
-                container_id: "abc".into(),
-                name: name.into(),
-                image: "busybox".into(),
-                labels: ContainerLabels::default(),
-            }),
-            exit_code: None,
-            health: None,
+        let event = |kind: EventKind, name: &str| {
+            crate::fixtures::EventBuilder::new(kind, "abc")
+                .at(1)
+                .action(kind.as_str())
+                .name(name)
+                .build()
         };
         let mut cache = SubjectCache::default();
         let mut first = event(EventKind::Started, "web");

@@ -17,6 +17,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod event;
+#[cfg(test)]
+mod fixtures;
 pub mod history;
 pub mod kube;
 pub mod labels;

@@ -637,29 +637,6 @@ mod test {
     }
 
     fn test_view(namespace: &str, pod: &str, uid: &str, container: &str) -> IdentityView {
-        IdentityView {
-            namespace: namespace.into(),
-            pod: pod.into(),
-            pod_uid: uid.into(),
-            container: container.into(),
-            container_id: String::new(),
-            container_ids: Vec::new(),
-            name: String::new(),
-            image: String::new(),
-            image_id: String::new(),
-            state: "running",
-            running: true,
-            paused: false,
-            uptime_seconds: 0.0,
-            time_since_start_seconds: None,
-            last_start_time: None,
-            last_start_nanos: None,
-            restarts: 0,
-            oom_kills: 0,
-            last_exit_code: None,
-            last_terminated_reason: None,
-            health: None,
-            events: [0; EventKind::ALL.len()],
-        }
+        crate::fixtures::identity_view(namespace, pod, uid, container)
     }
 }

@@ -320,7 +320,8 @@ impl HistoryClearer {
 #[cfg(test)]
 mod test {
     use super::*;
-    use crate::event::{ContainerLabels, EventKind, RuntimeEvent, Subject};
+    use crate::event::EventKind;
+    use crate::fixtures::EventBuilder;
 
     fn state() -> State {
         State::new(
@@ -334,19 +335,10 @@ mod test {
     }
 
     fn start(t: i64, id: &str) -> SourceEvent {
-        SourceEvent::Lifecycle(RuntimeEvent {
-            time_nanos: t,
-            kind: EventKind::Started,
-            action: "start".into(),
-            subject: Arc::new(Subject {
-                container_id: id.into(),
-                name: id.into(),
-                image: "busybox".into(),
-                labels: ContainerLabels::default(),
-            }),
-            exit_code: None,
-            health: None,
-        })
+        EventBuilder::new(EventKind::Started, id)
+            .at(t)
+            .name(id)
+            .source()
     }
 
     #[tokio::test]

@@ -133,23 +133,17 @@ pub fn uptime(t: &Tracker, now: i64) -> UptimeStats {
 mod test {
     use super::*;
     use crate::event::{EventKind, RuntimeEvent, RuntimeKind};
+    use crate::fixtures::EventBuilder;
     use crate::history::HistoryLimits;
     use crate::time::NANOS_PER_SEC as S;
 
     fn ev(t: i64, id: &str, kind: EventKind) -> RuntimeEvent {
-        RuntimeEvent {
-            time_nanos: t,
-            kind,
-            action: kind.as_str().into(),
-            subject: std::sync::Arc::new(crate::event::Subject {
-                container_id: id.into(),
-                name: id.into(),
-                image: "busybox".into(),
-                labels: Default::default(),
-            }),
-            exit_code: Some(1),
-            health: None,
-        }
+        EventBuilder::new(kind, id)
+            .at(t)
+            .action(kind.as_str())
+            .name(id)
+            .exit_code(1)
+            .build()
     }
 
     #[test]

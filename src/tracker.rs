@@ -539,11 +539,6 @@ impl Tracker {
                         TerminationReason::classify(exit, c.oom_in_session, c.killed_in_session);
                     let identity = c.identity.clone();
                     self.close_session(&identity, session, exit, reason);
-                } else if c.started_at.is_none() && c.finished_at.is_none() {
-                    // Met first at this death (a replay that lost the start): the start a
-                    // reconciliation finds is this session's, not a newer one.
-                    c.exited = true;
-                    c.finished_at = Some(ev.time_nanos);
                 }
             }
             EventKind::Killed => c.killed_in_session = true,

@@ -1,5 +1,6 @@
 use super::*;
-use crate::event::{ContainerLabels, RuntimeEvent, RuntimeKind, Subject};
+use crate::event::{RuntimeEvent, RuntimeKind};
+use crate::fixtures::EventBuilder;
 use crate::history::HistoryLimits;
 use crate::tracker::Tracker;
 
@@ -19,18 +20,13 @@ fn tracker(max: usize) -> Tracker {
 }
 
 fn ev(t: i64, id: &str, kind: EventKind) -> RuntimeEvent {
-    RuntimeEvent {
-        time_nanos: t,
-        kind,
-        action: kind.as_str().into(),
-        subject: std::sync::Arc::new(Subject {
-            container_id: id.into(),
-            name: id.into(),
-            image: "busybox".into(),
-            labels: ContainerLabels::default(),
-        }),
-        exit_code: (kind == EventKind::Died).then_some(1),
-        health: None,
+    let e = EventBuilder::new(kind, id)
+        .at(t)
+        .action(kind.as_str())
+        .name(id);
+    match kind {
+        EventKind::Died => e.exit_code(1).build(),
+        _ => e.build(),
     }
 }
 

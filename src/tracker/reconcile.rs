@@ -226,7 +226,7 @@ impl Tracker {
         let mut unseen_starts = 0u64;
         let newer_start = match (s.started_at, c.started_at) {
             (Some(new), Some(old)) => new > old && !starts_once,
-            (Some(new), None) => c.finished_at.is_none_or(|f| new > f),
+            (Some(_), None) => true,
             _ => false,
         };
         if newer_start {
@@ -239,7 +239,13 @@ impl Tracker {
                     .unwrap_or(now);
                 ended = Some((c.started_at.unwrap_or(end), end));
             }
-            let policy = s.restart_count.saturating_sub(c.runtime_restart_count);
+            // Docker counts a restart when it schedules it: in its back-off the count holds
+            // a start still to come, which is counted when it is seen.
+            let pending = u64::from(s.state == SnapshotState::Restarting);
+            let policy = s
+                .restart_count
+                .saturating_sub(pending)
+                .saturating_sub(c.runtime_restart_count);
             unseen_starts = policy.max(1);
             c.started_at = s.started_at;
             c.running = s.state.is_running();

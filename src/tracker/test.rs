@@ -1,7 +1,8 @@
 use super::view::IdentityView;
 use super::*;
 use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
-use crate::event::{ContainerLabels, PodRef, Subject};
+use crate::event::ContainerLabels;
+use crate::fixtures::{self, EventBuilder, SnapshotBuilder};
 
 const S: i64 = NANOS_PER_SEC;
 
@@ -17,39 +18,18 @@ fn tracker() -> Tracker {
 }
 
 fn ev(t: i64, id: &str, action: &str, kind: EventKind) -> RuntimeEvent {
-    RuntimeEvent {
-        time_nanos: t,
-        kind,
-        action: action.to_string(),
-        subject: std::sync::Arc::new(Subject {
-            container_id: id.to_string(),
-            name: format!("name-{id}"),
-            image: "busybox".into(),
-            labels: ContainerLabels::default(),
-        }),
-        exit_code: None,
-        health: None,
-    }
+    EventBuilder::new(kind, id).at(t).action(action).build()
 }
 
 fn die(t: i64, id: &str, code: i64) -> RuntimeEvent {
-    RuntimeEvent {
-        exit_code: Some(code),
-        ..ev(t, id, "die", EventKind::Died)
-    }
+    EventBuilder::new(EventKind::Died, id)
+        .at(t)
+        .exit_code(code)
+        .build()
 }
 
 fn pod_labels(attempt: Option<u64>) -> ContainerLabels {
-    ContainerLabels {
-        pod: Some(PodRef {
-            namespace: "shop".into(),
-            pod: "web-1".into(),
-            uid: "uid-1".into(),
-            container: "nginx".into(),
-        }),
-        k8s_restart_count: attempt,
-        sandbox: false,
-    }
+    fixtures::pod_labels("shop", "web-1", "uid-1", "nginx", attempt)
 }
 
 /// The event as the kubelet's container with attempt ordinal `attempt` of one pod.
@@ -58,27 +38,24 @@ fn in_pod(mut e: RuntimeEvent, attempt: u64) -> RuntimeEvent {
     e
 }
 
+fn snapshot(
+    id: &str,
+    state: SnapshotState,
+    started: Option<i64>,
+    finished: Option<i64>,
+) -> SnapshotBuilder {
+    SnapshotBuilder::new(id, state)
+        .started(started)
+        .finished(finished)
+}
+
 fn snap(
     id: &str,
     state: SnapshotState,
     started: Option<i64>,
     finished: Option<i64>,
 ) -> ContainerSnapshot {
-    ContainerSnapshot {
-        id: id.into(),
-        name: format!("name-{id}"),
-        image: "busybox".into(),
-        image_id: "sha256:1".into(),
-        labels: ContainerLabels::default(),
-        state,
-        started_at: started,
-        finished_at: finished,
-        created_at: Some(0),
-        exit_code: finished.map(|_| 0),
-        oom_killed: false,
-        health: None,
-        restart_count: 0,
-    }
+    snapshot(id, state, started, finished).build()
 }
 
 fn apply_all(t: &mut Tracker, events: &[RuntimeEvent]) {
@@ -242,13 +219,14 @@ fn snapshot_overlapping_live_events_counts_once() {
 #[test]
 fn first_sight_starts_from_the_runtime_lower_bound() {
     let mut t = tracker();
-    let mut s = snap("a", SnapshotState::Running, Some(2 * S), None);
-    s.restart_count = 4;
+    let s = snapshot("a", SnapshotState::Running, Some(2 * S), None)
+        .restart_count(4)
+        .build();
     t.reconcile(&[s], true, 3 * S);
     assert_eq!(only(&t, 3 * S).restarts, 4);
-    let mut k = snap("k", SnapshotState::Running, Some(2 * S), None);
-    k.labels = pod_labels(Some(7));
-    k.restart_count = 0;
+    let k = snapshot("k", SnapshotState::Running, Some(2 * S), None)
+        .labels(pod_labels(Some(7)))
+        .build();
     let mut t = tracker();
     t.reconcile(&[k], true, 3 * S);
     assert_eq!(only(&t, 3 * S).restarts, 7);
@@ -314,9 +292,10 @@ fn oom_counts_once_with_its_reason() {
     assert_eq!(v.last_exit_code, Some(137));
     assert_eq!(v.last_terminated_reason, Some(TerminationReason::OomKilled));
     // A reconciliation showing the same OOM does not count it again.
-    let mut s = snap("a", SnapshotState::Exited, Some(2 * S), Some(3 * S + 1));
-    s.oom_killed = true;
-    s.exit_code = Some(137);
+    let s = snapshot("a", SnapshotState::Exited, Some(2 * S), Some(3 * S + 1))
+        .oom_killed()
+        .exit_code(137)
+        .build();
     t.reconcile(&[s], true, 5 * S);
     assert_eq!(only(&t, 5 * S).oom_kills, 1);
 }
@@ -325,9 +304,11 @@ fn oom_counts_once_with_its_reason() {
 fn repeated_health_reports_are_not_events() {
     let mut t = tracker();
     run(&mut t, "a");
-    let health = |at, h| RuntimeEvent {
-        health: Some(h),
-        ..ev(at, "a", "health_status", EventKind::HealthStatus)
+    let health = |at, h| {
+        EventBuilder::new(EventKind::HealthStatus, "a")
+            .at(at)
+            .health(h)
+            .build()
     };
     assert_eq!(
         t.apply(&health(3 * S, Health::Healthy), 3 * S),
@@ -412,8 +393,9 @@ fn restart_policy_restarts_seen_only_by_reconciliation_use_restart_count() {
         true,
         3 * S,
     );
-    let mut s = snap("a", SnapshotState::Running, Some(20 * S), Some(19 * S));
-    s.restart_count = 3;
+    let s = snapshot("a", SnapshotState::Running, Some(20 * S), Some(19 * S))
+        .restart_count(3)
+        .build();
     let r = t.reconcile(&[s], true, 21 * S);
     assert_eq!(r.inferred_restarts, 3);
     assert_eq!(only(&t, 21 * S).restarts, 3);
@@ -439,8 +421,9 @@ fn an_oom_event_after_its_die_still_names_the_reason() {
 fn a_container_docker_is_restarting_counts_its_pending_restart_once() {
     // Docker raises RestartCount before the back-off, then emits `start` when it restarts.
     let mut t = tracker();
-    let mut s = snap("a", SnapshotState::Restarting, Some(2 * S), Some(3 * S));
-    s.restart_count = 3;
+    let s = snapshot("a", SnapshotState::Restarting, Some(2 * S), Some(3 * S))
+        .restart_count(3)
+        .build();
     t.reconcile(&[s], true, 4 * S);
     assert_eq!(
         only(&t, 4 * S).restarts,
@@ -464,14 +447,14 @@ fn a_container_docker_is_restarting_counts_its_pending_restart_once() {
 fn a_kubelet_container_not_started_yet_counts_its_ordinal_once_in_any_order() {
     // Attempt 2 is created, attempt 1 has exited: kubectl says 2 restarts, in either order.
     let created = |labels| {
-        let mut s = snap("b", SnapshotState::Created, None, None);
-        s.labels = labels;
-        s
+        snapshot("b", SnapshotState::Created, None, None)
+            .labels(labels)
+            .build()
     };
     let exited = |labels| {
-        let mut s = snap("a", SnapshotState::Exited, Some(S), Some(2 * S));
-        s.labels = labels;
-        s
+        snapshot("a", SnapshotState::Exited, Some(S), Some(2 * S))
+            .labels(labels)
+            .build()
     };
     for order in [[0, 1], [1, 0]] {
         let both = [created(pod_labels(Some(2))), exited(pod_labels(Some(1)))];
@@ -483,8 +466,10 @@ fn a_kubelet_container_not_started_yet_counts_its_ordinal_once_in_any_order() {
             1,
             "the start of attempt 2 counts when seen; order {order:?}"
         );
-        let mut start = ev(4 * S, "b", "start", EventKind::Started);
-        start.subject_mut().labels = pod_labels(Some(2));
+        let start = EventBuilder::new(EventKind::Started, "b")
+            .at(4 * S)
+            .labels(pod_labels(Some(2)))
+            .build();
         t.apply(&start, 4 * S);
         assert_eq!(only(&t, 5 * S).restarts, 2, "order {order:?}");
         assert_eq!(t.node_counts().restarts_total, 2, "order {order:?}");
@@ -666,8 +651,9 @@ fn a_look_up_answered_before_a_rename_does_not_bring_the_old_name_back() {
 fn reconciliation_refreshes_the_image_id_and_name_of_known_containers() {
     let mut t = tracker();
     run(&mut t, "a");
-    let mut s = snap("a", SnapshotState::Running, Some(2 * S), None);
-    s.name = "renamed-unseen".into();
+    let s = snapshot("a", SnapshotState::Running, Some(2 * S), None)
+        .name("renamed-unseen")
+        .build();
     t.reconcile(&[s], true, 3 * S);
     let v = only(&t, 3 * S);
     assert_eq!(

@@ -26,16 +26,17 @@ const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 /// Where the API listens, with a client whose connections are kept for the next request
-/// (an inspect per new container reuses one instead of connecting each time).
+/// (an inspect per new container reuses one instead of connecting each time). The clients
+/// are boxed: they are large, and a source is moved around whole.
 #[derive(Clone)]
 pub(super) enum Target {
     Unix {
         path: PathBuf,
-        client: Client<UnixConnector, Empty<Bytes>>,
+        client: Box<Client<UnixConnector, Empty<Bytes>>>,
     },
     Tcp {
         authority: String,
-        client: Client<HttpConnector, Empty<Bytes>>,
+        client: Box<Client<HttpConnector, Empty<Bytes>>>,
     },
 }
 
@@ -101,7 +102,7 @@ impl Target {
         {
             return Ok(Target::Tcp {
                 authority: addr.trim_end_matches('/').to_string(),
-                client: Client::builder(TokioExecutor::new()).build_http(),
+                client: Box::new(Client::builder(TokioExecutor::new()).build_http()),
             });
         }
         let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
@@ -110,7 +111,7 @@ impl Target {
         }
         Ok(Target::Unix {
             path: PathBuf::from(path),
-            client: Client::builder(TokioExecutor::new()).build(UnixConnector),
+            client: Box::new(Client::builder(TokioExecutor::new()).build(UnixConnector)),
         })
     }
 
