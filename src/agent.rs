@@ -525,18 +525,10 @@ async fn wait_for_signal() {
 mod test {
     use super::*;
     use crate::event::{ContainerLabels, EventKind, RuntimeEvent, Subject};
-    use crate::tracker::Tracker;
 
     #[test]
     fn a_panicked_store_write_keeps_its_batch_for_the_next_write() {
-        let mut t = Tracker::new(
-            "n".into(),
-            RuntimeKind::Docker,
-            HistoryLimits {
-                max_events: 100,
-                retention: None,
-            },
-        );
+        let mut t = crate::fixtures::tracker("n", 100);
         t.enable_journal();
         for (at, kind) in [(1, EventKind::Created), (2, EventKind::Started)] {
             let ev = RuntimeEvent {
@@ -569,14 +561,7 @@ mod test {
             .expect("reopen")
             .saved
             .expect("saved state");
-        let mut restored = Tracker::new(
-            "n".into(),
-            RuntimeKind::Docker,
-            HistoryLimits {
-                max_events: 100,
-                retention: None,
-            },
-        );
+        let mut restored = crate::fixtures::tracker("n", 100);
         restored.restore(saved);
         assert_eq!(restored.history().len(), 2);
     }

@@ -6,9 +6,23 @@ use std::sync::Arc;
 
 use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::event::{
-    ContainerLabels, EventKind, Health, PodRef, RuntimeEvent, SourceEvent, Subject,
+    ContainerLabels, EventKind, Health, PodRef, RuntimeEvent, RuntimeKind, SourceEvent, Subject,
 };
+use crate::history::HistoryLimits;
 use crate::tracker::view::IdentityView;
+use crate::tracker::Tracker;
+
+/// A Docker node's tracker keeping at most `max_events` events, without retention.
+pub fn tracker(node: &str, max_events: usize) -> Tracker {
+    Tracker::new(
+        node.into(),
+        RuntimeKind::Docker,
+        HistoryLimits {
+            max_events,
+            retention: None,
+        },
+    )
+}
 
 /// A runtime event of container `id` (named `name-<id>`, image `busybox`), at time 0, with
 /// Docker's action word for its kind.

@@ -132,9 +132,8 @@ pub fn uptime(t: &Tracker, now: i64) -> UptimeStats {
 #[cfg(test)]
 mod test {
     use super::*;
-    use crate::event::{EventKind, RuntimeEvent, RuntimeKind};
+    use crate::event::{EventKind, RuntimeEvent};
     use crate::fixtures::EventBuilder;
-    use crate::history::HistoryLimits;
     use crate::time::NANOS_PER_SEC as S;
 
     fn ev(t: i64, id: &str, kind: EventKind) -> RuntimeEvent {
@@ -148,14 +147,7 @@ mod test {
 
     #[test]
     fn api_keys_and_values() {
-        let mut t = Tracker::new(
-            "n".into(),
-            RuntimeKind::Docker,
-            HistoryLimits {
-                max_events: 100,
-                retention: None,
-            },
-        );
+        let mut t = crate::fixtures::tracker("n", 100);
         for (i, id) in ["a", "b"].iter().enumerate() {
             let o = i as i64 * 100 * S;
             for e in [

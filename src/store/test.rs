@@ -1,20 +1,12 @@
 use super::*;
 use crate::event::{RuntimeEvent, RuntimeKind};
 use crate::fixtures::EventBuilder;
-use crate::history::HistoryLimits;
 use crate::tracker::Tracker;
 
 const S: i64 = 1_000_000_000;
 
 fn tracker(max: usize) -> Tracker {
-    let mut t = Tracker::new(
-        "n".into(),
-        RuntimeKind::Docker,
-        HistoryLimits {
-            max_events: max,
-            retention: None,
-        },
-    );
+    let mut t = crate::fixtures::tracker("n", max);
     t.enable_journal();
     t
 }

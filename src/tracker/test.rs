@@ -7,14 +7,7 @@ use crate::fixtures::{self, EventBuilder, SnapshotBuilder};
 const S: i64 = NANOS_PER_SEC;
 
 fn tracker() -> Tracker {
-    Tracker::new(
-        "node-1".into(),
-        RuntimeKind::Docker,
-        HistoryLimits {
-            max_events: 1000,
-            retention: None,
-        },
-    )
+    crate::fixtures::tracker("node-1", 1000)
 }
 
 fn ev(t: i64, id: &str, action: &str, kind: EventKind) -> RuntimeEvent {
