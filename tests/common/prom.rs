@@ -167,16 +167,7 @@ fi"#,
         let mut last = Vec::new();
         let ok = wait_for_result(Duration::from_secs(60), || {
             last = self.query(expr);
-            match last.as_slice() {
-                [s] => {
-                    let v = s["value"][1].as_str().and_then(|v| v.parse().ok());
-                    match (s["metric"].as_object(), v) {
-                        (Some(m), Some(v)) => check(m, v),
-                        _ => false,
-                    }
-                }
-                _ => false,
-            }
+            one_sample_passes(&last, &mut check)
         });
         assert!(ok, "PromQL {expr}: last answer {last:?}");
         last.remove(0)
@@ -205,16 +196,7 @@ fi"#,
         check: impl FnOnce(&serde_json::Map<String, serde_json::Value>, f64) -> bool,
     ) {
         let got = self.query(expr);
-        let ok = match got.as_slice() {
-            [s] => {
-                let v = s["value"][1].as_str().and_then(|v| v.parse().ok());
-                match (s["metric"].as_object(), v) {
-                    (Some(m), Some(v)) => check(m, v),
-                    _ => false,
-                }
-            }
-            _ => false,
-        };
+        let ok = one_sample_passes(&got, check);
         assert!(ok, "PromQL {expr}: {got:?}");
     }
 
@@ -269,5 +251,18 @@ impl Drop for Prometheus {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// A query answer is exactly one sample, and `check` accepts its labels and value.
+fn one_sample_passes(
+    got: &[serde_json::Value],
+    check: impl FnOnce(&serde_json::Map<String, serde_json::Value>, f64) -> bool,
+) -> bool {
+    let [s] = got else { return false };
+    let v = s["value"][1].as_str().and_then(|v| v.parse().ok());
+    match (s["metric"].as_object(), v) {
+        (Some(m), Some(v)) => check(m, v),
+        _ => false,
     }
 }
