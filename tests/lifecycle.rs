@@ -42,10 +42,10 @@ macro_rules! matrix {
     };
 }
 
-// Everything a kubelet node has too.
-matrix!([docker, podman, containerd]
+// Everything a kubelet node has too, on containerd both through its events and through the
+// generic CRI path (`::cri`: `--runtime crio`, a relist every second on containerd 1.6).
+matrix!([docker, podman, containerd, cri]
     restart_counts_exactly_one,
-    pause_counts_none_and_a_stop_is_completed,
     a_crash_loop_counts_each_restart_and_node_total_survives_removal,
     kubelet_style_replacement_is_one_restart_of_the_same_identity,
     events_api_filters_and_names_bad_parameters,
@@ -57,6 +57,11 @@ matrix!([docker, podman, containerd]
     a_filter_of_two_labels_tracks_only_containers_with_both,
 );
 
+// CRI has no paused state: only containerd's own events tell a pause.
+matrix!([docker, podman, containerd]
+    pause_counts_none_and_a_stop_is_completed,
+);
+
 // A CRI container once exited is never started again (the kubelet makes the next attempt),
 // and CRI has no rename.
 matrix!([docker, podman]
@@ -65,7 +70,7 @@ matrix!([docker, podman]
 );
 
 // Podman reports no OOM event (its OOM kill is in `tests/podman.rs`).
-matrix!([docker, containerd]
+matrix!([docker, containerd, cri]
     oom_kill_counts_once_with_exit_code_137,
 );
 
@@ -211,23 +216,31 @@ fn a_crash_loop_counts_each_restart_and_node_total_survives_removal(case: &Case)
     agent.assert_metric("container_restarts_total", &c(&ctr.name), 3.0);
     agent.assert_metric("containers_restarts_total", &[], 3.0);
     let m = agent.metrics();
-    assert_eq!(
-        common::metric(&m, "lifecycle_agent_restarts_inferred_total", &[]),
-        Some(0.0),
-        "every restart was seen as an event"
-    );
+    // Every attempt was seen, its start counted when it happened. Only a relist (once a
+    // second) can miss an attempt that came and went in between: the count is then the
+    // attempt ordinal's, partly inferred and outside the 1 h statistics.
+    let every = case.node.sees_every_container();
+    if every {
+        assert_eq!(
+            common::metric(&m, "lifecycle_agent_restarts_inferred_total", &[]),
+            Some(0.0),
+            "every restart was seen as an event"
+        );
+        let t = types_of(&history(&agent, &format!("container={}", ctr.name)));
+        assert_eq!(t.iter().filter(|x| *x == "started").count(), 4, "{t:?}");
+        assert_eq!(t.iter().filter(|x| *x == "died").count(), 4, "{t:?}");
+    }
     // The container's one series names its last attempt; nothing else (no pod sandbox) is one.
     let id = ctr.id();
     let infos = common::samples(&m, "container_info");
     assert_eq!(infos.len(), 1, "{m}");
     assert_eq!(label(&infos[0].0, "container_id"), id, "{m}");
-    assert_eq!(label(&infos[0].0, "runtime"), case.node.kind(), "{m}");
-    let t = types_of(&history(&agent, &format!("container={}", ctr.name)));
-    assert_eq!(t.iter().filter(|x| *x == "started").count(), 4, "{t:?}");
-    assert_eq!(t.iter().filter(|x| *x == "died").count(), 4, "{t:?}");
+    assert_eq!(label(&infos[0].0, "runtime"), case.node.runtime(), "{m}");
     let stats = agent.json("/api/v1/stats/restarts");
     assert_eq!(stats["total_restarts"], 3);
-    assert_eq!(stats["restarts_last_1h"], 3);
+    if every {
+        assert_eq!(stats["restarts_last_1h"], 3);
+    }
     drop(ctr);
     wait_for(
         "the removed container's series to disappear",
@@ -486,7 +499,7 @@ fn a_pod_recreated_under_its_name_is_a_second_series_never_a_duplicate(case: &Ca
         Some(0.0)
     );
     // The id as the pod status and kube-state-metrics' kube_pod_container_info write it.
-    let want = format!("{}://{}", case.node.kind(), new.id());
+    let want = format!("{}://{}", case.node.runtime(), new.id());
     assert_eq!(
         common::metric(
             &text,
@@ -596,11 +609,12 @@ fn events_api_filters_and_names_bad_parameters(case: &Case) {
     let newest = all["events"][0]["time_unix_nano"].as_i64().unwrap();
     let older = all["events"][1]["time_unix_nano"].as_i64().unwrap();
     assert!(newest >= older);
-    // since/until bracket one event by its exact time.
-    let t = &by_a[1]["time"];
+    // since/until bracket one event by its exact time (the create: a relist stamps the exit
+    // of a process that ends at once with its start, never before it).
+    let t = &by_a[2]["time"];
     let t = t.as_str().unwrap().replace(':', "%3A");
     let one = history(&agent, &format!("since={t}&until={t}"));
-    assert_eq!(types_of(&one), vec!["started"]);
+    assert_eq!(types_of(&one), vec!["created"]);
     assert!(history(&agent, "since=1h").len() >= 6);
     assert!(history(&agent, "until=1h").is_empty());
     // Pod and namespace filters match nothing here (plain containers).

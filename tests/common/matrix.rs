@@ -26,8 +26,18 @@ use super::{unique, wait_for, Agent, AgentBuilder, Ctr, DockerDaemon, PodmanServ
 pub enum Node {
     /// Docker or Podman, driven through its CLI.
     Cli(Arc<dyn Runtime>),
-    /// containerd, driven over CRI as a kubelet drives it.
-    Cri(&'static Containerd),
+    /// containerd, driven over CRI as a kubelet drives it, and the agent's path to it.
+    Cri(&'static Containerd, CriPath),
+}
+
+/// How the agent follows containerd.
+#[derive(Clone, Copy)]
+pub enum CriPath {
+    /// `--runtime containerd`: containerd's event stream and CRI.
+    Containerd,
+    /// `--runtime crio`: the generic CRI path, which on containerd 1.6 relists every second
+    /// (no `GetContainerEvents` there), as the kubelet's generic PLEG does.
+    Generic,
 }
 
 impl Node {
@@ -41,23 +51,38 @@ impl Node {
         Some(Node::Cli(PodmanService::shared()?))
     }
 
-    /// The binary's private containerd.
+    /// The binary's private containerd, followed through its events.
     pub fn containerd() -> Option<Node> {
-        Some(Node::Cri(Containerd::shared_static()?))
+        Some(Node::Cri(Containerd::shared_static()?, CriPath::Containerd))
     }
 
-    /// The agent's `--runtime` and its `runtime` label.
+    /// The binary's private containerd, followed through the generic CRI path.
+    pub fn cri() -> Option<Node> {
+        Some(Node::Cri(Containerd::shared_static()?, CriPath::Generic))
+    }
+
+    /// The agent's `--runtime`.
     pub fn kind(&self) -> &'static str {
         match self {
             Node::Cli(rt) => rt.kind(),
-            Node::Cri(_) => "containerd",
+            Node::Cri(_, CriPath::Containerd) => "containerd",
+            Node::Cri(_, CriPath::Generic) => "crio",
+        }
+    }
+
+    /// The runtime the series name (`runtime`, the scheme of `kube_container_id`): the one
+    /// that answers, whichever path the agent takes to it.
+    pub fn runtime(&self) -> &'static str {
+        match self {
+            Node::Cli(rt) => rt.kind(),
+            Node::Cri(..) => "containerd",
         }
     }
 
     pub fn socket(&self) -> PathBuf {
         match self {
             Node::Cli(rt) => rt.socket(),
-            Node::Cri(ctd) => ctd.socket(),
+            Node::Cri(ctd, _) => ctd.socket(),
         }
     }
 
@@ -70,7 +95,7 @@ impl Node {
     pub fn cli(&self) -> &dyn Runtime {
         match self {
             Node::Cli(rt) => &**rt,
-            Node::Cri(_) => panic!(
+            Node::Cri(..) => panic!(
                 "containerd has no docker-style CLI; keep this body in the Docker/Podman group"
             ),
         }
@@ -81,6 +106,13 @@ impl Node {
     /// `created` and `started`) and containerd has no kill event, only the exit.
     pub fn reports_restart_and_kill(&self) -> bool {
         matches!(self, Node::Cli(_))
+    }
+
+    /// Whether the agent hears of every container: runtimes with an event stream do; the
+    /// generic CRI path on containerd 1.6 relists once a second and misses one created and
+    /// removed in between (the kubelet's own back-off is 10 s and more).
+    pub fn sees_every_container(&self) -> bool {
+        !matches!(self, Node::Cri(_, CriPath::Generic))
     }
 
     /// The reason word of a container killed by a signal without an OOM kill: ours,
@@ -139,7 +171,7 @@ impl Case {
         let name = unique(prefix);
         let place = match &self.node {
             Node::Cli(rt) => Place::Cli(&**rt),
-            Node::Cri(_) => Place::Cri {
+            Node::Cri(..) => Place::Cri {
                 pod: self.home(),
                 attempt: 0,
             },
@@ -175,7 +207,7 @@ impl Case {
                     .opts(&["--restart", &policy])
                     .run(script)
             }
-            Node::Cri(_) => {
+            Node::Cri(..) => {
                 let ctr = self.container(prefix).run(script);
                 for _ in 0..restarts {
                     ctr.wait_exited();
@@ -192,7 +224,7 @@ impl Case {
     pub fn pod(&self, namespace: &str, name: &str, uid: &str) -> PodRef<'_> {
         let sandbox = match &self.node {
             Node::Cli(_) => None,
-            Node::Cri(ctd) => Some(ctd.pod_named(namespace, name, uid)),
+            Node::Cri(ctd, _) => Some(ctd.pod_named(namespace, name, uid)),
         };
         PodRef {
             case: self,
@@ -205,7 +237,7 @@ impl Case {
 
     /// containerd: the pod sandbox of this case's plain containers.
     fn home(&self) -> &Pod<'static> {
-        let Node::Cri(ctd) = &self.node else {
+        let Node::Cri(ctd, _) = &self.node else {
             unreachable!("only containerd needs a pod for a container");
         };
         self.home
@@ -242,7 +274,7 @@ impl PodRef<'_> {
             .label(&format!(
                 "annotation.io.kubernetes.container.restartCount={attempt}"
             )),
-            (Node::Cri(_), Some(pod)) => Spec {
+            (Node::Cri(..), Some(pod)) => Spec {
                 name: container.to_string(),
                 place: Place::Cri { pod, attempt },
                 labels: Vec::new(),
@@ -250,7 +282,7 @@ impl PodRef<'_> {
                 memory: None,
             }
             .label(&self.case.label),
-            (Node::Cri(_), None) => unreachable!("a containerd pod has its sandbox"),
+            (Node::Cri(..), None) => unreachable!("a containerd pod has its sandbox"),
         }
     }
 }
