@@ -1,17 +1,19 @@
 //! The lifecycle matrix against real, private runtimes: one test body per behaviour, run
 //! against a private dockerd, a private Podman service and a private containerd alike
-//! (`::docker`, `::podman` and `::containerd` tests of the same module), since all three must
-//! give the same normalized results. The bodies speak runtime-neutral verbs
-//! (`common::matrix`): Docker and Podman do them through their CLI, containerd over CRI as a
-//! kubelet does (a restart is the kubelet's replacement: attempt n+1 of the same container in
-//! the same pod). Every test runs its own agent that tracks only the containers labelled for
-//! that test, so tests share one daemon per runtime safely.
+//! (`::docker`, `::podman`, `::containerd` tests of the same module, and `::cri`: the
+//! generic CRI path, `--runtime crio`, on the same containerd), since all must give the same
+//! normalized results. The bodies speak runtime-neutral verbs (`common::matrix`): Docker and
+//! Podman do them through their CLI, containerd over CRI as a kubelet does (a restart is the
+//! kubelet's replacement: attempt n+1 of the same container in the same pod). Every test runs
+//! its own agent that tracks only the containers labelled for that test, so tests share one
+//! daemon per runtime safely.
 //!
 //! What a runtime does not have stays in a narrower group, each with its reason. On
 //! containerd (README "containerd and CRI-O") a restart is no event of its own and a kill is
-//! only an exit, so the bodies assert what each runtime promises there (`Node` says which).
-//! containerd-only behaviour (agent and containerd restarts during attempts, other containerd
-//! namespaces, the generic CRI path) is in `tests/containerd.rs`.
+//! only an exit, and a relist once a second can miss an attempt that came and went, so the
+//! bodies assert what each runtime promises there (`Node` says which). containerd-only
+//! behaviour (agent and containerd restarts during attempts, other containerd namespaces) is
+//! in `tests/containerd.rs`.
 
 mod common;
 
