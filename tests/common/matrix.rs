@@ -3,14 +3,14 @@
 //! API makes it happen.
 //!
 //! Docker and Podman do them through their CLI ([`Runtime`]). containerd does them through
-//! CRI as a kubelet does ([`Containerd`], docs/design.md "Restarts"): every container lives in
-//! a pod sandbox; a restart is the kubelet's replacement (the running attempt stopped, attempt
-//! n+1 of the same name created and started, and all but the newest dead attempt removed, as
-//! the kubelet's garbage collector keeps one); a kill is StopContainer with no grace period;
-//! pause and resume go through `ctr`, since CRI has neither but containerd publishes
-//! `/tasks/paused` and `/tasks/resumed` for them. Whatever a runtime does not have (restart
-//! policies, renames, a stopped container started again) panics here on containerd: the
-//! matrix keeps those bodies in its Docker/Podman group.
+//! CRI as a kubelet does ([`Containerd`], docs/design.md "Restart semantics"): every
+//! container lives in a pod sandbox; a restart is the kubelet's replacement (the running
+//! attempt stopped, attempt n+1 of the same name created and started, and all but the newest
+//! dead attempt removed, as the kubelet's garbage collector keeps one); a kill is
+//! StopContainer with no grace period; pause and resume go through `ctr`, since CRI has
+//! neither but containerd publishes `/tasks/paused` and `/tasks/resumed` for them. Whatever
+//! a runtime does not have (restart policies, renames, a stopped container started again)
+//! panics here on containerd: the matrix keeps those bodies in its Docker/Podman group.
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -91,16 +91,6 @@ impl Node {
         Agent::builder(self.kind(), self.socket())
     }
 
-    /// The CLI of Docker or Podman, for what only they have; panics on containerd.
-    pub fn cli(&self) -> &dyn Runtime {
-        match self {
-            Node::Cli(rt) => &**rt,
-            Node::Cri(..) => panic!(
-                "containerd has no docker-style CLI; keep this body in the Docker/Podman group"
-            ),
-        }
-    }
-
     /// Whether a restart is a `restarted` event of its own and a kill a `killed` one.
     /// Docker and Podman report both; on a kubelet node a restart is a new attempt (its own
     /// `created` and `started`) and containerd has no kill event, only the exit.
@@ -168,7 +158,6 @@ impl Case {
     /// A container without the case's label (the agent must not see it unless the test
     /// gives it the labels the filter asks for).
     pub fn unlabelled(&self, prefix: &str) -> Spec<'_> {
-        let name = unique(prefix);
         let place = match &self.node {
             Node::Cli(rt) => Place::Cli(&**rt),
             Node::Cri(..) => Place::Cri {
@@ -176,13 +165,7 @@ impl Case {
                 attempt: 0,
             },
         };
-        Spec {
-            name,
-            place,
-            labels: Vec::new(),
-            opts: Vec::new(),
-            memory: None,
-        }
+        Spec::at(unique(prefix), place)
     }
 
     /// `run`: a started container with the case's label.
@@ -259,29 +242,18 @@ impl PodRef<'_> {
     /// Attempt `attempt` of the pod's container `container`, with the case's label.
     pub fn container(&self, container: &str, attempt: u32) -> Spec<'_> {
         match (&self.case.node, &self.sandbox) {
-            (Node::Cli(rt), _) => Spec {
-                name: unique("k8s"),
-                place: Place::Cli(&**rt),
-                labels: Vec::new(),
-                opts: Vec::new(),
-                memory: None,
+            (Node::Cli(rt), _) => Spec::at(unique("k8s"), Place::Cli(&**rt))
+                .label(&self.case.label)
+                .label(&format!("io.kubernetes.pod.namespace={}", self.namespace))
+                .label(&format!("io.kubernetes.pod.name={}", self.name))
+                .label(&format!("io.kubernetes.pod.uid={}", self.uid))
+                .label(&format!("io.kubernetes.container.name={container}"))
+                .label(&format!(
+                    "annotation.io.kubernetes.container.restartCount={attempt}"
+                )),
+            (Node::Cri(..), Some(pod)) => {
+                Spec::at(container.to_string(), Place::Cri { pod, attempt }).label(&self.case.label)
             }
-            .label(&self.case.label)
-            .label(&format!("io.kubernetes.pod.namespace={}", self.namespace))
-            .label(&format!("io.kubernetes.pod.name={}", self.name))
-            .label(&format!("io.kubernetes.pod.uid={}", self.uid))
-            .label(&format!("io.kubernetes.container.name={container}"))
-            .label(&format!(
-                "annotation.io.kubernetes.container.restartCount={attempt}"
-            )),
-            (Node::Cri(..), Some(pod)) => Spec {
-                name: container.to_string(),
-                place: Place::Cri { pod, attempt },
-                labels: Vec::new(),
-                opts: Vec::new(),
-                memory: None,
-            }
-            .label(&self.case.label),
             (Node::Cri(..), None) => unreachable!("a containerd pod has its sandbox"),
         }
     }
@@ -304,6 +276,16 @@ pub struct Spec<'a> {
 }
 
 impl<'a> Spec<'a> {
+    fn at(name: String, place: Place<'a>) -> Self {
+        Spec {
+            name,
+            place,
+            labels: Vec::new(),
+            opts: Vec::new(),
+            memory: None,
+        }
+    }
+
     /// A label, `KEY=VALUE` (containerd: a CreateContainer config label).
     pub fn label(mut self, label: &str) -> Self {
         self.labels.push(label.to_string());
