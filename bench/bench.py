@@ -165,29 +165,11 @@ class Containerd:
         self.sock = os.path.join(d, "c.sock")
         for sub in ("cni/bin", "cni/conf"):
             os.makedirs(os.path.join(d, sub))
-        cri = 'plugins."io.containerd.grpc.v1.cri"'
+        # The tests' config (tests/common/containerd.toml), filled in for this dir.
+        with open(os.path.join(ROOT, "tests", "common", "containerd.toml")) as f:
+            config = f.read().replace("DIR", d).replace("SANDBOX_IMAGE", CRI_IMAGE)
         with open(os.path.join(d, "config.toml"), "w") as f:
-            f.write(f"""version = 2
-root = "{d}/root"
-state = "{d}/state"
-[grpc]
-  address = "{d}/c.sock"
-[ttrpc]
-  address = "{d}/c.sock.ttrpc"
-[{cri}]
-  sandbox_image = "{CRI_IMAGE}"
-  restrict_oom_score_adj = true
-  [{cri}.containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [{cri}.containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [{cri}.containerd.runtimes.runc.options]
-        Root = "{d}/runc"
-  [{cri}.cni]
-    bin_dir = "{d}/cni/bin"
-    conf_dir = "{d}/cni/conf"
-""")
+            f.write(config)
         self.proc = spawn(["containerd", "--config", os.path.join(d, "config.toml")],
                           stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "containerd.log"), "w"))
         wait_until("containerd", lambda: subprocess.run(["ctr", "-a", self.sock, "version"],

@@ -7,46 +7,27 @@
 //! cri_load SOCKET IMAGE cleanup                 stops and removes every pod sandbox
 //! ```
 
-use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::Channel;
 
+#[path = "../tests/common/kubelet_cri.rs"]
+mod kubelet_cri;
+
+use kubelet_cri::{container_config, sandbox_config};
+
 type Cri = RuntimeServiceClient<Channel>;
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-fn sandbox_config(name: &str) -> PodSandboxConfig {
+/// A pod sandbox; its containers' logs go under `logs` (beside the runtime's socket, so
+/// they go with the private runtime's folder).
+async fn pod(cri: &mut Cri, logs: &Path, name: &str) -> Result<(String, PodSandboxConfig)> {
     let uid = format!("uid-{name}");
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: uid.clone(),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        labels: HashMap::from([
-            ("io.kubernetes.pod.name".into(), name.into()),
-            ("io.kubernetes.pod.namespace".into(), "bench".into()),
-            ("io.kubernetes.pod.uid".into(), uid),
-        ]),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    ..NamespaceOption::default()
-                }),
-                ..LinuxSandboxSecurityContext::default()
-            }),
-            ..LinuxPodSandboxConfig::default()
-        }),
-        ..PodSandboxConfig::default()
-    }
-}
-
-async fn pod(cri: &mut Cri, name: &str) -> Result<(String, PodSandboxConfig)> {
-    let config = sandbox_config(name);
+    let dir = logs.join(&uid).display().to_string();
+    let config = sandbox_config("bench", name, &uid, &dir);
     let id = cri
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(config.clone()),
@@ -66,29 +47,7 @@ async fn container(
     attempt: u32,
     script: &str,
 ) -> Result<String> {
-    let meta = sandbox_config.metadata.clone().unwrap_or_default();
-    let config = ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..ImageSpec::default()
-        }),
-        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        labels: HashMap::from([
-            ("io.kubernetes.pod.name".into(), meta.name),
-            ("io.kubernetes.pod.namespace".into(), meta.namespace),
-            ("io.kubernetes.pod.uid".into(), meta.uid),
-            ("io.kubernetes.container.name".into(), name.into()),
-        ]),
-        annotations: HashMap::from([(
-            "io.kubernetes.container.restartCount".into(),
-            attempt.to_string(),
-        )]),
-        ..ContainerConfig::default()
-    };
+    let config = container_config(sandbox_config, name, attempt, image, script, None, &[]);
     Ok(cri
         .create_container(CreateContainerRequest {
             pod_sandbox_id: sandbox.clone(),
@@ -135,12 +94,16 @@ async fn main() -> Result<()> {
     };
     let num = |i: usize| -> Result<u32> { Ok(args.get(i).ok_or(usage)?.parse::<u32>()?) };
     let mut cri = RuntimeServiceClient::new(containerd_client::connect(socket).await?);
+    let logs = Path::new(socket)
+        .parent()
+        .unwrap_or(Path::new("/tmp"))
+        .join("logs");
     match cmd.as_str() {
         "pods" => {
             let (n, m) = (num(4)?, num(5)?);
             let run = args.get(6).is_none_or(|m| m == "run");
             for p in 0..n {
-                let sandbox = pod(&mut cri, &format!("pod-{p}")).await?;
+                let sandbox = pod(&mut cri, &logs, &format!("pod-{p}")).await?;
                 for c in 0..m {
                     let id = container(
                         &mut cri,
@@ -159,7 +122,7 @@ async fn main() -> Result<()> {
         }
         "crashloop" => {
             let n = num(4)?;
-            let sandbox = pod(&mut cri, "crashloop").await?;
+            let sandbox = pod(&mut cri, &logs, "crashloop").await?;
             for attempt in 0..n {
                 let id = container(&mut cri, image, &sandbox, "app", attempt, "exit 1").await?;
                 start(&mut cri, &id).await?;

@@ -7,7 +7,6 @@
 //! it, its shims and their containers once the test process is gone. The pod sandbox image
 //! and the containers' image are one OCI image made here from busybox (no registry).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -16,15 +15,13 @@ use std::time::Duration;
 
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ImageSpec, LinuxContainerConfig, LinuxContainerResources,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
-    VersionRequest,
+    ContainerStatus, ContainerStatusRequest, CreateContainerRequest, PodSandboxConfig,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest, VersionRequest,
 };
 use tonic::transport::Channel;
 
+use super::kubelet_cri::{container_config, sandbox_config};
 use super::{busybox_rootfs, kill_daemon, require, spawn_watchdog, unique, wait_for, SEQ};
 
 /// The image every pod sandbox and container runs (imported, never pulled).
@@ -94,31 +91,11 @@ impl Containerd {
         self.dir.join("containerd.pid")
     }
 
+    /// The config shared with bench/bench.py (`containerd.toml`), filled in for this dir.
     fn write_config(&self) {
-        let d = self.dir.display();
-        let config = format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-[grpc]
-  address = "{d}/c.sock"
-[ttrpc]
-  address = "{d}/c.sock.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{CRI_IMAGE}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        Root = "{d}/runc"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{d}/cni/bin"
-    conf_dir = "{d}/cni/conf"
-"#
-        );
+        let config = include_str!("containerd.toml")
+            .replace("DIR", &self.dir.display().to_string())
+            .replace("SANDBOX_IMAGE", CRI_IMAGE);
         std::fs::write(self.dir.join("config.toml"), config).expect("write config.toml");
     }
 
@@ -308,31 +285,8 @@ rm -rf {d}"#,
     /// A pod sandbox of this exact identity (a pod re-created under its name gets a new uid).
     pub fn pod_named(&self, namespace: &str, name: &str, uid: &str) -> Pod<'_> {
         let (name, uid) = (name.to_string(), uid.to_string());
-        let config = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.clone(),
-                uid: uid.clone(),
-                namespace: namespace.into(),
-                attempt: 0,
-            }),
-            log_directory: self.dir.join("logs").join(&uid).display().to_string(),
-            labels: HashMap::from([
-                ("io.kubernetes.pod.name".into(), name.clone()),
-                ("io.kubernetes.pod.namespace".into(), namespace.into()),
-                ("io.kubernetes.pod.uid".into(), uid.clone()),
-            ]),
-            linux: Some(LinuxPodSandboxConfig {
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
-                        ..NamespaceOption::default()
-                    }),
-                    ..LinuxSandboxSecurityContext::default()
-                }),
-                ..LinuxPodSandboxConfig::default()
-            }),
-            ..PodSandboxConfig::default()
-        };
+        let logs = self.dir.join("logs").join(&uid);
+        let config = sandbox_config(namespace, &name, &uid, &logs.display().to_string());
         let c = config.clone();
         let sandbox_id = self
             .cri("RunPodSandbox", |mut cri| async move {
@@ -419,44 +373,15 @@ impl Pod<'_> {
         memory: Option<i64>,
         extra: &[(String, String)],
     ) -> String {
-        let mut labels: HashMap<String, String> = extra.iter().cloned().collect();
-        labels.extend([
-            ("io.kubernetes.pod.name".into(), self.name.clone()),
-            ("io.kubernetes.pod.namespace".into(), self.namespace.clone()),
-            ("io.kubernetes.pod.uid".into(), self.uid.clone()),
-            ("io.kubernetes.container.name".into(), name.into()),
-        ]);
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.into(),
-                attempt,
-            }),
-            image: Some(ImageSpec {
-                image: CRI_IMAGE.into(),
-                ..ImageSpec::default()
-            }),
-            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            labels,
-            annotations: HashMap::from([
-                (
-                    "io.kubernetes.container.restartCount".into(),
-                    attempt.to_string(),
-                ),
-                (
-                    "io.kubernetes.container.terminationMessagePath".into(),
-                    "/dev/termination-log".into(),
-                ),
-            ]),
-            log_path: format!("{name}/{attempt}.log"),
-            linux: Some(LinuxContainerConfig {
-                resources: memory.map(|m| LinuxContainerResources {
-                    memory_limit_in_bytes: m,
-                    ..LinuxContainerResources::default()
-                }),
-                ..LinuxContainerConfig::default()
-            }),
-            ..ContainerConfig::default()
-        };
+        let config = container_config(
+            &self.config,
+            name,
+            attempt,
+            CRI_IMAGE,
+            script,
+            memory,
+            extra,
+        );
         let sandbox = self.sandbox_id.clone();
         let sandbox_config = self.config.clone();
         self.ctd

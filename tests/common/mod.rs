@@ -25,6 +25,7 @@ pub mod exposition;
 pub mod fake_cri;
 pub mod fake_kube;
 pub mod http;
+pub mod kubelet_cri;
 pub mod matrix;
 pub mod podman;
 pub mod prom;
