@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{History, HistoryEvent, INDEX_SHARE};
 use crate::event::EventKind;
-use crate::time::{parse_time_or_ago, TimeError};
+use crate::time::{parse_time_or_ago, TimeError, UnixNanos};
 
 /// Hard ceiling of `limit` in a query: no request may make the agent copy more.
 pub const MAX_QUERY_LIMIT: usize = 10_000;
@@ -21,8 +21,8 @@ pub struct EventQuery {
     pub pod: Option<String>,
     /// Bit set over [`EventKind::index`]; `None` is every type.
     pub types: Option<u16>,
-    pub since: Option<i64>,
-    pub until: Option<i64>,
+    pub since: Option<UnixNanos>,
+    pub until: Option<UnixNanos>,
     pub limit: usize,
 }
 
@@ -88,14 +88,18 @@ pub fn parse_types(s: &str) -> Result<u16, QueryError> {
     Ok(mask)
 }
 
-fn parse_time(param: &'static str, v: Option<&str>, now: i64) -> Result<Option<i64>, QueryError> {
+fn parse_time(
+    param: &'static str,
+    v: Option<&str>,
+    now: UnixNanos,
+) -> Result<Option<UnixNanos>, QueryError> {
     v.map(|s| parse_time_or_ago(s, now).map_err(|e: TimeError| QueryError::new(param, e)))
         .transpose()
 }
 
 impl EventQuery {
     /// Validates raw parameters; `now` anchors durations meaning "ago".
-    pub fn parse(raw: RawEventQuery, now: i64) -> Result<EventQuery, QueryError> {
+    pub fn parse(raw: RawEventQuery, now: UnixNanos) -> Result<EventQuery, QueryError> {
         let limit = match raw.limit.as_deref() {
             None => DEFAULT_QUERY_LIMIT,
             Some(s) => {
@@ -217,7 +221,7 @@ impl History {
 #[cfg(test)]
 mod test {
     use super::*;
-    use crate::time::NANOS_PER_SEC;
+    use crate::time::Nanos;
 
     fn raw(pairs: &[(&str, &str)]) -> RawEventQuery {
         let mut r = RawEventQuery::default();
@@ -239,7 +243,7 @@ mod test {
 
     #[test]
     fn bad_parameters_name_themselves() {
-        let now = 1_000_000 * NANOS_PER_SEC;
+        let now = UnixNanos::from_secs(1_000_000);
         let cases = [
             (vec![("limit", "0")], "limit"),
             (vec![("limit", "10001")], "limit"),
@@ -260,7 +264,7 @@ mod test {
         )
         .unwrap();
         assert_eq!(ok.limit, 5);
-        assert_eq!(ok.since, Some(now - 3600 * NANOS_PER_SEC));
+        assert_eq!(ok.since, Some(now - Nanos::from_secs(3600)));
         assert_eq!(ok.types, Some((1 << 1) | (1 << 4)));
     }
 }

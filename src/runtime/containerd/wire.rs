@@ -9,12 +9,15 @@ use containerd_client::events::{
 use prost::Message;
 
 use crate::event::{EventKind, RuntimeEvent};
+use crate::time::UnixNanos;
 
-/// Unix nanoseconds of a protobuf timestamp.
-pub fn timestamp_nanos(t: &prost_types::Timestamp) -> i64 {
-    t.seconds
-        .saturating_mul(1_000_000_000)
-        .saturating_add(i64::from(t.nanos))
+/// The time a protobuf timestamp says (saturating outside the representable range).
+pub fn timestamp_nanos(t: &prost_types::Timestamp) -> UnixNanos {
+    UnixNanos::from_nanos(
+        t.seconds
+            .saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(t.nanos)),
+    )
 }
 
 /// One event of containerd's stream as the agent reads it.
@@ -24,7 +27,7 @@ pub struct Decoded {
     pub container_id: String,
     pub exit_code: Option<i64>,
     /// The event's own time where it has one (an exit's `exited_at`).
-    pub time_nanos: Option<i64>,
+    pub time_nanos: Option<UnixNanos>,
 }
 
 /// Decodes the lifecycle events among containerd's topics; `None` for the rest (task
@@ -179,7 +182,7 @@ mod test {
                 kind: EventKind::Died,
                 container_id: "c1".into(),
                 exit_code: Some(137),
-                time_nanos: Some(2_000_000_005),
+                time_nanos: Some(UnixNanos::from_nanos(2_000_000_005)),
             })
         );
         let exec_exit = TaskExit {
@@ -221,7 +224,7 @@ mod test {
 
     fn event(kind: EventKind) -> RuntimeEvent {
         RuntimeEvent {
-            time_nanos: 1,
+            time_nanos: UnixNanos::from_nanos(1),
             kind,
             action: kind.as_str().into(),
             subject: Arc::new(Subject {
