@@ -257,23 +257,27 @@ def start_agent(sock, extra=(), log=None, state=None):
     return p, port, state
 
 
+def measure_idle(rows, what, sock, extra=()):
+    """An agent on `sock` with 10 running containers: peak RSS and CPU over 60 s of scrapes."""
+    p, port, state = start_agent(sock, extra)
+    wait_until("10 containers", lambda: metric(http(port, "/metrics")[1], "containers_running") == 10)
+    time.sleep(5)  # let start-up settle before measuring
+    t0, c0 = time.monotonic(), proc_stat(p.pid)
+    for _ in range(12):  # 60 s, one scrape every 5 s as Prometheus would
+        http(port, "/metrics")
+        time.sleep(5)
+    cpu = (proc_stat(p.pid) - c0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0) * 100
+    rows.append((what, f"{hwm_kib(p.pid) / 1024:.1f} MiB", f"{cpu:.3f} % of a core", "60 s, scraped every 5 s"))
+    stop(p)
+    shutil.rmtree(state, ignore_errors=True)
+
+
 def idle(rows):
     d = Dockerd()
     try:
         for i in range(10):
             d.run(f"idle-{i}")
-        p, port, state = start_agent(d.sock)
-        wait_until("10 containers", lambda: metric(http(port, "/metrics")[1], "containers_running") == 10)
-        time.sleep(5)  # let start-up settle before measuring
-        t0, c0 = time.monotonic(), proc_stat(p.pid)
-        for _ in range(12):  # 60 s, one scrape every 5 s as Prometheus would
-            http(port, "/metrics")
-            time.sleep(5)
-        cpu = (proc_stat(p.pid) - c0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0) * 100
-        rows.append(("idle, 10 containers (real dockerd)", f"{hwm_kib(p.pid) / 1024:.1f} MiB", f"{cpu:.3f} % of a core",
-                     "60 s, scraped every 5 s"))
-        stop(p)
-        shutil.rmtree(state, ignore_errors=True)
+        measure_idle(rows, "idle, 10 containers (real dockerd)", d.sock)
     finally:
         d.close()
 
@@ -360,16 +364,8 @@ def burst(rows):
             actions += 1
         time.sleep(2)  # both sides drain
         stop(client)
-        agent_at = {}
-        with open(log_path) as f:
-            for line in f:
-                try:
-                    e = json.loads(line)
-                except ValueError:
-                    continue
-                if e.get("message") == "event applied" and e.get("applied") == "Recorded":
-                    ts = e["timestamp"]
-                    agent_at[(int(e["time_nanos"]), e["container_id"], e["action"])] = iso_ns(ts)
+        agent_at = {(int(e["time_nanos"]), e["container_id"], e["action"]): iso_ns(e["timestamp"])
+                    for e in recorded_events(log_path)}
         lifecycle = {k: v for k, v in seen.items() if k[2].split(":")[0] in MAPPED}
         lags = sorted((agent_at[k] - v) / 1e6 for k, v in lifecycle.items() if k in agent_at)
         missing = len([k for k in lifecycle if k not in agent_at])
@@ -390,18 +386,7 @@ def containerd_idle(rows):
     c = Containerd()
     try:
         c.load("pods", "10", "1", "run")
-        p, port, state = start_agent(c.sock, ["--runtime", "containerd"])
-        wait_until("10 containers", lambda: metric(http(port, "/metrics")[1], "containers_running") == 10)
-        time.sleep(5)  # let start-up settle before measuring
-        t0, c0 = time.monotonic(), proc_stat(p.pid)
-        for _ in range(12):  # 60 s, one scrape every 5 s as Prometheus would
-            http(port, "/metrics")
-            time.sleep(5)
-        cpu = (proc_stat(p.pid) - c0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0) * 100
-        rows.append(("idle, 10 pod containers (real containerd)", f"{hwm_kib(p.pid) / 1024:.1f} MiB",
-                     f"{cpu:.3f} % of a core", "60 s, scraped every 5 s"))
-        stop(p)
-        shutil.rmtree(state, ignore_errors=True)
+        measure_idle(rows, "idle, 10 pod containers (real containerd)", c.sock, ["--runtime", "containerd"])
     finally:
         c.close()
 
@@ -420,16 +405,7 @@ def containerd_burst(rows):
         wait_until("the burst's restarts", lambda: metric(http(port, "/metrics")[1], "containers_restarts_total")
                    == attempts - 1)
         cpu = (proc_stat(p.pid) - c0) / os.sysconf("SC_CLK_TCK")
-        lags = []
-        with open(log_path) as f:
-            for line in f:
-                try:
-                    e = json.loads(line)
-                except ValueError:
-                    continue
-                if e.get("message") == "event applied" and e.get("applied") == "Recorded":
-                    lags.append((iso_ns(e["timestamp"]) - int(e["time_nanos"])) / 1e6)
-        lags.sort()
+        lags = sorted((iso_ns(e["timestamp"]) - int(e["time_nanos"])) / 1e6 for e in recorded_events(log_path))
         p50 = lags[len(lags) // 2] if lags else float("nan")
         p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else float("nan")
         rows.append((f"restart burst: one container through {attempts} attempts (real containerd, {took:.1f} s)",
@@ -460,6 +436,18 @@ def containerd_reconcile(rows, containers=1_000, pods=10):
         shutil.rmtree(state, ignore_errors=True)
     finally:
         c.close()
+
+
+def recorded_events(log_path):
+    """The events the agent's JSON debug log says it recorded (`event applied`, `Recorded`)."""
+    with open(log_path) as f:
+        for line in f:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("message") == "event applied" and e.get("applied") == "Recorded":
+                yield e
 
 
 def iso_ns(ts):

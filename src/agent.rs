@@ -4,6 +4,7 @@
 //! served with `/healthz` ok is worse than a restart, which Kubernetes does by itself
 //! (`docs/design.md`, "Supervision").
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,6 +114,7 @@ pub async fn run(config: Config) -> Result<()> {
             generic_cri: config.runtime == RuntimeChoice::Crio,
         };
         let choice = config.runtime;
+        let fault = fault.clone();
         tokio::spawn(
             async move {
                 let Some((candidate, info)) = discover(&cands, &state, &stop).await else {
@@ -121,9 +123,8 @@ pub async fn run(config: Config) -> Result<()> {
                 if !discovery::matches_choice(choice, info.runtime) {
                     warn!(endpoint = %candidate.endpoint, runtime = %info.runtime, asked = ?choice, "the socket belongs to another runtime than asked for; following what answers there");
                 }
-                fault.trip(Task::Runtime);
                 let source = AnySource::for_runtime(info.runtime, &candidate.endpoint, options);
-                watch::run(source, state, stop).await;
+                fault.around(Task::Runtime, watch::run(source, state, stop)).await;
             }
             .instrument(info_span!("runtime")),
         )
@@ -134,10 +135,12 @@ pub async fn run(config: Config) -> Result<()> {
         let stop = shutdown.clone();
         let node = config.node_name.clone();
         let allow = config.pod_metadata.clone();
+        let fault = fault.clone();
         tokio::spawn(
             async move {
-                fault.trip(Task::Kube);
-                kube::watch::run(conn, node, allow, kube, stop).await;
+                fault
+                    .around(Task::Kube, kube::watch::run(conn, node, allow, kube, stop))
+                    .await;
             }
             .instrument(info_span!("kube")),
         )
@@ -167,8 +170,9 @@ pub async fn run(config: Config) -> Result<()> {
         let stop = shutdown.clone();
         tokio::spawn(
             async move {
-                fault.trip(Task::Flusher);
-                flush_loop(store, state, stop).await
+                fault
+                    .around(Task::Flusher, flush_loop(store, state, stop))
+                    .await
             }
             .instrument(info_span!("store")),
         )
@@ -285,31 +289,64 @@ impl Task {
     }
 }
 
-/// Test-only fault injection (`LIFECYCLE_FAULT=runtime|kube|flusher`): that task panics as
-/// it starts its work, so the supervision can be proven against the real binary
-/// (`docs/design.md`, "Supervision"). Unset, it does nothing.
-#[derive(Debug, Clone, Copy)]
-struct Fault(Option<Task>);
+/// Test-only fault injection, so the supervision can be proven against the real binary
+/// (`docs/design.md`, "Supervision"). `LIFECYCLE_FAULT=TASK` makes that task (`runtime`, `kube`
+/// or `flusher`) panic as it starts its work; `LIFECYCLE_FAULT=TASK@FILE` lets it work and
+/// makes it panic mid-session, once `FILE` exists. Unset, it does nothing.
+#[derive(Debug, Clone)]
+struct Fault {
+    task: Option<Task>,
+    trigger: Option<PathBuf>,
+}
+
+/// How often an armed fault looks for its trigger file.
+const FAULT_POLL: Duration = Duration::from_millis(10);
 
 impl Fault {
     fn from_env() -> Fault {
-        let task = match std::env::var("LIFECYCLE_FAULT").ok().as_deref() {
-            Some("runtime") => Some(Task::Runtime),
-            Some("kube") => Some(Task::Kube),
-            Some("flusher") => Some(Task::Flusher),
+        let spec = std::env::var("LIFECYCLE_FAULT").unwrap_or_default();
+        let (task, trigger) = match spec.split_once('@') {
+            Some((task, file)) => (task, Some(PathBuf::from(file))),
+            None => (spec.as_str(), None),
+        };
+        let task = match task {
+            "runtime" => Some(Task::Runtime),
+            "kube" => Some(Task::Kube),
+            "flusher" => Some(Task::Flusher),
             _ => None,
         };
-        Fault(task)
+        Fault { task, trigger }
     }
 
-    fn trip(self, task: Task) {
-        if self.0 == Some(task) {
-            error!(
-                task = task.name(),
-                "LIFECYCLE_FAULT: this task panics on purpose"
-            );
-            panic!("LIFECYCLE_FAULT={}", task.name());
+    /// Runs `work` as `task`; if the fault is for this task, panics at its start or, with a
+    /// trigger file, while `work` runs, once the file exists.
+    async fn around<T>(self, task: Task, work: impl std::future::Future<Output = T>) -> T {
+        if self.task != Some(task) {
+            return work.await;
         }
+        let Some(trigger) = self.trigger else {
+            Self::panic(task)
+        };
+        tokio::pin!(work);
+        let mut poll = tokio::time::interval(FAULT_POLL);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = poll.tick() => {
+                    if trigger.exists() {
+                        Self::panic(task)
+                    }
+                }
+            }
+        }
+    }
+
+    fn panic(task: Task) -> ! {
+        error!(
+            task = task.name(),
+            "LIFECYCLE_FAULT: this task panics on purpose"
+        );
+        panic!("LIFECYCLE_FAULT={}", task.name());
     }
 }
 

@@ -125,8 +125,8 @@ pub fn router(app: App) -> Router {
         })
 }
 
-/// The registry behind `/metrics`: the scrape-time collector, the state's counters and the
-/// HTTP server's own (`scrapes_rejected`).
+/// The registry behind `/metrics`: the scrape-time collector, the Kubernetes side's health,
+/// the state's counters and the HTTP server's own (`scrapes_rejected`).
 pub fn registry(
     state: &StateReader,
     kube: &Arc<KubeState>,
@@ -134,6 +134,7 @@ pub fn registry(
 ) -> Registry {
     let mut r = Registry::default();
     metrics::register(&mut r, state.clone(), kube.clone());
+    kube.register(&mut r, state.node_labels());
     state.register(&mut r);
     register_counters(
         &mut r,

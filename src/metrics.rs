@@ -21,7 +21,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::event::EventKind;
 use crate::kube::pods::PodIndex;
-use crate::kube::{KubeState, WatchErrorReason};
+use crate::kube::KubeState;
 use crate::labels::cut_label_value;
 use crate::process::ProcessStats;
 use crate::state::StateReader;
@@ -35,9 +35,9 @@ pub struct LifecycleCollector {
 }
 
 /// Registers what `/metrics` computes at scrape time: the series of every identity, the
-/// node's counts, the agent's build, connection, history and process figures, and the
-/// Kubernetes side's health. The counters of the state and of the HTTP server are
-/// registered by their owners.
+/// node's counts, the agent's build, connection, history and process figures. The counters
+/// of the state, of the HTTP server and the Kubernetes side's health are registered by their
+/// owners.
 pub fn register(r: &mut Registry, state: StateReader, kube: Arc<KubeState>) {
     r.register_collector(Box::new(LifecycleCollector { state, kube }));
 }
@@ -446,8 +446,7 @@ impl LifecycleCollector {
             MetricType::Gauge,
             vec![gauge(l.clone(), own.history_len as f64)],
         )?;
-        self.encode_process(enc)?;
-        self.encode_kube(enc, l)
+        self.encode_process(enc)
     }
 
     /// `process_*`, unlabelled as every Prometheus client library exports them.
@@ -509,40 +508,6 @@ impl LifecycleCollector {
             Some(Unit::Seconds),
             MetricType::Counter,
             p.cpu_seconds.map(|v| (none, ConstCounter::new(v))),
-        )
-    }
-
-    /// `lifecycle_agent_kube_*`, only when the Kubernetes side runs.
-    fn encode_kube(&self, enc: &mut DescriptorEncoder, l: &Labels) -> Result<(), std::fmt::Error> {
-        let k = &self.kube;
-        if !k.enabled() {
-            return Ok(());
-        }
-        family(
-            enc,
-            "lifecycle_agent_kube_up",
-            "1 while the pods of the node are listed and their watch is established, else 0.",
-            None,
-            MetricType::Gauge,
-            vec![gauge(l.clone(), if k.up() { 1.0 } else { 0.0 })],
-        )?;
-        family(
-            enc,
-            "lifecycle_agent_kube_pods",
-            "Pods of the node known from the Kubernetes API.",
-            None,
-            MetricType::Gauge,
-            vec![gauge(l.clone(), k.pods().len() as f64)],
-        )?;
-        family(
-            enc,
-            "lifecycle_agent_kube_watch_errors",
-            "Failed list/watch requests for the node's pods, by reason (forbidden, unauthorized, unreachable, gone, other).",
-            None,
-            MetricType::Counter,
-            WatchErrorReason::ALL
-                .iter()
-                .map(|r| counter(with(l, &[("reason", r.as_str())]), k.errors(*r))),
         )
     }
 }

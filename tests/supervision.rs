@@ -1,7 +1,8 @@
 //! The agent supervises its tasks: one that panics makes the process exit non-zero within a
 //! second, naming the task (`docs/design.md`, "Supervision"). The real binary, with the
-//! test-only fault hook `LIFECYCLE_FAULT`, against a private dockerd (the runtime task) and
-//! the fake API server (the kube task).
+//! test-only fault hook `LIFECYCLE_FAULT`, against a private dockerd (the runtime task and
+//! the store flusher mid-session) and the fake API server (the kube task); each fault fires
+//! once as the task starts and once mid-session, when the task is seen at work.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::fake_kube::FakeKube;
-use common::{agent_bin, unique, DockerDaemon, Runtime};
+use common::{agent_bin, unique, DockerDaemon, Runtime, LOOP};
 
 /// How long the agent may take from the panic to its exit.
 const EXIT_WITHIN: Duration = Duration::from_secs(1);
@@ -37,6 +38,10 @@ impl Run {
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("KUBECONFIG")
             .env_remove("LIFECYCLE_FAULT")
+            // The panic hook would symbolize a backtrace of this debug build first, which
+            // takes over a second under load; the exit after the panic is what is measured.
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
             .env("LIFECYCLE_KUBE", "off")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -107,12 +112,44 @@ impl Drop for Run {
     }
 }
 
+/// When the fault fires: as the task starts its work, or mid-session, once the agent
+/// shows the task working (`working` is true of its port) and the test then creates the
+/// trigger file.
+enum When {
+    AtStart,
+    MidSession(fn(u16) -> bool),
+}
+
 /// Runs an agent whose `task` panics, and checks it exits 1 within [`EXIT_WITHIN`] of the
 /// panic, saying which task ended and why.
-fn exits_when_it_panics(task: &str, args: &[&str], env: &[(&str, &str)]) {
+fn exits_when_it_panics(task: &str, when: When, args: &[&str], env: &[(&str, &str)]) {
+    let trigger = std::env::temp_dir().join(unique("supervision-trigger"));
+    let ready = trigger.with_extension("addr");
+    let fault = match when {
+        When::AtStart => task.to_string(),
+        When::MidSession(_) => format!("{task}@{}", path(&trigger)),
+    };
     let mut env = env.to_vec();
-    env.push(("LIFECYCLE_FAULT", task));
-    let mut run = Run::spawn(args, &env);
+    env.push(("LIFECYCLE_FAULT", &fault));
+    let mut args = args.to_vec();
+    args.extend(["--ready-file", path(&ready)]);
+    let mut run = Run::spawn(&args, &env);
+    if let When::MidSession(working) = when {
+        let port = wait_listening(&mut run, &ready);
+        common::wait_for(
+            &format!("the {task} task to be at work"),
+            Duration::from_secs(60),
+            || {
+                assert!(
+                    run.child.try_wait().expect("wait for the agent").is_none(),
+                    "the agent exited before the fault; log:\n{}",
+                    run.rest_of_log()
+                );
+                working(port).then_some(())
+            },
+        );
+        std::fs::write(&trigger, b"").expect("create the trigger file");
+    }
     let panicked = run.wait_line("this task panics on purpose", Duration::from_secs(60));
     let Some((status, exited)) = run.wait_exit(Duration::from_secs(10)) else {
         panic!(
@@ -131,6 +168,39 @@ fn exits_when_it_panics(task: &str, args: &[&str], env: &[(&str, &str)]) {
         log.contains(&format!("the {task} task ended unexpectedly: it panicked")),
         "the reason is given; log:\n{log}"
     );
+    let _ = std::fs::remove_file(&trigger);
+    let _ = std::fs::remove_file(&ready);
+}
+
+/// Waits (bounded) until the agent wrote its address to its ready file; returns the port.
+fn wait_listening(run: &mut Run, ready: &Path) -> u16 {
+    common::wait_for("the agent to listen", Duration::from_secs(60), || {
+        assert!(
+            run.child.try_wait().expect("wait for the agent").is_none(),
+            "the agent exited at start; log:\n{}",
+            run.rest_of_log()
+        );
+        std::fs::read_to_string(ready)
+            .ok()
+            .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
+    })
+    .port()
+}
+
+/// Whether a scrape of the agent on `port` has `name` at `want` or more.
+fn metric_at_least(port: u16, name: &str, want: f64) -> bool {
+    let (status, text) = common::http::get(port, "/metrics");
+    status == 200 && common::metric(&text, name, &[]).is_some_and(|v| v >= want)
+}
+
+fn docker_args(docker: &DockerDaemon) -> Vec<String> {
+    let socket = docker.socket();
+    vec![
+        "--runtime".into(),
+        "docker".into(),
+        "--socket".into(),
+        path(&socket).into(),
+    ]
 }
 
 #[test]
@@ -138,24 +208,28 @@ fn a_panicking_runtime_task_ends_the_agent() {
     let Some(docker) = DockerDaemon::shared() else {
         return;
     };
-    let socket = docker.socket();
-    let socket = socket.to_str().expect("utf-8 path");
-    exits_when_it_panics(
-        "runtime",
-        &["--runtime", "docker", "--socket", socket, "--ephemeral"],
-        &[],
-    );
+    let args = docker_args(&docker);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.push("--ephemeral");
+    exits_when_it_panics("runtime", When::AtStart, &args, &[]);
+    // Mid-session: synced with the runtime and serving, then the watcher panics.
+    let synced: fn(u16) -> bool = |port| {
+        common::http::get(port, "/readyz").0 == 200
+            && metric_at_least(port, "lifecycle_agent_runtime_connected", 1.0)
+    };
+    exits_when_it_panics("runtime", When::MidSession(synced), &args, &[]);
 }
 
 #[test]
 fn a_panicking_kube_task_ends_the_agent() {
     let fake = FakeKube::start();
     let kubeconfig = fake.kubeconfig();
-    exits_when_it_panics(
-        "kube",
-        &["--socket", NO_RUNTIME, "--ephemeral", "--kube", "on"],
-        &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))],
-    );
+    let env = [("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))];
+    let args = ["--socket", NO_RUNTIME, "--ephemeral", "--kube", "on"];
+    exits_when_it_panics("kube", When::AtStart, &args, &env);
+    // Mid-session: the pods are listed and watched, then the pod watcher panics.
+    let watching: fn(u16) -> bool = |port| metric_at_least(port, "lifecycle_agent_kube_up", 1.0);
+    exits_when_it_panics("kube", When::MidSession(watching), &args, &env);
 }
 
 #[test]
@@ -163,9 +237,23 @@ fn a_panicking_store_flusher_ends_the_agent() {
     let state = std::env::temp_dir().join(unique("supervision-state"));
     exits_when_it_panics(
         "flusher",
+        When::AtStart,
         &["--socket", NO_RUNTIME, "--state-dir", path(&state)],
         &[],
     );
+    let _ = std::fs::remove_dir_all(&state);
+    // Mid-session: the store has taken writes (a container the runtime's sync found), then
+    // the flusher panics.
+    let Some(docker) = DockerDaemon::shared() else {
+        return;
+    };
+    let _ctr = docker.run("flushed", &[], LOOP);
+    let args = docker_args(&docker);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--state-dir", path(&state)]);
+    let wrote: fn(u16) -> bool =
+        |port| metric_at_least(port, "lifecycle_agent_store_writes_total", 1.0);
+    exits_when_it_panics("flusher", When::MidSession(wrote), &args, &[]);
     let _ = std::fs::remove_dir_all(&state);
 }
 
@@ -186,17 +274,7 @@ fn without_a_fault_the_agent_runs_until_a_signal() {
         ],
         &[],
     );
-    // Listening (the address in its ready file), or gone.
-    common::wait_for("the agent to listen", Duration::from_secs(60), || {
-        assert!(
-            run.child.try_wait().expect("wait for the agent").is_none(),
-            "the agent exited at start; log:\n{}",
-            run.rest_of_log()
-        );
-        std::fs::read_to_string(&ready)
-            .ok()
-            .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
-    });
+    wait_listening(&mut run, &ready);
     assert!(
         run.wait_exit(Duration::from_secs(2)).is_none(),
         "the agent exited on its own; log:\n{}",

@@ -5,6 +5,7 @@
 //! forbidden, or not configured) lifecycle metrics flow exactly as before, without the
 //! extra labels.
 
+mod health;
 pub mod pods;
 pub mod watch;
 

@@ -12,7 +12,8 @@ use bollard::Docker;
 use futures_util::stream::{self, BoxStream, StreamExt};
 
 use super::{
-    error_chain, map_action, ContainerFilter, RuntimeInfo, Source, SourceError, RENAME_ACTION,
+    error_chain, inspect_all, map_action, ContainerFilter, RuntimeInfo, Source, SourceError,
+    RENAME_ACTION,
 };
 use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::event::{
@@ -22,8 +23,6 @@ use crate::time::UnixNanos;
 
 /// Seconds bollard waits for response headers (not for the event stream's body).
 const REQUEST_TIMEOUT_SECS: u64 = 30;
-/// Inspects in flight at once while building a snapshot.
-const INSPECT_CONCURRENCY: usize = 8;
 
 pub struct DockerSource {
     endpoint: String,
@@ -179,19 +178,7 @@ impl Source for DockerSource {
             })
             .filter_map(|c| c.id)
             .collect();
-        let results: Vec<_> = stream::iter(ids)
-            .map(|id| async move { self.inspect(&id).await })
-            .buffer_unordered(INSPECT_CONCURRENCY)
-            .collect()
-            .await;
-        let mut out = Vec::with_capacity(results.len());
-        for r in results {
-            // `None`: removed between list and inspect; its destroy event tells the rest.
-            if let Some(s) = r? {
-                out.push(s);
-            }
-        }
-        Ok(out)
+        inspect_all(ids, |id| async move { self.inspect(&id).await }).await
     }
 
     async fn inspect(&self, container_id: &str) -> Result<Option<ContainerSnapshot>, SourceError> {

@@ -149,6 +149,36 @@ pub fn map_action(action: &str) -> Option<(EventKind, Option<Health>)> {
     Some((kind, None))
 }
 
+/// Inspects in flight at once while building a snapshot.
+const INSPECT_CONCURRENCY: usize = 8;
+
+/// Inspects every listed container, a few at a time, for a snapshot (Docker and Podman alike).
+/// A container that is gone by the time it is inspected (`Ok(None)`) is left out: its removal
+/// event tells the rest.
+pub async fn inspect_all<I, F, Fut>(
+    ids: I,
+    inspect: F,
+) -> Result<Vec<ContainerSnapshot>, SourceError>
+where
+    I: IntoIterator<Item = String>,
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<Option<ContainerSnapshot>, SourceError>>,
+{
+    use futures_util::{stream, StreamExt};
+    let results: Vec<_> = stream::iter(ids)
+        .map(inspect)
+        .buffer_unordered(INSPECT_CONCURRENCY)
+        .collect()
+        .await;
+    let mut out = Vec::with_capacity(results.len());
+    for r in results {
+        if let Some(s) = r? {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
 /// An error with its causes: bollard's connect errors say only "client error (Connect)" and
 /// keep the reason a user can act on ("Permission denied", "Connection refused") in a source.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

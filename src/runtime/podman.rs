@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 mod http;
 mod wire;
 
-use super::{ContainerFilter, RuntimeInfo, Source, SourceError};
+use super::{inspect_all, ContainerFilter, RuntimeInfo, Source, SourceError};
 use crate::event::snapshot::ContainerSnapshot;
 use crate::event::{EventKind, RuntimeKind, SourceEvent};
 use crate::time::UnixNanos;
@@ -34,8 +34,6 @@ use wire::*;
 
 /// The libpod API prefix; Podman 4 and 5 answer it (their minimum libpod API is 4.0.0).
 const API: &str = "/v4.0.0/libpod";
-/// Inspects in flight at once while building a snapshot.
-const INSPECT_CONCURRENCY: usize = 8;
 /// Times in a row the live stream may end without delivering anything before the source
 /// reports it as ended (a rotation delivers at least the events before it).
 const MAX_EMPTY_REOPENS: u32 = 3;
@@ -384,19 +382,8 @@ impl Source for PodmanSource {
                     .filter
                     .matches(|k| c.labels.as_ref().and_then(|l| l.get(k)).map(String::as_str))
         });
-        let results: Vec<_> = stream::iter(selected)
-            .map(|c| async move { self.inspect(&c.id).await })
-            .buffer_unordered(INSPECT_CONCURRENCY)
-            .collect()
-            .await;
-        let mut out = Vec::with_capacity(results.len());
-        for r in results {
-            // `None`: removed between list and inspect; its remove event tells the rest.
-            if let Some(s) = r? {
-                out.push(s);
-            }
-        }
-        Ok(out)
+        let ids = selected.map(|c| c.id);
+        inspect_all(ids, |id| async move { self.inspect(&id).await }).await
     }
 
     async fn inspect(&self, container_id: &str) -> Result<Option<ContainerSnapshot>, SourceError> {
