@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{History, HistoryEvent, INDEX_SHARE};
+use super::{EventSubject, History, HistoryEvent, INDEX_SHARE};
 use crate::event::EventKind;
 use crate::time::{parse_time_or_ago, TimeError, UnixNanos};
 
@@ -135,6 +135,14 @@ impl EventQuery {
         })
     }
 
+    /// Whether `e` passes every filter. A query without a usable index scans the history and
+    /// asks this once per event, so the part most events fail on, the type and the time, is
+    /// forced inline into the scan; the subject's strings are compared apart. Left to the
+    /// compiler once the query code moved to this file, the whole test became a call per
+    /// event (40 000 for the benchmark's time-window query: about 45 % more instructions).
+    /// Inlining all of it pushes the scan's closure out of line instead, and a plain loop
+    /// instead of `filter` steps the ring buffer slower than its fold: both measured worse.
+    #[inline(always)]
     pub fn matches(&self, e: &HistoryEvent) -> bool {
         if let Some(mask) = self.types {
             if mask & (1 << e.kind.index()) == 0 {
@@ -146,7 +154,10 @@ impl EventQuery {
         {
             return false;
         }
-        let s = &e.subject;
+        self.matches_subject(&e.subject)
+    }
+
+    fn matches_subject(&self, s: &EventSubject) -> bool {
         if self.namespace.as_ref().is_some_and(|n| **n != *s.namespace)
             || self.pod.as_ref().is_some_and(|p| **p != *s.pod)
         {
