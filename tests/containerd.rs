@@ -1,7 +1,12 @@
-//! The containerd source against a real, private containerd 1.6 driven over CRI as a kubelet
-//! drives it (`common::containerd`). Every test works in a Kubernetes namespace of its own
-//! and runs an agent that tracks only that namespace (`--container-filter`), so the tests
-//! share one containerd safely; the tests that restart containerd have their own.
+//! What only containerd does, against a real, private containerd 1.6 driven over CRI as a
+//! kubelet drives it (`common::containerd`): the count across an agent stopped (SIGTERM) or
+//! killed (-9) and a containerd restart during attempts, an agent met late counting from the
+//! attempt ordinal, containers of other containerd namespaces, and `check`. The lifecycle
+//! matrix containerd shares with Docker and Podman (restarts, crash loops, OOM kills, pause,
+//! kubelet replacement, the API) is `tests/lifecycle.rs`'s `::containerd`. Every test works in
+//! a Kubernetes namespace of its own and runs an agent that tracks only that namespace
+//! (`--container-filter`), so the tests share one containerd safely; the tests that restart
+//! containerd have their own.
 //!
 //! Each body runs twice: `::containerd` (containerd's event stream + CRI) and `::crio` (the
 //! generic CRI path, `--runtime crio`, which on containerd 1.6 relists every second since
@@ -12,8 +17,7 @@ mod common;
 use std::time::Duration;
 
 use common::containerd::{Containerd, Pod};
-use common::{metric, samples, wait_for, Agent, LOOP};
-use serde_json::Value;
+use common::{metric, types_of, wait_for, Agent, LOOP};
 
 /// A Kubernetes namespace for one test, and the filter that keeps the agent on it.
 struct Case {
@@ -63,8 +67,6 @@ macro_rules! both_paths {
 }
 
 both_paths!(
-    a_crash_loop_counts_each_attempt_and_no_sandbox_is_a_series,
-    an_oom_kill_counts_once_with_exit_code_137,
     an_agent_started_late_counts_from_the_attempt_ordinal,
     removed_containers_and_pods_leave_their_series,
     the_count_equals_the_attempt_across_sigterm_kill_9_and_a_containerd_restart,
@@ -78,14 +80,6 @@ fn series<'a>(pod: &'a Pod, container: &'a str) -> Vec<(&'a str, &'a str)> {
     ]
 }
 
-fn types_of(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .rev()
-        .map(|e| e["type"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
 /// Starts a barrier container in `pod` and waits until the agent shows it running: every
 /// event before it has been applied, so counts read afterwards are settled.
 fn barrier(agent: &Agent, ctd: &Containerd, pod: &Pod, name: &str) -> String {
@@ -93,124 +87,6 @@ fn barrier(agent: &Agent, ctd: &Containerd, pod: &Pod, name: &str) -> String {
     agent.wait_metric("container_running", &series(pod, name), 1.0);
     ctd.stop(&id, 0);
     id
-}
-
-fn a_crash_loop_counts_each_attempt_and_no_sandbox_is_a_series(kind: &'static str) {
-    let Some(ctd) = Containerd::shared() else {
-        return;
-    };
-    let case = Case::new("crash", kind);
-    let agent = case.agent(&ctd, &[]);
-    let pod = case.pod(&ctd, "crash");
-    let app = series(&pod, "app");
-
-    let first = pod.run("app", 0, "exit 3", None);
-    ctd.wait_exited(&first);
-    agent.wait_metric("container_last_exit_code", &app, 3.0);
-    agent.wait_metric("container_restarts_total", &app, 0.0);
-    let second = pod.run("app", 1, "exit 4", None);
-    ctd.wait_exited(&second);
-    agent.wait_metric("container_last_exit_code", &app, 4.0);
-    agent.wait_metric("container_restarts_total", &app, 1.0);
-    let third = pod.run("app", 2, LOOP, None);
-    agent.wait_metric("container_running", &app, 1.0);
-
-    barrier(&agent, &ctd, &pod, "barrier");
-    let m = agent.metrics();
-    assert_eq!(
-        metric(&m, "container_restarts_total", &app),
-        Some(2.0),
-        "{m}"
-    );
-    assert_eq!(metric(&m, "container_running", &app), Some(1.0));
-    assert_eq!(metric(&m, "container_last_exit_code", &app), Some(4.0));
-    let mut reason = app.clone();
-    reason.push(("reason", "Error"));
-    assert_eq!(
-        metric(&m, "container_last_terminated_reason", &reason),
-        Some(1.0)
-    );
-    let mut info = app.clone();
-    info.push(("container_id", third.as_str()));
-    assert_eq!(
-        metric(&m, "container_info", &info),
-        Some(1.0),
-        "the running attempt's id"
-    );
-    assert_eq!(metric(&m, "containers_restarts_total", &[]), Some(2.0));
-    assert_eq!(
-        metric(&m, "lifecycle_agent_restarts_inferred_total", &[]),
-        Some(0.0),
-        "every restart was seen as an event"
-    );
-
-    // The pod's sandbox is no series: only the app and the barrier are.
-    let infos = samples(&m, "container_info");
-    let mut names: Vec<&str> = infos
-        .iter()
-        .flat_map(|(labels, _)| labels.iter())
-        .filter(|(k, _)| k == "container")
-        .map(|(_, v)| v.as_str())
-        .collect();
-    names.sort_unstable();
-    assert_eq!(names, vec!["app", "barrier"], "{m}");
-    assert!(
-        infos.iter().all(|(labels, _)| labels
-            .iter()
-            .all(|(k, v)| k != "container_id" || v != &pod.sandbox_id)),
-        "the sandbox is never tracked: {m}"
-    );
-    assert!(m.contains("runtime=\"containerd\""), "{m}");
-
-    let ev = agent.events(&format!("pod={}&container=app", pod.name));
-    let t = types_of(&ev);
-    assert_eq!(t.iter().filter(|x| *x == "started").count(), 3, "{t:?}");
-    assert_eq!(t.iter().filter(|x| *x == "died").count(), 2, "{t:?}");
-    assert_eq!(t.iter().filter(|x| *x == "created").count(), 3, "{t:?}");
-    assert!(ev.iter().all(|e| e["runtime"] == "containerd"), "{ev:?}");
-    agent.assert_no_duplicate_events();
-}
-
-fn an_oom_kill_counts_once_with_exit_code_137(kind: &'static str) {
-    let Some(ctd) = Containerd::shared() else {
-        return;
-    };
-    let case = Case::new("oom", kind);
-    let agent = case.agent(&ctd, &[]);
-    let pod = case.pod(&ctd, "oom");
-    let app = series(&pod, "hog");
-    // Under load the kernel's OOM notification can be missed by containerd; then CRI says
-    // neither OOMKilled nor sends /tasks/oom, and no agent can know. Such a run is repeated
-    // (at most 3 times); a kill containerd did report must be counted.
-    for attempt in 0..3u32 {
-        let id = pod.run(
-            "hog",
-            attempt,
-            "dd if=/dev/zero of=/dev/null bs=64M count=1",
-            Some(16 * 1024 * 1024),
-        );
-        let st = ctd.wait_exited(&id);
-        if st.reason != "OOMKilled" {
-            eprintln!(
-                "attempt {attempt}: containerd did not report this OOM kill ({}); running it again",
-                st.reason
-            );
-            continue;
-        }
-        assert_eq!(st.exit_code, 137);
-        agent.wait_metric("container_last_exit_code", &app, 137.0);
-        agent.wait_metric("container_oom_kills_total", &app, 1.0);
-        let mut reason = app.clone();
-        reason.push(("reason", "OOMKilled"));
-        agent.wait_metric("container_last_terminated_reason", &reason, 1.0);
-        barrier(&agent, &ctd, &pod, "barrier");
-        let m = agent.metrics();
-        assert_eq!(metric(&m, "container_oom_kills_total", &app), Some(1.0));
-        let ev = agent.events(&format!("pod={}&container=hog&type=oom", pod.name));
-        assert_eq!(ev.len(), 1, "{ev:?}");
-        return;
-    }
-    panic!("containerd reported none of 3 OOM kills under a 16 MiB limit");
 }
 
 fn an_agent_started_late_counts_from_the_attempt_ordinal(kind: &'static str) {
@@ -478,35 +354,4 @@ fn check_names_containerd_with_its_version_whatever_was_asked() {
     }
     let (ok, out) = check(&["--runtime", "docker", "--socket", &sock]);
     assert!(!ok, "a containerd socket is no Docker socket: {out}");
-}
-
-#[test]
-fn a_task_paused_with_ctr_is_paused_and_counts_no_restart() {
-    let Some(ctd) = Containerd::shared() else {
-        return;
-    };
-    let case = Case::new("pause", "containerd");
-    let agent = case.agent(&ctd, &[]);
-    let pod = case.pod(&ctd, "pause");
-    let app = series(&pod, "app");
-    let id = pod.run("app", 0, LOOP, None);
-    agent.wait_metric("container_running", &app, 1.0);
-    ctd.ctr("k8s.io", &["tasks", "pause", &id]);
-    agent.wait_metric("container_paused", &app, 1.0);
-    ctd.ctr("k8s.io", &["tasks", "resume", &id]);
-    agent.wait_metric("container_paused", &app, 0.0);
-    barrier(&agent, &ctd, &pod, "barrier");
-    let m = agent.metrics();
-    assert_eq!(
-        metric(&m, "container_restarts_total", &app),
-        Some(0.0),
-        "{m}"
-    );
-    assert_eq!(metric(&m, "container_running", &app), Some(1.0));
-    let ev = agent.events(&format!("pod={}&container=app", pod.name));
-    assert_eq!(
-        types_of(&ev),
-        vec!["created", "started", "paused", "unpaused"],
-        "{ev:?}"
-    );
 }

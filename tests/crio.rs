@@ -6,7 +6,7 @@
 mod common;
 
 use common::fake_cri::FakeCri;
-use common::{metric, Agent};
+use common::{metric, types_of, Agent};
 
 const NS: &str = "shop";
 
@@ -53,14 +53,6 @@ fn series<'a>(pod: &'a str, container: &'a str) -> Vec<(&'a str, &'a str)> {
 fn barrier(agent: &Agent, cri: &FakeCri, pod: &str, name: &str) {
     cri.run(NS, pod, name, 0);
     agent.wait_metric("container_running", &series(pod, name), 1.0);
-}
-
-fn types_of(events: &[serde_json::Value]) -> Vec<String> {
-    events
-        .iter()
-        .rev()
-        .map(|e| e["type"].as_str().unwrap_or_default().to_string())
-        .collect()
 }
 
 fn a_crash_loop_counts_each_attempt(with_events: bool) {

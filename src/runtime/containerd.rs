@@ -28,7 +28,7 @@ use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
     GetContainerRequest, ListContainersRequest, ListTasksRequest, PublishRequest, SubscribeRequest,
 };
-use containerd_client::types::v1::Status as TaskStatus;
+use containerd_client::types::v1::{Process, Status as TaskStatus};
 use containerd_client::types::Envelope;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 
 mod wire;
 
-use wire::timestamp_nanos;
+use wire::{cri_lags, exited_since, timestamp_nanos};
 pub use wire::{cri_metadata, decode, CriMetadata, Decoded, StartOrder, CRI_METADATA_EXTENSION};
 
 use super::cri;
@@ -143,6 +143,9 @@ struct Lookup {
     endpoint: String,
     filter: ContainerFilter,
 }
+
+/// How long a list waits for CRI to catch up with an exit containerd has already published.
+const CRI_LAG_WAIT: Duration = Duration::from_secs(2);
 
 /// Whether a container is a pod sandbox, by containerd's record of it.
 fn is_sandbox(labels: &HashMap<String, String>) -> bool {
@@ -510,12 +513,24 @@ impl Source for ContainerdSource {
         for ns in &self.namespaces {
             if self.cri && ns == CRI_NAMESPACE {
                 let mut client = RuntimeServiceClient::new(channel.clone());
-                for st in cri::list_statuses(&mut client, &self.endpoint, &self.filter).await? {
+                let statuses =
+                    cri::list_statuses(&mut client, &self.endpoint, &self.filter).await?;
+                // Read after CRI: a task CRI still calls running may have exited since.
+                let tasks = self.tasks(ns).await?;
+                for st in statuses {
+                    let task = tasks.get(&st.id);
+                    let st = if cri_lags(&st, task) {
+                        self.settled_status(&mut client, st).await?
+                    } else {
+                        st
+                    };
                     known.insert(
                         (ns.clone(), st.id.clone()),
                         Some(Arc::new(cri::subject_of(&st))),
                     );
-                    out.push(cri::snapshot_of(&st));
+                    let mut snap = cri::snapshot_of(&st);
+                    exited_since(&mut snap, task);
+                    out.push(snap);
                 }
             } else {
                 for s in self.native_snapshot(ns).await? {
@@ -604,6 +619,58 @@ impl Source for ContainerdSource {
 
 impl ContainerdSource {
     /// Containers of a namespace outside CRI, from containerd's own records and tasks.
+    /// CRI's status of a container once CRI has caught up with its exit ([`cri_lags`]), or
+    /// as it is after [`CRI_LAG_WAIT`] (or when it is gone).
+    async fn settled_status(
+        &self,
+        client: &mut RuntimeServiceClient<Channel>,
+        st: k8s_cri::v1::ContainerStatus,
+    ) -> Result<k8s_cri::v1::ContainerStatus, SourceError> {
+        let running = k8s_cri::v1::ContainerState::ContainerRunning as i32;
+        let deadline = tokio::time::Instant::now() + CRI_LAG_WAIT;
+        let mut last = st;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            match cri::status(client, &self.endpoint, &last.id).await? {
+                Some(now) if now.state != running => {
+                    debug!(container_id = %now.id, "CRI caught up with an exit containerd had published");
+                    return Ok(now);
+                }
+                Some(now) => last = now,
+                None => break,
+            }
+        }
+        Ok(last)
+    }
+
+    /// Each container's task (its init process) in `namespace`, by container id.
+    async fn tasks(&self, namespace: &str) -> Result<HashMap<String, Process>, SourceError> {
+        let tasks = TasksClient::new(self.channel()?)
+            .list(in_namespace(
+                ListTasksRequest {
+                    filter: String::new(),
+                },
+                namespace,
+            ))
+            .await
+            .map_err(|s| cri::call_error(&self.endpoint, "containerd Tasks.List", &s))?
+            .into_inner()
+            .tasks;
+        // Tasks.List gives each container's init process, named by `id` (containerd 1.6
+        // leaves `container_id` empty there).
+        Ok(tasks
+            .into_iter()
+            .map(|t| {
+                let key = if t.container_id.is_empty() {
+                    t.id.clone()
+                } else {
+                    t.container_id.clone()
+                };
+                (key, t)
+            })
+            .collect())
+    }
+
     async fn native_snapshot(
         &self,
         namespace: &str,
@@ -618,30 +685,7 @@ impl ContainerdSource {
             .map_err(|s| cri::call_error(&self.endpoint, "containerd Containers.List", &s))?
             .into_inner()
             .containers;
-        let tasks = TasksClient::new(channel)
-            .list(in_namespace(
-                ListTasksRequest {
-                    filter: String::new(),
-                },
-                namespace,
-            ))
-            .await
-            .map_err(|s| cri::call_error(&self.endpoint, "containerd Tasks.List", &s))?
-            .into_inner()
-            .tasks;
-        // Tasks.List gives each container's init process, named by `id` (containerd 1.6
-        // leaves `container_id` empty there).
-        let tasks: HashMap<_, _> = tasks
-            .into_iter()
-            .map(|t| {
-                let key = if t.container_id.is_empty() {
-                    t.id.clone()
-                } else {
-                    t.container_id.clone()
-                };
-                (key, t)
-            })
-            .collect();
+        let tasks = self.tasks(namespace).await?;
         let mut out = Vec::with_capacity(records.len());
         for r in records {
             if is_sandbox(&r.labels) || !cri::filter_matches(&self.filter, &r.labels) {

@@ -531,6 +531,18 @@ pub fn relist_events(before: Option<Seen>, now: &ContainerSnapshot) -> Vec<Runti
     out
 }
 
+/// The changes of one relist, one list per container, as one sequence: the containers in
+/// the order they first changed (so an attempt that came and went before the next one is
+/// applied before it, and the kubelet-ordinal rule never sees attempt n+1 before attempt n,
+/// docs/design.md "Restarts"), each container's events in their causal order, which CRI's
+/// times are not (containerd stamps a start after the start call returns, and a process
+/// that exits at once has finished before that). The list order is the runtime's, no order.
+pub fn in_causal_order(mut changed: Vec<Vec<RuntimeEvent>>) -> Vec<RuntimeEvent> {
+    // Stable: containers that changed at the same instant keep the list's order.
+    changed.sort_by_key(|events| events.iter().map(|e| e.time_nanos).min());
+    changed.into_iter().flatten().collect()
+}
+
 /// Relists every [`RELIST_INTERVAL`] and sends what changed since the previous list, the
 /// first time since the session's own list (its reconciliation covers what that showed).
 async fn relist(
@@ -565,7 +577,7 @@ async fn relist(
             }
         };
         let mut next = HashMap::with_capacity(list.len());
-        let mut items = Vec::new();
+        let mut changed = Vec::new();
         for c in list {
             if !filter_matches(&filter, &c.labels) {
                 continue;
@@ -588,13 +600,14 @@ async fn relist(
             let snap = snapshot_of(&st);
             let was = was.map(|(s, _)| *s);
             if was != Some(Seen::of(&snap)) {
-                items.extend(relist_events(was, &snap));
+                changed.push(relist_events(was, &snap));
             }
             next.insert(
                 snap.id.clone(),
                 (Seen::of(&snap), Arc::new(subject_of(&st))),
             );
         }
+        let mut items = in_causal_order(changed);
         let now = UnixNanos::now();
         for (id, (_, subject)) in &before {
             if !next.contains_key(id) {
@@ -608,9 +621,6 @@ async fn relist(
                 });
             }
         }
-        // In list order, each container's events in their causal order: CRI's times are not
-        // (containerd stamps a start after the start call returns, and a process that exits at
-        // once has finished before that).
         debug!(containers = next.len(), changes = items.len(), "relisted");
         for ev in items {
             if tx.send(Ok(Some(SourceEvent::Lifecycle(ev)))).is_err() {
@@ -717,6 +727,33 @@ mod test {
             ],
             "a container born and dead between two relists"
         );
+    }
+
+    #[test]
+    fn a_relist_applies_attempts_in_the_order_they_came() {
+        // Attempts 2 and 3 both came and went between two relists; the list names the newer
+        // first. Attempt 3 is stamped as containerd does a process that exits at once: its
+        // exit before its start.
+        let mut a2 = status("a2", 2, ContainerState::ContainerExited);
+        let mut a3 = status("a3", 3, ContainerState::ContainerExited);
+        (a2.created_at, a2.started_at, a2.finished_at) = (100, 110, 120);
+        (a3.created_at, a3.started_at, a3.finished_at) = (200, 215, 210);
+        let listed = vec![
+            relist_events(None, &snapshot_of(&a3)),
+            relist_events(None, &snapshot_of(&a2)),
+        ];
+        let order: Vec<(String, EventKind)> = in_causal_order(listed)
+            .iter()
+            .map(|e| (e.subject.container_id.clone(), e.kind))
+            .collect();
+        let want = |id: &str, kinds: [EventKind; 4]| kinds.map(|k| (id.to_string(), k));
+        let each = [
+            EventKind::Created,
+            EventKind::Started,
+            EventKind::Oom,
+            EventKind::Died,
+        ];
+        assert_eq!(order, [want("a2", each), want("a3", each)].concat());
     }
 
     #[test]

@@ -343,18 +343,25 @@ impl Agent {
     /// container, and is gone from the node-wide gauges when this returns; its own events
     /// (created, destroyed) stay in the history under the name returned.
     pub fn barrier(&self, rt: &dyn Runtime, opts: &[&str]) -> String {
-        let sentinel = rt.create("barrier", opts, "true");
-        let path = format!("/api/v1/containers/{}", sentinel.name);
+        self.barrier_on(|| {
+            let sentinel = rt.create("barrier", opts, "true");
+            (sentinel.name.clone(), sentinel)
+        })
+    }
+
+    /// [`Agent::barrier`] with a sentinel `make` creates (never started) and names; it is
+    /// removed when what `make` returned is dropped (the lifecycle matrix's, on any runtime).
+    pub fn barrier_on<T>(&self, make: impl FnOnce() -> (String, T)) -> String {
+        let (name, sentinel) = make();
+        let path = format!("/api/v1/containers/{name}");
         wait_for(
             &format!(
-                "the agent to see the barrier {} (log: {})",
-                sentinel.name,
+                "the agent to see the barrier {name} (log: {})",
                 self.log.display()
             ),
             Duration::from_secs(30),
             || (self.get(&path).0 == 200).then_some(()),
         );
-        let name = sentinel.name.clone();
         drop(sentinel);
         wait_for(
             &format!(
@@ -435,4 +442,13 @@ pub fn wait_metric_at(port: u16, name: &str, labels: &[(&str, &str)], want: f64,
         ok,
         "{name}{labels:?}: wanted {want}, last seen {last:?} ({what})"
     );
+}
+
+/// The `type` of each event of a history answer, oldest first (the API answers newest first).
+pub fn types_of(events: &[serde_json::Value]) -> Vec<String> {
+    events
+        .iter()
+        .rev()
+        .map(|e| e["type"].as_str().unwrap_or_default().to_string())
+        .collect()
 }

@@ -30,6 +30,8 @@ use super::{busybox_rootfs, kill_daemon, require, spawn_watchdog, unique, wait_f
 /// The image every pod sandbox and container runs (imported, never pulled).
 pub const CRI_IMAGE: &str = "localhost/lat-busybox:bb";
 
+static SHARED: OnceLock<Option<Arc<Containerd>>> = OnceLock::new();
+
 /// A private containerd. Restartable (kill -9 and start again on the same data).
 pub struct Containerd {
     pub dir: PathBuf,
@@ -75,8 +77,13 @@ impl Containerd {
 
     /// One containerd shared by the tests of a binary that do not restart it.
     pub fn shared() -> Option<Arc<Containerd>> {
-        static C: OnceLock<Option<Arc<Containerd>>> = OnceLock::new();
-        C.get_or_init(Containerd::start_private).clone()
+        SHARED.get_or_init(Containerd::start_private).clone()
+    }
+
+    /// The shared containerd, borrowed for the whole test process (its pods can then live
+    /// in a test's own structs, as the lifecycle matrix's do).
+    pub fn shared_static() -> Option<&'static Containerd> {
+        SHARED.get_or_init(Containerd::start_private).as_deref()
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -295,6 +302,12 @@ rm -rf {d}"#,
     pub fn pod(&self, prefix: &str, namespace: &str) -> Pod<'_> {
         let name = unique(prefix);
         let uid = format!("uid-{name}");
+        self.pod_named(namespace, &name, &uid)
+    }
+
+    /// A pod sandbox of this exact identity (a pod re-created under its name gets a new uid).
+    pub fn pod_named(&self, namespace: &str, name: &str, uid: &str) -> Pod<'_> {
+        let (name, uid) = (name.to_string(), uid.to_string());
         let config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.clone(),
@@ -394,6 +407,25 @@ impl Pod<'_> {
     /// CreateContainer as the kubelet does for attempt `attempt` of container `name`:
     /// its labels, its restartCount annotation, and an optional memory limit in bytes.
     pub fn create(&self, name: &str, attempt: u32, script: &str, memory: Option<i64>) -> String {
+        self.create_labelled(name, attempt, script, memory, &[])
+    }
+
+    /// [`Pod::create`] with more CreateContainer labels beside the kubelet's (`KEY`, `VALUE`).
+    pub fn create_labelled(
+        &self,
+        name: &str,
+        attempt: u32,
+        script: &str,
+        memory: Option<i64>,
+        extra: &[(String, String)],
+    ) -> String {
+        let mut labels: HashMap<String, String> = extra.iter().cloned().collect();
+        labels.extend([
+            ("io.kubernetes.pod.name".into(), self.name.clone()),
+            ("io.kubernetes.pod.namespace".into(), self.namespace.clone()),
+            ("io.kubernetes.pod.uid".into(), self.uid.clone()),
+            ("io.kubernetes.container.name".into(), name.into()),
+        ]);
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: name.into(),
@@ -404,12 +436,7 @@ impl Pod<'_> {
                 ..ImageSpec::default()
             }),
             command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            labels: HashMap::from([
-                ("io.kubernetes.pod.name".into(), self.name.clone()),
-                ("io.kubernetes.pod.namespace".into(), self.namespace.clone()),
-                ("io.kubernetes.pod.uid".into(), self.uid.clone()),
-                ("io.kubernetes.container.name".into(), name.into()),
-            ]),
+            labels,
             annotations: HashMap::from([
                 (
                     "io.kubernetes.container.restartCount".into(),

@@ -7,6 +7,8 @@
 //! - `http.rs`: small HTTP clients for the agent, Prometheus and the daemons' sockets;
 //! - `exposition.rs`: samples out of a `/metrics` text, and promtool's lint;
 //! - `prom.rs`: a private Prometheus server, and the chart's rules rendered for it;
+//! - `matrix.rs`: the runtime-neutral verbs of the lifecycle matrix (Docker and Podman through
+//!   their CLI, containerd over CRI as a kubelet);
 //! - `containerd.rs`: a private containerd driven over CRI as a kubelet drives it;
 //!   `fake_cri.rs` an in-process CRI runtime (CRI-O is not packaged here);
 //! - `fake_kube.rs`: a fake Kubernetes API server speaking the real list/watch protocol.
@@ -23,6 +25,7 @@ pub mod exposition;
 pub mod fake_cri;
 pub mod fake_kube;
 pub mod http;
+pub mod matrix;
 pub mod podman;
 pub mod prom;
 pub mod runtime;
@@ -33,7 +36,7 @@ use std::time::{Duration, Instant};
 
 // Not every test binary uses every part.
 #[allow(unused_imports)]
-pub use agent::{agent_bin, wait_metric_at, wait_ready_at, Agent, AgentBuilder, NODE};
+pub use agent::{agent_bin, types_of, wait_metric_at, wait_ready_at, Agent, AgentBuilder, NODE};
 #[allow(unused_imports)]
 pub use docker::DockerDaemon;
 #[allow(unused_imports)]

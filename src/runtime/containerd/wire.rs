@@ -1,14 +1,18 @@
 //! containerd's wire formats, as pure functions: its event topics and payloads, the CRI
-//! plugin's record of a container, and the order in which a container's events are passed on.
+//! plugin's record of a container, the order in which a container's events are passed on,
+//! and where CRI's list lags containerd's own task record.
 
 use std::collections::HashMap;
 
 use containerd_client::events::{
     ContainerCreate, ContainerDelete, TaskExit, TaskOom, TaskPaused, TaskResumed, TaskStart,
 };
+use containerd_client::types::v1::{Process, Status as TaskStatus};
+use k8s_cri::v1::{ContainerState, ContainerStatus};
 use prost::Message;
 
 use crate::event::{EventKind, RuntimeEvent};
+use crate::runtime::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::time::UnixNanos;
 
 /// The time a protobuf timestamp says (saturating outside the representable range).
@@ -149,6 +153,39 @@ impl StartOrder {
     }
 }
 
+/// Whether CRI calls a container running whose task is no longer running (stopped, or
+/// already deleted): the CRI plugin learns of an exit from containerd's `/tasks/exit`
+/// (deletes the task, then records the exit), after containerd published it, so a
+/// subscription made in between sees neither the event nor, in CRI's list, the exit
+/// (docs/design.md "Replay and reconciliation").
+pub fn cri_lags(st: &ContainerStatus, task: Option<&Process>) -> bool {
+    let running = st.state == ContainerState::ContainerRunning as i32;
+    let task_runs = task.is_some_and(|t| {
+        matches!(
+            TaskStatus::try_from(t.status),
+            Ok(TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing)
+        )
+    });
+    running && !task_runs
+}
+
+/// A container CRI still calls running after [`CRI_LAG_WAIT`] whose task has stopped:
+/// containerd's own task record has the exit, its status and time. Whether the kernel
+/// OOM-killed it only CRI would say; the exit code (137) stays.
+pub fn exited_since(snap: &mut ContainerSnapshot, task: Option<&Process>) {
+    let Some(task) = task else { return };
+    let running = matches!(snap.state, SnapshotState::Running | SnapshotState::Paused);
+    if !running || TaskStatus::try_from(task.status) != Ok(TaskStatus::Stopped) {
+        return;
+    }
+    let Some(exited_at) = task.exited_at.as_ref().map(timestamp_nanos) else {
+        return;
+    };
+    snap.state = SnapshotState::Exited;
+    snap.finished_at = Some(exited_at.max(snap.started_at.unwrap_or(exited_at)));
+    snap.exit_code = Some(i64::from(task.exit_status));
+}
+
 #[cfg(test)]
 mod test {
     use std::sync::Arc;
@@ -265,5 +302,57 @@ mod test {
             kinds(order.pass("x", event(EventKind::Destroyed))),
             vec![EventKind::Died, EventKind::Destroyed]
         );
+    }
+
+    #[test]
+    fn a_stopped_task_is_an_exit_whatever_cri_still_says() {
+        use crate::fixtures::SnapshotBuilder;
+        let running = || {
+            SnapshotBuilder::new("c1", SnapshotState::Running)
+                .started(Some(UnixNanos::from_nanos(2_000_000_000)))
+                .build()
+        };
+        let task = |status: TaskStatus| Process {
+            id: "c1".into(),
+            status: status as i32,
+            exit_status: 4,
+            exited_at: Some(prost_types::Timestamp {
+                seconds: 3,
+                nanos: 0,
+            }),
+            ..Process::default()
+        };
+        let mut snap = running();
+        exited_since(&mut snap, Some(&task(TaskStatus::Stopped)));
+        assert_eq!(snap.state, SnapshotState::Exited);
+        assert_eq!(snap.finished_at, Some(UnixNanos::from_nanos(3_000_000_000)));
+        assert_eq!(snap.exit_code, Some(4));
+        for (task, what) in [
+            (Some(task(TaskStatus::Running)), "a running task"),
+            (None, "no task"),
+        ] {
+            let mut snap = running();
+            exited_since(&mut snap, task.as_ref());
+            assert_eq!(snap, running(), "{what}");
+        }
+
+        // CRI lags when it calls running a container whose task is stopped or deleted.
+        let cri = |state: ContainerState| ContainerStatus {
+            id: "c1".into(),
+            state: state as i32,
+            ..ContainerStatus::default()
+        };
+        let stopped = task(TaskStatus::Stopped);
+        let runs = task(TaskStatus::Running);
+        assert!(cri_lags(&cri(ContainerState::ContainerRunning), None));
+        assert!(cri_lags(
+            &cri(ContainerState::ContainerRunning),
+            Some(&stopped)
+        ));
+        assert!(!cri_lags(
+            &cri(ContainerState::ContainerRunning),
+            Some(&runs)
+        ));
+        assert!(!cri_lags(&cri(ContainerState::ContainerExited), None));
     }
 }
