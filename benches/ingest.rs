@@ -7,6 +7,7 @@ use std::sync::Arc;
 use lifecycle_agent::event::{ContainerLabels, EventKind, RuntimeEvent, RuntimeKind, Subject};
 use lifecycle_agent::history::HistoryLimits;
 use lifecycle_agent::store::Store;
+use lifecycle_agent::time::UnixNanos;
 use lifecycle_agent::tracker::Tracker;
 
 const CONTAINERS: usize = 1_000;
@@ -39,7 +40,7 @@ fn events() -> Vec<RuntimeEvent> {
             let c = i % CONTAINERS;
             let kind = kinds[(i / CONTAINERS) % kinds.len()];
             RuntimeEvent {
-                time_nanos: 1_700_000_000_000_000_000 + i as i64 * 1_000,
+                time_nanos: UnixNanos::from_nanos(1_700_000_000_000_000_000 + i as i64 * 1_000),
                 kind,
                 action: kind.as_str().to_string(),
                 subject: subjects[c].clone(),

@@ -15,8 +15,10 @@ use lifecycle_agent::history::query::{parse_types, EventQuery};
 use lifecycle_agent::kube::pods::{PodIndex, PodMeta};
 use lifecycle_agent::kube::KubeState;
 use lifecycle_agent::state::{State, StateReader};
+use lifecycle_agent::time::{Nanos, UnixNanos};
 
-const T0: i64 = 1_700_000_000_000_000_000;
+const T0: UnixNanos = UnixNanos::from_nanos(1_700_000_000_000_000_000);
+const STEP: Nanos = Nanos::from_nanos(1_000);
 
 fn shared(max_history: usize) -> (State, Arc<KubeState>, Config) {
     let config = Config::resolve(RunArgs {
@@ -61,7 +63,7 @@ fn pods(kube: &KubeState, config: &Config, n: usize) {
     kube.replace_pods(idx);
 }
 
-fn pod_event(i: usize, t: i64, kind: EventKind) -> RuntimeEvent {
+fn pod_event(i: usize, t: UnixNanos, kind: EventKind) -> RuntimeEvent {
     RuntimeEvent {
         time_nanos: t,
         kind,
@@ -101,7 +103,7 @@ fn populated(n: usize, history: usize) -> (StateReader, Arc<KubeState>) {
                 EventKind::Started,
             ]
             .map(|kind| {
-                at += 1_000;
+                at += STEP;
                 SourceEvent::Lifecycle(pod_event(i, at, kind))
             }),
         );
@@ -111,7 +113,7 @@ fn populated(n: usize, history: usize) -> (StateReader, Arc<KubeState>) {
     while reader.tracker().history().len() < history {
         let missing = history - reader.tracker().history().len();
         s.ingest((0..missing).map(|_| {
-            at += 1_000;
+            at += STEP;
             let kind = if (i / n.max(1)) % 2 == 0 {
                 EventKind::Paused
             } else {
@@ -204,8 +206,8 @@ fn query(c: &mut Criterion) {
         (
             "by_time_window",
             EventQuery {
-                since: Some(newest - 50_000_000),
-                until: Some(newest - 40_000_000),
+                since: Some(newest - Nanos::from_millis(50)),
+                until: Some(newest - Nanos::from_millis(40)),
                 ..Default::default()
             },
         ),

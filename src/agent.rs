@@ -23,7 +23,7 @@ use crate::runtime::discovery::{self, Candidate, RuntimeChoice};
 use crate::runtime::{watch, RuntimeInfo};
 use crate::state::State;
 use crate::store::Store;
-use crate::time::now_nanos;
+use crate::time::UnixNanos;
 use crate::tracker::persist::Delta;
 use crate::{api, server, Error, Result};
 
@@ -154,7 +154,7 @@ pub async fn run(config: Config) -> Result<()> {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        let dropped = state.apply_retention(now_nanos());
+                        let dropped = state.apply_retention(UnixNanos::now());
                         if dropped > 0 {
                             info!(dropped, "history retention applied");
                         }
@@ -400,7 +400,7 @@ fn open_store(dir: &std::path::Path, config: &Config, state: &State) -> Result<S
             containers = saved.containers.len(),
             identities = saved.identities.len(),
             events = saved.events.len(),
-            cursor = ?saved.meta.cursor.map(crate::time::format_rfc3339),
+            cursor = ?saved.meta.cursor.map(UnixNanos::to_rfc3339),
             "state loaded"
         );
     }
@@ -568,6 +568,7 @@ mod test {
         let mut t = crate::fixtures::tracker("n", 100);
         t.enable_journal();
         for (at, kind) in [(1, EventKind::Created), (2, EventKind::Started)] {
+            let at = UnixNanos::from_nanos(at);
             let ev = RuntimeEvent {
                 time_nanos: at,
                 kind,

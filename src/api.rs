@@ -24,7 +24,7 @@ use crate::kube::KubeState;
 use crate::self_metrics::register_counters;
 use crate::server::HttpStats;
 use crate::state::{HistoryClearer, StateReader};
-use crate::time::{now_nanos, parse_time_or_ago};
+use crate::time::{parse_time_or_ago, UnixNanos};
 use crate::tracker::view::IdentityView;
 use crate::{metrics, stats};
 
@@ -316,7 +316,11 @@ async fn containers(State(s): State<AppState>) -> Response {
     s.build(move || {
         let (node, runtime, mut list) = {
             let t = state.tracker();
-            (t.node().to_string(), t.runtime(), t.identities(now_nanos()))
+            (
+                t.node().to_string(),
+                t.runtime(),
+                t.identities(UnixNanos::now()),
+            )
         };
         list.sort_by(|a, b| {
             (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container))
@@ -340,7 +344,7 @@ async fn containers(State(s): State<AppState>) -> Response {
 }
 
 async fn container(State(s): State<AppState>, Path(key): Path<String>) -> Response {
-    let found = s.state.tracker().find(&key, now_nanos());
+    let found = s.state.tracker().find(&key, UnixNanos::now());
     match found.len() {
         0 => error(
             StatusCode::NOT_FOUND,
@@ -368,7 +372,7 @@ async fn events(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response 
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let q = match EventQuery::parse(raw, now_nanos()) {
+    let q = match EventQuery::parse(raw, UnixNanos::now()) {
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -459,7 +463,7 @@ async fn clear_events(
             "parameter `before`: required (RFC 3339 or a duration such as 7d)",
         );
     };
-    let before = match parse_time_or_ago(&before, now_nanos()) {
+    let before = match parse_time_or_ago(&before, UnixNanos::now()) {
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("parameter `before`: {e}")),
     };
@@ -469,11 +473,11 @@ async fn clear_events(
 }
 
 async fn restart_stats(State(s): State<AppState>) -> Response {
-    Json(stats::restarts(&s.state.tracker(), now_nanos())).into_response()
+    Json(stats::restarts(&s.state.tracker(), UnixNanos::now())).into_response()
 }
 
 async fn uptime_stats(State(s): State<AppState>) -> Response {
-    Json(stats::uptime(&s.state.tracker(), now_nanos())).into_response()
+    Json(stats::uptime(&s.state.tracker(), UnixNanos::now())).into_response()
 }
 
 #[cfg(test)]
@@ -518,7 +522,7 @@ mod test {
         );
         state.ingest((0..n).map(|i| {
             EventBuilder::new(EventKind::Started, &format!("{i:064x}"))
-                .at(1_000 + i as i64)
+                .at(UnixNanos::from_nanos(1_000 + i as i64))
                 .name(&format!("web-{i}"))
                 .source()
         }));

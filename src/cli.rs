@@ -366,7 +366,7 @@ pub async fn events(a: &EventsArgs) -> Result<String, ClientError> {
         let _ = writeln!(
             s,
             "{:<31} {:<14} {:<30} {:<30} {}",
-            crate::time::format_rfc3339(e.time_nanos),
+            e.time_nanos.to_rfc3339(),
             e.kind.as_str(),
             e.subject.container,
             pod,

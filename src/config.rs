@@ -13,7 +13,7 @@ use crate::kube::pods::{Allowlist, Allowlists};
 use crate::kube::KubeMode;
 use crate::runtime::discovery::RuntimeChoice;
 use crate::runtime::ContainerFilter;
-use crate::time::parse_duration;
+use crate::time::{parse_duration, Nanos};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9977";
 pub const DEFAULT_MAX_HISTORY: usize = 10_000;
@@ -185,8 +185,8 @@ pub struct Config {
     /// Which pod annotations and labels become metric labels (default none).
     pub pod_metadata: Allowlists,
     pub max_history: usize,
-    /// Nanoseconds.
-    pub history_retention: Option<i64>,
+    /// History events older than this are dropped.
+    pub history_retention: Option<Nanos>,
     pub admin_token: Option<String>,
     /// The admin token file can be read by its group or by everyone: logged at start (the
     /// logger does not exist yet when the configuration is read).
@@ -489,7 +489,7 @@ mod test {
             vec!["k8s.io".to_string()],
             "the default"
         );
-        assert_eq!(c.history_retention, Some(7 * 86_400 * 1_000_000_000));
+        assert_eq!(c.history_retention, Some(Nanos::from_secs(7 * 86_400)));
         let c = Config::resolve(RunArgs {
             max_history: Some(9),
             ..with_file(&f)

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::time::UnixNanos;
+
 pub mod snapshot;
 
 /// Lifecycle event types (`docs/design.md`, "Events"). The order is the order of the per-kind counters.
@@ -227,8 +229,8 @@ pub struct Subject {
 /// A lifecycle event in the runtime-neutral form the tracker consumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeEvent {
-    /// Nanoseconds since the Unix epoch, as the runtime stamped the event.
-    pub time_nanos: i64,
+    /// As the runtime stamped the event.
+    pub time_nanos: UnixNanos,
     pub kind: EventKind,
     /// The runtime's own word for it (`die`, `died`, `health_status: healthy`, ...).
     pub action: String,
@@ -256,8 +258,8 @@ impl RuntimeEvent {
 /// (`docs/design.md`, "Events"): it changes the tracker's state, never the history or the event counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rename {
-    /// Nanoseconds since the Unix epoch, as the runtime stamped the event.
-    pub time_nanos: i64,
+    /// As the runtime stamped the event.
+    pub time_nanos: UnixNanos,
     pub container_id: String,
     /// The new name; empty if the runtime did not say.
     pub name: String,
@@ -271,7 +273,7 @@ pub enum SourceEvent {
 }
 
 impl SourceEvent {
-    pub fn time_nanos(&self) -> i64 {
+    pub fn time_nanos(&self) -> UnixNanos {
         match self {
             SourceEvent::Lifecycle(ev) => ev.time_nanos,
             SourceEvent::Renamed(r) => r.time_nanos,
@@ -440,7 +442,7 @@ mod test {
     fn equal_subjects_are_shared_until_they_change_or_the_container_goes() {
         let event = |kind: EventKind, name: &str| {
             crate::fixtures::EventBuilder::new(kind, "abc")
-                .at(1)
+                .at(UnixNanos::from_nanos(1))
                 .action(kind.as_str())
                 .name(name)
                 .build()

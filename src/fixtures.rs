@@ -9,6 +9,7 @@ use crate::event::{
     ContainerLabels, EventKind, Health, PodRef, RuntimeEvent, RuntimeKind, SourceEvent, Subject,
 };
 use crate::history::HistoryLimits;
+use crate::time::UnixNanos;
 use crate::tracker::view::IdentityView;
 use crate::tracker::Tracker;
 
@@ -31,7 +32,7 @@ pub struct EventBuilder(RuntimeEvent);
 impl EventBuilder {
     pub fn new(kind: EventKind, id: &str) -> EventBuilder {
         EventBuilder(RuntimeEvent {
-            time_nanos: 0,
+            time_nanos: UnixNanos::default(),
             kind,
             action: docker_word(kind).into(),
             subject: Arc::new(Subject {
@@ -45,7 +46,7 @@ impl EventBuilder {
         })
     }
 
-    pub fn at(mut self, t: i64) -> Self {
+    pub fn at(mut self, t: UnixNanos) -> Self {
         self.0.time_nanos = t;
         self
     }
@@ -136,7 +137,7 @@ impl SnapshotBuilder {
             state,
             started_at: None,
             finished_at: None,
-            created_at: Some(0),
+            created_at: Some(UnixNanos::default()),
             exit_code: None,
             oom_killed: false,
             health: None,
@@ -144,13 +145,13 @@ impl SnapshotBuilder {
         })
     }
 
-    pub fn started(mut self, t: Option<i64>) -> Self {
+    pub fn started(mut self, t: Option<UnixNanos>) -> Self {
         self.0.started_at = t;
         self
     }
 
     /// Finished at `t`; with exit code 0 unless [`SnapshotBuilder::exit_code`] says otherwise.
-    pub fn finished(mut self, t: Option<i64>) -> Self {
+    pub fn finished(mut self, t: Option<UnixNanos>) -> Self {
         self.0.finished_at = t;
         self.0.exit_code = t.map(|_| self.0.exit_code.unwrap_or(0));
         self

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::event::{EventKind, Health, RuntimeKind};
-use crate::time::format_rfc3339;
+use crate::time::{Nanos, UnixNanos};
 
 pub mod query;
 
@@ -62,7 +62,7 @@ impl EventSubject {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEvent {
     pub seq: u64,
-    pub time_nanos: i64,
+    pub time_nanos: UnixNanos,
     pub kind: EventKind,
     pub runtime: RuntimeKind,
     pub health: Option<Health>,
@@ -77,7 +77,7 @@ struct EventJson<S> {
     seq: u64,
     #[serde(default, skip_deserializing)]
     time: String,
-    time_unix_nano: i64,
+    time_unix_nano: UnixNanos,
     #[serde(rename = "type")]
     kind: EventKind,
     action: S,
@@ -99,7 +99,7 @@ impl Serialize for HistoryEvent {
         let subject = &self.subject;
         EventJson::<&str> {
             seq: self.seq,
-            time: format_rfc3339(self.time_nanos),
+            time: self.time_nanos.to_rfc3339(),
             time_unix_nano: self.time_nanos,
             kind: self.kind,
             action: &self.action,
@@ -144,8 +144,8 @@ impl<'de> Deserialize<'de> for HistoryEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryLimits {
     pub max_events: usize,
-    /// Events older than this (nanoseconds) are dropped; `None` keeps them until `max_events`.
-    pub retention: Option<i64>,
+    /// Events older than this are dropped; `None` keeps them until `max_events`.
+    pub retention: Option<Nanos>,
 }
 
 #[derive(Debug)]
@@ -462,7 +462,7 @@ impl History {
     }
 
     /// Drops events older than the retention window; returns how many were dropped.
-    pub fn apply_retention(&mut self, now: i64) -> usize {
+    pub fn apply_retention(&mut self, now: UnixNanos) -> usize {
         match self.limits.retention {
             Some(r) => self.clear_before(now.saturating_sub(r)),
             None => 0,
@@ -473,7 +473,7 @@ impl History {
     ///
     /// Events arrive nearly in time order but replays and reconciliation can interleave, so
     /// this scans rather than assuming the ring is sorted.
-    pub fn clear_before(&mut self, before: i64) -> usize {
+    pub fn clear_before(&mut self, before: UnixNanos) -> usize {
         let n = self.events.len();
         match &mut self.journal {
             Some(j) => self.events.retain(|e| {
@@ -503,10 +503,14 @@ mod test {
     use super::*;
     use crate::time::NANOS_PER_SEC;
 
+    fn at(t: i64) -> UnixNanos {
+        UnixNanos::from_nanos(t)
+    }
+
     fn ev(t: i64, kind: EventKind, name: &str, ns: &str) -> HistoryEvent {
         HistoryEvent {
             seq: 0,
-            time_nanos: t,
+            time_nanos: at(t),
             kind,
             action: kind.as_str().into(),
             runtime: RuntimeKind::Docker,
@@ -530,7 +534,7 @@ mod test {
     fn history(max: usize) -> History {
         History::new(HistoryLimits {
             max_events: max,
-            retention: Some(60 * NANOS_PER_SEC),
+            retention: Some(Nanos::from_secs(60)),
         })
     }
 
@@ -564,13 +568,13 @@ mod test {
         let r = h.query(&q);
         assert_eq!(
             r.events.iter().map(|e| e.time_nanos).collect::<Vec<_>>(),
-            vec![9, 7]
+            vec![at(9), at(7)]
         );
         assert!(r.truncated);
         let q = EventQuery {
             container: Some("a-0123".into()),
-            since: Some(3),
-            until: Some(4),
+            since: Some(at(3)),
+            until: Some(at(4)),
             ..Default::default()
         };
         assert_eq!(h.query(&q).events.len(), 2);
@@ -593,7 +597,7 @@ mod test {
                 if t % 2 == 0 { "shop" } else { "" },
             ));
             if t == 1500 {
-                h.clear_before(1200);
+                h.clear_before(at(1200));
             }
         }
         for c in ["c3", "c30", "c3-0123", "c", "nothing"] {
@@ -622,8 +626,8 @@ mod test {
         for t in 0..10 {
             h.push(ev(t * NANOS_PER_SEC, EventKind::Started, "a", ""));
         }
-        assert_eq!(h.clear_before(3 * NANOS_PER_SEC), 3);
-        assert_eq!(h.apply_retention(68 * NANOS_PER_SEC), 5);
+        assert_eq!(h.clear_before(at(3 * NANOS_PER_SEC)), 3);
+        assert_eq!(h.apply_retention(at(68 * NANOS_PER_SEC)), 5);
         assert_eq!(h.len(), 2);
     }
 

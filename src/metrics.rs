@@ -25,7 +25,7 @@ use crate::kube::KubeState;
 use crate::labels::cut_label_value;
 use crate::process::ProcessStats;
 use crate::state::StateReader;
-use crate::time::{now_nanos, NANOS_PER_SEC};
+use crate::time::UnixNanos;
 use crate::tracker::view::{IdentityView, NodeCounts};
 
 #[derive(Debug)]
@@ -144,7 +144,7 @@ type RowLabels<'b, 'a> = (&'b [(&'a str, &'a str)], [(&'a str, &'a str); 1]);
 
 impl Collector for LifecycleCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let now = now_nanos();
+        let now = UnixNanos::now();
         let (node, runtime, views, counts, own) = {
             let t = self.state.tracker();
             (
@@ -265,7 +265,7 @@ fn encode_identities(
         Some(Unit::Seconds),
         MetricType::Gauge,
         each(views, base, |v| {
-            v.last_start_nanos.map(|t| t as f64 / NANOS_PER_SEC as f64)
+            v.last_start_nanos.map(UnixNanos::as_secs_f64)
         }),
     )?;
     family(enc, "container_restarts", "Restarts of the identity (a start after an earlier start), including restarts inferred from the runtime.", None, MetricType::Counter,
@@ -552,7 +552,7 @@ mod test {
     fn a_label_set_is_encoded_once_for_the_most_recently_started_identity() {
         let view = |id: &str, started: Option<i64>| IdentityView {
             container_id: id.into(),
-            last_start_nanos: started,
+            last_start_nanos: started.map(UnixNanos::from_nanos),
             ..test_view("", "", "", "web")
         };
         // Two plain containers whose names meet (a rename in flight), and a third apart.

@@ -23,7 +23,7 @@ use crate::history::HistoryLimits;
 use crate::labels::cut_label_value;
 use crate::runtime::RuntimeInfo;
 use crate::self_metrics::{register_counters, NodeLabels};
-use crate::time::now_nanos;
+use crate::time::UnixNanos;
 use crate::tracker::persist::{Delta, Saved};
 use crate::tracker::reconcile::ReconcileReport;
 use crate::tracker::{Applied, Tracker};
@@ -176,13 +176,13 @@ impl State {
     }
 
     /// Time of the newest event processed: where a replay resumes.
-    pub fn cursor(&self) -> Option<i64> {
+    pub fn cursor(&self) -> Option<UnixNanos> {
         self.0.tracker.read().cursor()
     }
 
     /// Applies events, live or replayed, under one lock of the tracker, and counts them.
     pub fn ingest(&self, events: impl IntoIterator<Item = SourceEvent>) -> Ingested {
-        let now = now_nanos();
+        let now = UnixNanos::now();
         let mut done = Ingested::default();
         {
             let mut tracker = self.0.tracker.write();
@@ -191,7 +191,7 @@ impl State {
                     SourceEvent::Lifecycle(ev) => {
                         let applied = tracker.apply(&ev, now);
                         // One line per event for lag measurements (bench/); off unless asked for.
-                        debug!(target: "lifecycle_agent::events", time_nanos = ev.time_nanos, container_id = %ev.container_id(), action = %ev.action, ?applied, "event applied");
+                        debug!(target: "lifecycle_agent::events", time_nanos = ev.time_nanos.as_nanos(), container_id = %ev.container_id(), action = %ev.action, ?applied, "event applied");
                         match applied {
                             Applied::Recorded => {
                                 self.0.counters.events_processed.inc();
@@ -221,7 +221,7 @@ impl State {
             .0
             .tracker
             .write()
-            .reconcile(snapshot, true, now_nanos());
+            .reconcile(snapshot, true, UnixNanos::now());
         self.0.changed.notify_one();
         report
     }
@@ -241,7 +241,7 @@ impl State {
     }
 
     /// Drops history events older than the retention window; returns how many.
-    pub fn apply_retention(&self, now: i64) -> usize {
+    pub fn apply_retention(&self, now: UnixNanos) -> usize {
         let dropped = self.0.tracker.write().history_mut().apply_retention(now);
         if dropped > 0 {
             self.0.changed.notify_one();
@@ -310,7 +310,7 @@ impl StateReader {
 
 impl HistoryClearer {
     /// Clears history events older than `before`; returns how many.
-    pub fn clear_history(&self, before: i64) -> usize {
+    pub fn clear_history(&self, before: UnixNanos) -> usize {
         let cleared = self.0.tracker.write().history_mut().clear_before(before);
         self.0.changed.notify_one();
         cleared
@@ -336,7 +336,7 @@ mod test {
 
     fn start(t: i64, id: &str) -> SourceEvent {
         EventBuilder::new(EventKind::Started, id)
-            .at(t)
+            .at(UnixNanos::from_nanos(t))
             .name(id)
             .source()
     }
@@ -389,7 +389,10 @@ mod test {
         let s = state();
         s.ingest([start(1, "a")]);
         s.changed().await;
-        assert_eq!(s.history_clearer().clear_history(10), 1);
+        assert_eq!(
+            s.history_clearer().clear_history(UnixNanos::from_nanos(10)),
+            1
+        );
         tokio::time::timeout(std::time::Duration::from_secs(5), s.changed())
             .await
             .expect("clearing raised the change signal");

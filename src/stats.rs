@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::time::UnixNanos;
 use crate::tracker::view::IdentityView;
 use crate::tracker::Tracker;
 
@@ -46,7 +47,7 @@ pub struct UptimeStats {
     pub states: std::collections::BTreeMap<String, usize>,
 }
 
-pub fn restarts(t: &Tracker, now: i64) -> RestartStats {
+pub fn restarts(t: &Tracker, now: UnixNanos) -> RestartStats {
     let views = t.identities(now);
     restarts_of(
         t.node(),
@@ -103,7 +104,7 @@ fn restarts_of(
     }
 }
 
-pub fn uptime(t: &Tracker, now: i64) -> UptimeStats {
+pub fn uptime(t: &Tracker, now: UnixNanos) -> UptimeStats {
     let views = t.identities(now);
     let mut states = std::collections::BTreeMap::new();
     for v in &views {
@@ -138,7 +139,7 @@ mod test {
 
     fn ev(t: i64, id: &str, kind: EventKind) -> RuntimeEvent {
         EventBuilder::new(kind, id)
-            .at(t)
+            .at(UnixNanos::from_nanos(t))
             .action(kind.as_str())
             .name(id)
             .exit_code(1)
@@ -165,7 +166,7 @@ mod test {
         ] {
             t.apply(&e, e.time_nanos);
         }
-        let now = 200 * S;
+        let now = UnixNanos::from_nanos(200 * S);
         let r = restarts(&t, now);
         assert_eq!(
             (

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{EventKind, Health, Identity, RuntimeKind};
 use crate::history::{HistoryEvent, SubjectInterner, SubjectRef};
 use crate::self_metrics::NodeLabels;
+use crate::time::UnixNanos;
 use crate::tracker::persist::{Delta, Saved, TrackerMeta};
 use crate::tracker::{ContainerState, IdentityState};
 
@@ -69,7 +70,7 @@ pub enum StoreError {
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredEvent<S> {
     seq: u64,
-    time_nanos: i64,
+    time_nanos: UnixNanos,
     kind: EventKind,
     action: S,
     runtime: RuntimeKind,

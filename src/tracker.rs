@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{EventKind, Health, Identity, Lookup, Rename, RuntimeEvent, RuntimeKind};
 use crate::history::{History, HistoryEvent, HistoryLimits, SubjectRef};
-use crate::time::NANOS_PER_SEC;
+use crate::time::{Nanos, UnixNanos};
 
 pub mod persist;
 pub mod reconcile;
@@ -34,7 +34,7 @@ const DEDUP_CAPACITY: usize = 8192;
 /// the watch loop takes from the queue beside every batch, so only a runtime creating
 /// containers far faster than it answers inspects ever fills it.
 const LOOKUP_QUEUE_CAPACITY: usize = 16_384;
-const DAY_NANOS: i64 = 86_400 * NANOS_PER_SEC;
+const DAY: Nanos = Nanos::from_secs(86_400);
 /// Restarts inferred at once that enter the 1 h / 24 h statistics (each is one entry there).
 /// Sandbox containers remembered at most (their ids only), whatever a runtime reports.
 const MAX_SANDBOXES_COUNTED: usize = 100_000;
@@ -86,11 +86,11 @@ pub struct ContainerState {
     image_id: String,
     running: bool,
     paused: bool,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
-    created_at: i64,
+    started_at: Option<UnixNanos>,
+    finished_at: Option<UnixNanos>,
+    created_at: UnixNanos,
     /// The newest runtime time this state reflects; older events only enter the history.
-    as_of: i64,
+    as_of: UnixNanos,
     runtime_restart_count: u64,
     killed_in_session: bool,
     oom_in_session: bool,
@@ -106,8 +106,8 @@ pub struct IdentityState {
     ever_started: bool,
     pub restarts: u64,
     pub oom_kills: u64,
-    /// Uptime of sessions that have ended, in nanoseconds.
-    closed_uptime: i64,
+    /// Uptime of sessions that have ended.
+    closed_uptime: Nanos,
     pub last_exit_code: Option<i64>,
     pub last_reason: Option<TerminationReason>,
     pub health: Option<Health>,
@@ -146,11 +146,11 @@ fn first_sight(attempt: Option<u64>, ran: bool) -> (u64, bool) {
 #[derive(Debug, Clone, Copy)]
 enum Counted {
     /// A start seen (live or replayed) at this time: in the 1 h / 24 h statistics.
-    Observed(i64),
+    Observed(UnixNanos),
     /// Inferred from the runtime's state at this time: in
     /// `lifecycle_agent_restarts_inferred_total` and (at most [`MAX_INFERRED_TIMES`] of
     /// them) in the 1 h / 24 h statistics.
-    Inferred(i64),
+    Inferred(UnixNanos),
     /// The lower bound of an identity met for the first time: inferred, but of unknown
     /// time, so not in the 1 h / 24 h statistics.
     FirstSight,
@@ -198,16 +198,16 @@ pub struct Tracker {
     identities: HashMap<Identity, IdentityState>,
     node_restarts: u64,
     /// Times of restarts seen on the node in the last 24 h, for the 1h/24h statistics.
-    restart_times: VecDeque<i64>,
+    restart_times: VecDeque<UnixNanos>,
     recent: RecentKeys,
-    cursor: Option<i64>,
+    cursor: Option<UnixNanos>,
     /// Keys of the events at exactly `cursor`: a replay from the cursor (inclusive) repeats
     /// them, and after an agent restart only these can be duplicates.
     cursor_keys: Vec<u64>,
     /// The cursor a previous run saved: everything older was processed by it. Only the keys
     /// at the cursor itself survive a restart, so this is how older events that a stream
     /// delivers again (the live stream starts a little before the replay ends) are known.
-    floor: Option<i64>,
+    floor: Option<UnixNanos>,
     history: History,
     events_processed: u64,
     /// Restarts counted from the runtime's counters or the kubelet's ordinals, not from an
@@ -275,7 +275,7 @@ impl Tracker {
     }
 
     /// Time of the newest event processed: where a replay resumes.
-    pub fn cursor(&self) -> Option<i64> {
+    pub fn cursor(&self) -> Option<UnixNanos> {
         self.cursor
     }
 
@@ -296,7 +296,7 @@ impl Tracker {
     }
 
     /// Applies one runtime event.
-    pub fn apply(&mut self, ev: &RuntimeEvent, now: i64) -> Applied {
+    pub fn apply(&mut self, ev: &RuntimeEvent, now: UnixNanos) -> Applied {
         if ev.subject.labels.sandbox {
             if ev.kind == EventKind::Destroyed {
                 self.sandboxes.remove(&ev.subject.container_id);
@@ -335,7 +335,7 @@ impl Tracker {
         Applied::Recorded
     }
 
-    fn advance_cursor(&mut self, t: i64, key: u64) {
+    fn advance_cursor(&mut self, t: UnixNanos, key: u64) {
         match self.cursor {
             Some(c) if c > t => {}
             Some(c) if c == t => self.cursor_keys.push(key),
@@ -378,7 +378,7 @@ impl Tracker {
             started_at: None,
             finished_at: None,
             created_at: ev.time_nanos,
-            as_of: i64::MIN,
+            as_of: UnixNanos::MIN,
             runtime_restart_count: 0,
             killed_in_session: false,
             oom_in_session: false,
@@ -420,7 +420,7 @@ impl Tracker {
         identity: &Identity,
         attempt: Option<u64>,
         started: bool,
-        at: i64,
+        at: UnixNanos,
     ) -> u64 {
         let Some(id) = self.identities.get_mut(identity) else {
             return 0;
@@ -476,12 +476,12 @@ impl Tracker {
     fn close_session(
         &mut self,
         identity: &Identity,
-        uptime: i64,
+        uptime: Nanos,
         exit_code: Option<i64>,
         reason: TerminationReason,
     ) {
         if let Some(id) = self.identities.get_mut(identity) {
-            id.closed_uptime += uptime.max(0);
+            id.closed_uptime += uptime.max(Nanos::ZERO);
             id.last_exit_code = exit_code;
             id.last_reason = Some(reason);
         }
@@ -496,7 +496,7 @@ impl Tracker {
                 ever_started: false,
                 restarts: 0,
                 oom_kills: 0,
-                closed_uptime: 0,
+                closed_uptime: Nanos::ZERO,
                 last_exit_code: None,
                 last_reason: None,
                 health: None,
@@ -505,7 +505,7 @@ impl Tracker {
             })
     }
 
-    fn transition(&mut self, ev: &RuntimeEvent, now: i64) {
+    fn transition(&mut self, ev: &RuntimeEvent, now: UnixNanos) {
         let Some(c) = self.containers.get_mut(&ev.subject.container_id) else {
             return;
         };
@@ -567,7 +567,7 @@ impl Tracker {
     }
 
     /// A start of an identity: a restart unless it is the first one known.
-    fn count_start(&mut self, identity: &Identity, at: i64, now: i64) {
+    fn count_start(&mut self, identity: &Identity, at: UnixNanos, now: UnixNanos) {
         let Some(id) = self.identities.get_mut(identity) else {
             return;
         };
@@ -580,13 +580,13 @@ impl Tracker {
 
     /// Keeps the last 24 h of restart times. Times arrive nearly in order (replays and
     /// inferences can be slightly older), so pruning from the front against the newest is enough.
-    fn push_restart_time(&mut self, at: i64) {
+    fn push_restart_time(&mut self, at: UnixNanos) {
         let newest = self.restart_times.back().map_or(at, |&b| b.max(at));
         self.restart_times.push_back(at);
         while self
             .restart_times
             .front()
-            .is_some_and(|&t| t < newest - DAY_NANOS)
+            .is_some_and(|&t| t < newest - DAY)
         {
             self.restart_times.pop_front();
         }

@@ -2,6 +2,7 @@
 //! reconciles against after every (re)connect.
 
 use crate::event::{ContainerLabels, Health};
+use crate::time::UnixNanos;
 
 /// Runtime state words normalized across Docker and Podman.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,11 +43,11 @@ pub struct ContainerSnapshot {
     pub image_id: String,
     pub labels: ContainerLabels,
     pub state: SnapshotState,
-    /// Unix nanoseconds of the last start; `None` if it never started.
-    pub started_at: Option<i64>,
-    /// Unix nanoseconds of the last exit; `None` if it never exited.
-    pub finished_at: Option<i64>,
-    pub created_at: Option<i64>,
+    /// The last start; `None` if it never started.
+    pub started_at: Option<UnixNanos>,
+    /// The last exit; `None` if it never exited.
+    pub finished_at: Option<UnixNanos>,
+    pub created_at: Option<UnixNanos>,
     pub exit_code: Option<i64>,
     pub oom_killed: bool,
     pub health: Option<Health>,

@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{History, HistoryEvent, INDEX_SHARE};
+use super::{EventSubject, History, HistoryEvent, INDEX_SHARE};
 use crate::event::EventKind;
-use crate::time::{parse_time_or_ago, TimeError};
+use crate::time::{parse_time_or_ago, TimeError, UnixNanos};
 
 /// Hard ceiling of `limit` in a query: no request may make the agent copy more.
 pub const MAX_QUERY_LIMIT: usize = 10_000;
@@ -21,8 +21,8 @@ pub struct EventQuery {
     pub pod: Option<String>,
     /// Bit set over [`EventKind::index`]; `None` is every type.
     pub types: Option<u16>,
-    pub since: Option<i64>,
-    pub until: Option<i64>,
+    pub since: Option<UnixNanos>,
+    pub until: Option<UnixNanos>,
     pub limit: usize,
 }
 
@@ -88,14 +88,18 @@ pub fn parse_types(s: &str) -> Result<u16, QueryError> {
     Ok(mask)
 }
 
-fn parse_time(param: &'static str, v: Option<&str>, now: i64) -> Result<Option<i64>, QueryError> {
+fn parse_time(
+    param: &'static str,
+    v: Option<&str>,
+    now: UnixNanos,
+) -> Result<Option<UnixNanos>, QueryError> {
     v.map(|s| parse_time_or_ago(s, now).map_err(|e: TimeError| QueryError::new(param, e)))
         .transpose()
 }
 
 impl EventQuery {
     /// Validates raw parameters; `now` anchors durations meaning "ago".
-    pub fn parse(raw: RawEventQuery, now: i64) -> Result<EventQuery, QueryError> {
+    pub fn parse(raw: RawEventQuery, now: UnixNanos) -> Result<EventQuery, QueryError> {
         let limit = match raw.limit.as_deref() {
             None => DEFAULT_QUERY_LIMIT,
             Some(s) => {
@@ -131,6 +135,14 @@ impl EventQuery {
         })
     }
 
+    /// Whether `e` passes every filter. A query without a usable index scans the history and
+    /// asks this once per event, so the part most events fail on, the type and the time, is
+    /// forced inline into the scan; the subject's strings are compared apart. Left to the
+    /// compiler once the query code moved to this file, the whole test became a call per
+    /// event (40 000 for the benchmark's time-window query: about 45 % more instructions).
+    /// Inlining all of it pushes the scan's closure out of line instead, and a plain loop
+    /// instead of `filter` steps the ring buffer slower than its fold: both measured worse.
+    #[inline(always)]
     pub fn matches(&self, e: &HistoryEvent) -> bool {
         if let Some(mask) = self.types {
             if mask & (1 << e.kind.index()) == 0 {
@@ -142,7 +154,10 @@ impl EventQuery {
         {
             return false;
         }
-        let s = &e.subject;
+        self.matches_subject(&e.subject)
+    }
+
+    fn matches_subject(&self, s: &EventSubject) -> bool {
         if self.namespace.as_ref().is_some_and(|n| **n != *s.namespace)
             || self.pod.as_ref().is_some_and(|p| **p != *s.pod)
         {
@@ -217,7 +232,7 @@ impl History {
 #[cfg(test)]
 mod test {
     use super::*;
-    use crate::time::NANOS_PER_SEC;
+    use crate::time::Nanos;
 
     fn raw(pairs: &[(&str, &str)]) -> RawEventQuery {
         let mut r = RawEventQuery::default();
@@ -239,7 +254,7 @@ mod test {
 
     #[test]
     fn bad_parameters_name_themselves() {
-        let now = 1_000_000 * NANOS_PER_SEC;
+        let now = UnixNanos::from_secs(1_000_000);
         let cases = [
             (vec![("limit", "0")], "limit"),
             (vec![("limit", "10001")], "limit"),
@@ -260,7 +275,7 @@ mod test {
         )
         .unwrap();
         assert_eq!(ok.limit, 5);
-        assert_eq!(ok.since, Some(now - 3600 * NANOS_PER_SEC));
+        assert_eq!(ok.since, Some(now - Nanos::from_secs(3600)));
         assert_eq!(ok.types, Some((1 << 1) | (1 << 4)));
     }
 }

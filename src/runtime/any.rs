@@ -9,6 +9,7 @@ use super::podman::PodmanSource;
 use super::{ContainerFilter, RuntimeInfo, Source, SourceError};
 use crate::event::snapshot::ContainerSnapshot;
 use crate::event::{RuntimeKind, SourceEvent};
+use crate::time::UnixNanos;
 
 /// The source for whatever answered on a socket: Docker through its Engine API, Podman
 /// through libpod, containerd through its events service and CRI, CRI-O through CRI. Chosen
@@ -80,8 +81,8 @@ impl Source for AnySource {
 
     fn events(
         &self,
-        since: Option<i64>,
-        until: Option<i64>,
+        since: Option<UnixNanos>,
+        until: Option<UnixNanos>,
     ) -> BoxStream<'static, Result<Option<SourceEvent>, SourceError>> {
         each!(self, s => s.events(since, until))
     }

@@ -47,7 +47,7 @@ use super::cri;
 use super::snapshot::{ContainerSnapshot, SnapshotState};
 use super::{ContainerFilter, RuntimeInfo, Source, SourceError};
 use crate::event::{ContainerLabels, EventKind, RuntimeEvent, RuntimeKind, SourceEvent, Subject};
-use crate::time::now_nanos;
+use crate::time::UnixNanos;
 
 /// The namespace of the CRI plugin's containers (the kubelet's).
 pub const CRI_NAMESPACE: &str = "k8s.io";
@@ -236,7 +236,7 @@ impl Marker {
     fn new(namespace: &str) -> Marker {
         Marker {
             namespace: namespace.to_string(),
-            nonce: format!("{}-{}", std::process::id(), now_nanos()).into_bytes(),
+            nonce: format!("{}-{}", std::process::id(), UnixNanos::now().as_nanos()).into_bytes(),
             refused: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -430,7 +430,7 @@ async fn lifecycle(
     let time_nanos = d
         .time_nanos
         .or_else(|| envelope.timestamp.as_ref().map(timestamp_nanos))
-        .unwrap_or_else(now_nanos);
+        .unwrap_or_else(UnixNanos::now);
     Ok(Some(RuntimeEvent {
         time_nanos,
         kind: d.kind,
@@ -481,8 +481,8 @@ impl Source for ContainerdSource {
 
     fn events(
         &self,
-        _since: Option<i64>,
-        _until: Option<i64>,
+        _since: Option<UnixNanos>,
+        _until: Option<UnixNanos>,
     ) -> BoxStream<'static, Result<Option<SourceEvent>, SourceError>> {
         let lookup = match self.lookup() {
             Ok(l) => l,

@@ -29,7 +29,7 @@ use tracing::{debug, info};
 use super::snapshot::{ContainerSnapshot, SnapshotState};
 use super::{ContainerFilter, RuntimeInfo, Source, SourceError};
 use crate::event::{ContainerLabels, EventKind, RuntimeEvent, RuntimeKind, SourceEvent, Subject};
-use crate::time::now_nanos;
+use crate::time::UnixNanos;
 
 /// How often the generic source lists containers when the runtime has no event stream: the
 /// kubelet's generic PLEG relists every second too.
@@ -153,8 +153,8 @@ pub fn subject_of(st: &ContainerStatus) -> Subject {
 }
 
 /// CRI times are Unix nanoseconds, 0 when not yet.
-fn nanos(t: i64) -> Option<i64> {
-    (t > 0).then_some(t)
+fn nanos(t: i64) -> Option<UnixNanos> {
+    (t > 0).then_some(UnixNanos::from_nanos(t))
 }
 
 pub fn snapshot_state(state: i32) -> SnapshotState {
@@ -287,8 +287,8 @@ impl Source for CriSource {
 
     fn events(
         &self,
-        _since: Option<i64>,
-        _until: Option<i64>,
+        _since: Option<UnixNanos>,
+        _until: Option<UnixNanos>,
     ) -> BoxStream<'static, Result<Option<SourceEvent>, SourceError>> {
         let cri = match self.client() {
             Ok(c) => c,
@@ -413,8 +413,8 @@ pub fn map_cri_event(ev: &ContainerEventResponse, filter: &ContainerFilter) -> V
             ..Subject::default()
         },
     });
-    let at = nanos(ev.created_at).unwrap_or_else(now_nanos);
-    let event = |kind: EventKind, action: &str, time_nanos: i64, exit_code: Option<i64>| {
+    let at = nanos(ev.created_at).unwrap_or_else(UnixNanos::now);
+    let event = |kind: EventKind, action: &str, time_nanos: UnixNanos, exit_code: Option<i64>| {
         SourceEvent::Lifecycle(RuntimeEvent {
             time_nanos,
             kind,
@@ -473,8 +473,8 @@ pub fn map_cri_event(ev: &ContainerEventResponse, filter: &ContainerFilter) -> V
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seen {
     pub state: SnapshotState,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
+    pub started_at: Option<UnixNanos>,
+    pub finished_at: Option<UnixNanos>,
 }
 
 impl Seen {
@@ -497,7 +497,7 @@ pub fn relist_events(before: Option<Seen>, now: &ContainerSnapshot) -> Vec<Runti
         image: now.image.clone(),
         labels: now.labels.clone(),
     });
-    let event = |kind: EventKind, time_nanos: i64, exit_code: Option<i64>| RuntimeEvent {
+    let event = |kind: EventKind, time_nanos: UnixNanos, exit_code: Option<i64>| RuntimeEvent {
         time_nanos,
         kind,
         action: format!("relist: {kind}"),
@@ -509,7 +509,7 @@ pub fn relist_events(before: Option<Seen>, now: &ContainerSnapshot) -> Vec<Runti
     if before.is_none() {
         out.push(event(
             EventKind::Created,
-            now.created_at.unwrap_or_else(now_nanos),
+            now.created_at.unwrap_or_else(UnixNanos::now),
             None,
         ));
     }
@@ -608,7 +608,7 @@ async fn relist(
             );
         }
         let mut items = in_causal_order(changed);
-        let now = now_nanos();
+        let now = UnixNanos::now();
         for (id, (_, subject)) in &before {
             if !next.contains_key(id) {
                 items.push(RuntimeEvent {
@@ -681,7 +681,11 @@ mod test {
         assert_eq!(s.labels.pod.as_ref().map(|p| p.pod.as_str()), Some("web-1"));
         assert_eq!(
             (s.state, s.started_at, s.finished_at),
-            (SnapshotState::Running, Some(20), None)
+            (
+                SnapshotState::Running,
+                Some(UnixNanos::from_nanos(20)),
+                None
+            )
         );
         assert_eq!(s.exit_code, None, "no exit code before an exit");
         let s = snapshot_of(&status("c1", 3, ContainerState::ContainerExited));
@@ -692,7 +696,9 @@ mod test {
     fn relists_turn_state_changes_into_events_stamped_by_the_status() {
         let created = snapshot_of(&status("c1", 0, ContainerState::ContainerCreated));
         let kinds = |evs: Vec<RuntimeEvent>| -> Vec<(EventKind, i64)> {
-            evs.iter().map(|e| (e.kind, e.time_nanos)).collect()
+            evs.iter()
+                .map(|e| (e.kind, e.time_nanos.as_nanos()))
+                .collect()
         };
         assert_eq!(
             kinds(relist_events(None, &created)),
@@ -763,7 +769,7 @@ mod test {
         let kinds: Vec<_> = out
             .iter()
             .map(|e| match e {
-                SourceEvent::Lifecycle(ev) => (ev.kind, ev.time_nanos, ev.exit_code),
+                SourceEvent::Lifecycle(ev) => (ev.kind, ev.time_nanos.as_nanos(), ev.exit_code),
                 SourceEvent::Renamed(_) => panic!("no renames in CRI"),
             })
             .collect();

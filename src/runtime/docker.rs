@@ -19,7 +19,7 @@ use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::event::{
     ContainerLabels, Health, Rename, RuntimeEvent, RuntimeKind, SourceEvent, Subject,
 };
-use crate::time::{format_docker_since, parse_rfc3339, NANOS_PER_SEC};
+use crate::time::UnixNanos;
 
 /// Seconds bollard waits for response headers (not for the event stream's body).
 const REQUEST_TIMEOUT_SECS: u64 = 30;
@@ -127,8 +127,8 @@ impl Source for DockerSource {
 
     fn events(
         &self,
-        since: Option<i64>,
-        until: Option<i64>,
+        since: Option<UnixNanos>,
+        until: Option<UnixNanos>,
     ) -> BoxStream<'static, Result<Option<SourceEvent>, SourceError>> {
         let client = match self.client() {
             Ok(c) => c.clone(),
@@ -137,8 +137,8 @@ impl Source for DockerSource {
         let mut filters = self.label_filters();
         filters.insert("type".into(), vec!["container".into()]);
         let opts = EventsOptions {
-            since: since.map(format_docker_since),
-            until: until.map(format_docker_since),
+            since: since.map(UnixNanos::to_docker_since),
+            until: until.map(UnixNanos::to_docker_since),
             filters: Some(filters),
         };
         let endpoint = self.endpoint.clone();
@@ -220,7 +220,8 @@ pub fn to_source_event(msg: EventMessage) -> Option<SourceEvent> {
     let get = |k: &str| attrs.get(k).map(String::as_str);
     let time_nanos = msg
         .time_nano
-        .or_else(|| msg.time.map(|s| s.saturating_mul(NANOS_PER_SEC)))?;
+        .map(UnixNanos::from_nanos)
+        .or_else(|| msg.time.map(UnixNanos::from_secs))?;
     if action == RENAME_ACTION {
         return Some(SourceEvent::Renamed(Rename {
             time_nanos,
@@ -271,13 +272,19 @@ fn to_snapshot(i: ContainerInspectResponse, id: &str) -> ContainerSnapshot {
         image_id: i.image.unwrap_or_default(),
         labels: ContainerLabels::from_lookup(|k| labels.get(k).map(String::as_str)),
         state: SnapshotState::parse(&status),
-        started_at: state.started_at.as_deref().and_then(parse_rfc3339),
-        finished_at: state.finished_at.as_deref().and_then(parse_rfc3339),
+        started_at: state
+            .started_at
+            .as_deref()
+            .and_then(UnixNanos::parse_rfc3339),
+        finished_at: state
+            .finished_at
+            .as_deref()
+            .and_then(UnixNanos::parse_rfc3339),
         created_at: i
             .created
             .map(|c| c.to_string())
             .as_deref()
-            .and_then(parse_rfc3339),
+            .and_then(UnixNanos::parse_rfc3339),
         exit_code: state.exit_code,
         oom_killed: state.oom_killed.unwrap_or(false),
         health,
@@ -331,7 +338,7 @@ mod test {
         assert_eq!(e.kind, crate::event::EventKind::Died);
         assert_eq!(e.exit_code, Some(3));
         assert_eq!(e.subject.name, "web");
-        assert_eq!(e.time_nanos, 1_795_666_363_974_644_679);
+        assert_eq!(e.time_nanos.as_nanos(), 1_795_666_363_974_644_679);
         assert!(e.labels().pod.is_none(), "partial pod labels are not a pod");
     }
 
@@ -348,7 +355,7 @@ mod test {
         m.time_nano = None;
         assert_eq!(
             lifecycle(m).unwrap().time_nanos,
-            1_795_666_363 * NANOS_PER_SEC
+            UnixNanos::from_secs(1_795_666_363)
         );
     }
 
@@ -366,7 +373,7 @@ mod test {
         assert_eq!(
             e,
             Some(SourceEvent::Renamed(Rename {
-                time_nanos: 1_795_666_363_974_644_679,
+                time_nanos: UnixNanos::from_nanos(1_795_666_363_974_644_679),
                 container_id: "f83aee481422".into(),
                 name: "web-2".into(),
             }))

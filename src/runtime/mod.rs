@@ -21,6 +21,7 @@ use futures_util::stream::BoxStream;
 
 use crate::event::snapshot::ContainerSnapshot;
 use crate::event::{EventKind, Health, RuntimeKind, SourceEvent};
+use crate::time::UnixNanos;
 
 /// What a runtime said about itself on connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,8 +103,8 @@ pub trait Source: Send + Sync + 'static {
     /// live stream from a silent one.
     fn events(
         &self,
-        since: Option<i64>,
-        until: Option<i64>,
+        since: Option<UnixNanos>,
+        until: Option<UnixNanos>,
     ) -> BoxStream<'static, Result<Option<SourceEvent>, SourceError>>;
 
     /// Every container (all states) with what inspect says about it.

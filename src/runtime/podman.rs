@@ -28,7 +28,7 @@ mod wire;
 use super::{inspect_all, ContainerFilter, RuntimeInfo, Source, SourceError};
 use crate::event::snapshot::ContainerSnapshot;
 use crate::event::{EventKind, RuntimeKind, SourceEvent};
-use crate::time::format_rfc3339;
+use crate::time::UnixNanos;
 use http::{encode, HttpError, Lines, Target};
 use wire::*;
 
@@ -187,9 +187,9 @@ struct EventStream {
     ctx: StreamCtx,
     filters: String,
     /// Replay (`Some(until)`) or live (`None`).
-    until: Option<i64>,
+    until: Option<UnixNanos>,
     /// Where the next (re)open starts, inclusive.
-    since: Option<i64>,
+    since: Option<UnixNanos>,
     lines: Option<Lines>,
     delivered_since_open: bool,
     empty_reopens: u32,
@@ -269,7 +269,7 @@ impl EventStream {
                             endpoint: self.ctx.endpoint.clone(),
                         }));
                     }
-                    debug!(since = ?self.since.map(format_rfc3339), "Podman's event stream ended (log rotation?); reopening");
+                    debug!(since = ?self.since.map(UnixNanos::to_rfc3339), "Podman's event stream ended (log rotation?); reopening");
                 }
             }
         }
@@ -329,7 +329,11 @@ impl Source for PodmanSource {
         })
     }
 
-    fn events(&self, since: Option<i64>, until: Option<i64>) -> BoxStream<'static, Item> {
+    fn events(
+        &self,
+        since: Option<UnixNanos>,
+        until: Option<UnixNanos>,
+    ) -> BoxStream<'static, Item> {
         let target = match self.target() {
             Ok(t) => t.clone(),
             Err(e) => return stream::once(async move { Err(e) }).boxed(),
@@ -423,7 +427,7 @@ mod test {
         assert_eq!(e.exit_code, Some(137));
         assert_eq!(e.action, "died");
         assert_eq!(e.subject.name, "t1");
-        assert_eq!(e.time_nanos, 1_795_667_329_494_075_242);
+        assert_eq!(e.time_nanos.as_nanos(), 1_795_667_329_494_075_242);
         // Podman stamps containerExitCode "0" on every event: a start has no exit code.
         let s = to_runtime_event(parse_line(line("start", "").as_bytes()).unwrap()).unwrap();
         assert_eq!((s.kind, s.exit_code), (EventKind::Started, None));
@@ -483,7 +487,7 @@ mod test {
     #[test]
     fn since_is_made_inclusive_and_queries_are_encoded() {
         assert_eq!(
-            format_podman_since(1_795_667_327_121_379_813),
+            format_podman_since(UnixNanos::from_nanos(1_795_667_327_121_379_813)),
             "2026-11-26T04:28:47.121379812Z"
         );
         assert_eq!(encode("a=b c/{}"), "a%3Db%20c%2F%7B%7D");
@@ -516,7 +520,7 @@ mod test {
         assert_eq!(
             to_rename(&raw),
             Some(Rename {
-                time_nanos: 1_795_667_329_000_000_001,
+                time_nanos: UnixNanos::from_nanos(1_795_667_329_000_000_001),
                 container_id: "abc".into(),
                 name: "web-2".into(),
             })

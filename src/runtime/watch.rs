@@ -29,7 +29,7 @@ use super::{Source, SourceError};
 use crate::event::snapshot::ContainerSnapshot;
 use crate::event::{Lookup, SourceEvent, SubjectCache};
 use crate::state::{Ingested, State};
-use crate::time::now_nanos;
+use crate::time::{Nanos, UnixNanos};
 
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,7 +43,7 @@ const BATCH: usize = 512;
 /// published (Podman's CLI stamps, then appends to the log file), so one stamped just before
 /// `t0` can appear after the replay has read past it; the overlap catches it, and the tracker's
 /// duplicate check drops what both delivered.
-const LIVE_OVERLAP_NANOS: i64 = 2_000_000_000;
+const LIVE_OVERLAP: Nanos = Nanos::from_secs(2);
 /// Look-ups (inspects) in flight at once. Each is one local request, and containers are
 /// created far more rarely than their events arrive, so a few keep up without crowding the
 /// daemon.
@@ -114,10 +114,10 @@ async fn session<S: Source>(source: &mut S, state: &State) -> Result<Infallible,
     info!(endpoint = %source.endpoint(), runtime = %info.runtime, version = %info.version, api_version = %info.api_version, "connected to runtime");
     state.connected(&info);
 
-    let t0 = now_nanos();
+    let t0 = UnixNanos::now();
     let (tx, rx) = mpsc::unbounded_channel();
     let _reader = AbortOnDrop(tokio::spawn(forward(
-        source.events(Some(t0 - LIVE_OVERLAP_NANOS), None),
+        source.events(Some(t0 - LIVE_OVERLAP), None),
         tx,
         source.endpoint().to_string(),
     )));
@@ -255,8 +255,8 @@ fn ingest_batch(state: &State, batch: &mut Vec<Item>) -> (Ingested, Result<(), S
 async fn replay<S: Source>(
     source: &S,
     state: &State,
-    cursor: i64,
-    until: i64,
+    cursor: UnixNanos,
+    until: UnixNanos,
 ) -> Result<(), SourceError> {
     let mut stream = source.events(Some(cursor), Some(until)).ready_chunks(BATCH);
     let mut overlapped = false;
@@ -269,7 +269,7 @@ async fn replay<S: Source>(
     }
     if !overlapped {
         state.possibly_missed();
-        warn!(cursor = %crate::time::format_rfc3339(cursor), "the runtime no longer holds the last event processed: events in between may be lost (reconciling from list + inspect)");
+        warn!(cursor = %cursor.to_rfc3339(), "the runtime no longer holds the last event processed: events in between may be lost (reconciling from list + inspect)");
     }
     info!(
         replayed,

@@ -1,9 +1,16 @@
 use super::*;
 use crate::event::{RuntimeEvent, RuntimeKind};
 use crate::fixtures::EventBuilder;
+use crate::time::UnixNanos;
 use crate::tracker::Tracker;
 
 const S: i64 = 1_000_000_000;
+
+/// Times here are written as bare nanoseconds (`5 * S`), made typed where they enter the
+/// tracker.
+fn at(t: i64) -> UnixNanos {
+    UnixNanos::from_nanos(t)
+}
 
 fn tracker(max: usize) -> Tracker {
     let mut t = crate::fixtures::tracker("n", max);
@@ -13,7 +20,7 @@ fn tracker(max: usize) -> Tracker {
 
 fn ev(t: i64, id: &str, kind: EventKind) -> RuntimeEvent {
     let e = EventBuilder::new(kind, id)
-        .at(t)
+        .at(at(t))
         .action(kind.as_str())
         .name(id);
     match kind {
@@ -23,12 +30,12 @@ fn ev(t: i64, id: &str, kind: EventKind) -> RuntimeEvent {
 }
 
 fn churn(t: &mut Tracker, id: &str, from: i64, restarts: i64) {
-    t.apply(&ev(from, id, EventKind::Created), from);
-    t.apply(&ev(from + 1, id, EventKind::Started), from);
+    t.apply(&ev(from, id, EventKind::Created), at(from));
+    t.apply(&ev(from + 1, id, EventKind::Started), at(from));
     for i in 0..restarts {
-        let at = from + (i + 1) * S;
-        t.apply(&ev(at, id, EventKind::Died), at);
-        t.apply(&ev(at + 1, id, EventKind::Started), at);
+        let t0 = from + (i + 1) * S;
+        t.apply(&ev(t0, id, EventKind::Died), at(t0));
+        t.apply(&ev(t0 + 1, id, EventKind::Started), at(t0));
     }
 }
 
@@ -56,7 +63,7 @@ fn state_and_history_survive_a_reopen() {
     churn(&mut t, "b", 100 * S, 1);
     flush(&mut t, &store);
     let before = (
-        t.identities(200 * S),
+        t.identities(at(200 * S)),
         t.history().iter().cloned().collect::<Vec<_>>(),
         t.meta(),
     );
@@ -65,7 +72,7 @@ fn state_and_history_survive_a_reopen() {
     let (store, mut t2, recovered) = reopen(dir.path(), 100);
     assert!(recovered.is_none());
     let mut a = before.0.clone();
-    let mut b = t2.identities(200 * S);
+    let mut b = t2.identities(at(200 * S));
     a.sort_by(|x, y| x.container.cmp(&y.container));
     b.sort_by(|x, y| x.container.cmp(&y.container));
     assert_eq!(
@@ -88,18 +95,24 @@ fn state_and_history_survive_a_reopen() {
     // The cursor's own event comes back in an inclusive replay: a duplicate, not a recount;
     // so does any older event a stream delivers again.
     let last = ev(100 * S + S + 1, "b", EventKind::Started);
-    assert_eq!(t2.apply(&last, 300 * S), crate::tracker::Applied::Duplicate);
+    assert_eq!(
+        t2.apply(&last, at(300 * S)),
+        crate::tracker::Applied::Duplicate
+    );
     for old in [
         ev(S, "a", EventKind::Created),
         ev(2 * S, "a", EventKind::Died),
     ] {
-        assert_eq!(t2.apply(&old, 300 * S), crate::tracker::Applied::Duplicate);
+        assert_eq!(
+            t2.apply(&old, at(300 * S)),
+            crate::tracker::Applied::Duplicate
+        );
     }
     // New events continue the sequence and the counters.
-    t2.apply(&ev(150 * S, "a", EventKind::Died), 150 * S);
-    t2.apply(&ev(151 * S, "a", EventKind::Started), 151 * S);
+    t2.apply(&ev(150 * S, "a", EventKind::Died), at(150 * S));
+    t2.apply(&ev(151 * S, "a", EventKind::Started), at(151 * S));
     flush(&mut t2, &store);
-    let r: u64 = t2.identities(200 * S).iter().map(|v| v.restarts).sum();
+    let r: u64 = t2.identities(at(200 * S)).iter().map(|v| v.restarts).sum();
     assert_eq!(r, 5);
     let seqs: Vec<u64> = t2.history().iter().map(|e| e.seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
@@ -110,12 +123,12 @@ fn removed_containers_and_evicted_events_leave_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let (store, mut t, _) = reopen(dir.path(), 5);
     churn(&mut t, "a", S, 3);
-    t.apply(&ev(50 * S, "a", EventKind::Destroyed), 50 * S);
-    t.history_mut().clear_before(50 * S);
+    t.apply(&ev(50 * S, "a", EventKind::Destroyed), at(50 * S));
+    t.history_mut().clear_before(at(50 * S));
     flush(&mut t, &store);
     drop(store);
     let (_, t2, _) = reopen(dir.path(), 5);
-    assert!(t2.identities(60 * S).is_empty());
+    assert!(t2.identities(at(60 * S)).is_empty());
     assert_eq!(t2.node_counts().restarts_total, 3);
     let kinds: Vec<_> = t2.history().iter().map(|e| e.kind).collect();
     assert_eq!(kinds, vec![EventKind::Destroyed]);
@@ -154,7 +167,7 @@ fn garbage_and_truncated_files_are_moved_aside() {
         let (store, t, recovered) = reopen(dir.path(), 100);
         let msg = recovered.unwrap_or_else(|| panic!("{damage}: not reported"));
         assert!(msg.contains("moved it to"), "{msg}");
-        assert!(t.identities(0).is_empty());
+        assert!(t.identities(UnixNanos::default()).is_empty());
         let kept: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .filter_map(|e| e.ok())
@@ -185,7 +198,7 @@ fn another_format_version_is_rebuilt_not_misread() {
     }
     let (_, t, recovered) = reopen(dir.path(), 100);
     assert!(recovered.unwrap().contains("format version 0"));
-    assert!(t.identities(0).is_empty());
+    assert!(t.identities(UnixNanos::default()).is_empty());
 }
 
 #[test]

@@ -8,14 +8,15 @@ use serde::{Deserialize, Serialize};
 use super::{ContainerState, IdentityState, Journal, Tracker};
 use crate::event::{Identity, RuntimeKind};
 use crate::history::{HistoryDelta, HistoryEvent};
+use crate::time::UnixNanos;
 
 /// Node-level state persisted beside the records.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrackerMeta {
-    pub cursor: Option<i64>,
+    pub cursor: Option<UnixNanos>,
     pub cursor_keys: Vec<u64>,
     pub node_restarts: u64,
-    pub restart_times: Vec<i64>,
+    pub restart_times: Vec<UnixNanos>,
     pub next_seq: u64,
 }
 

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::event::{Identity, Lookup, RuntimeKind};
+use crate::time::{Nanos, UnixNanos};
 
 /// What a reconciliation changed, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -60,7 +61,7 @@ impl Tracker {
         &mut self,
         snaps: &[ContainerSnapshot],
         complete: bool,
-        now: i64,
+        now: UnixNanos,
     ) -> ReconcileReport {
         let mut report = ReconcileReport::default();
         let mut present = HashSet::with_capacity(snaps.len());
@@ -132,7 +133,7 @@ impl Tracker {
     fn adopt(
         &mut self,
         s: &ContainerSnapshot,
-        now: i64,
+        now: UnixNanos,
         first_seen: &HashMap<Identity, (Option<u64>, bool)>,
     ) -> u64 {
         let identity = Identity::of(&s.id, &s.labels);
@@ -151,7 +152,7 @@ impl Tracker {
                 .into_iter()
                 .flatten()
                 .max()
-                .unwrap_or(i64::MIN),
+                .unwrap_or(UnixNanos::MIN),
             runtime_restart_count: s.restart_count,
             killed_in_session: false,
             oom_in_session: s.oom_killed && !running,
@@ -203,7 +204,7 @@ impl Tracker {
             let new_identity = first_seen.contains_key(&identity);
             let uptime = match (new_identity, s.started_at, s.finished_at) {
                 (true, Some(a), Some(b)) => b - a,
-                _ => 0,
+                _ => Nanos::ZERO,
             };
             let reason = TerminationReason::classify(s.exit_code, s.oom_killed, false);
             self.close_session(&identity, uptime, s.exit_code, reason);
@@ -212,7 +213,7 @@ impl Tracker {
     }
 
     /// A container the tracker knows: apply what happened unseen. Returns restarts inferred.
-    fn reconcile_known(&mut self, s: &ContainerSnapshot, now: i64) -> u64 {
+    fn reconcile_known(&mut self, s: &ContainerSnapshot, now: UnixNanos) -> u64 {
         // A CRI container starts at most once (the kubelet's restart is a new container), and
         // CRI stamps its start a little after containerd's `/tasks/start` event: a later start
         // time of a known CRI container is the same start, never an unseen one.
@@ -222,7 +223,7 @@ impl Tracker {
         };
         let identity = c.identity.clone();
         refresh_details(c, s, true);
-        let mut ended: Option<(i64, i64)> = None;
+        let mut ended: Option<(UnixNanos, UnixNanos)> = None;
         let mut unseen_starts = 0u64;
         let newer_start = match (s.started_at, c.started_at) {
             (Some(new), Some(old)) => new > old && !starts_once,

@@ -4,19 +4,25 @@ use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::event::ContainerLabels;
 use crate::fixtures::{self, EventBuilder, SnapshotBuilder};
 
-const S: i64 = NANOS_PER_SEC;
+const S: i64 = crate::time::NANOS_PER_SEC;
+
+/// Times here are written as bare nanoseconds (`5 * S`), made typed where they enter the
+/// tracker.
+fn at(t: i64) -> UnixNanos {
+    UnixNanos::from_nanos(t)
+}
 
 fn tracker() -> Tracker {
     crate::fixtures::tracker("node-1", 1000)
 }
 
 fn ev(t: i64, id: &str, action: &str, kind: EventKind) -> RuntimeEvent {
-    EventBuilder::new(kind, id).at(t).action(action).build()
+    EventBuilder::new(kind, id).at(at(t)).action(action).build()
 }
 
 fn die(t: i64, id: &str, code: i64) -> RuntimeEvent {
     EventBuilder::new(EventKind::Died, id)
-        .at(t)
+        .at(at(t))
         .exit_code(code)
         .build()
 }
@@ -38,8 +44,8 @@ fn snapshot(
     finished: Option<i64>,
 ) -> SnapshotBuilder {
     SnapshotBuilder::new(id, state)
-        .started(started)
-        .finished(finished)
+        .started(started.map(at))
+        .finished(finished.map(at))
 }
 
 fn snap(
@@ -58,7 +64,7 @@ fn apply_all(t: &mut Tracker, events: &[RuntimeEvent]) {
 }
 
 fn only(t: &Tracker, now: i64) -> IdentityView {
-    let v = t.identities(now);
+    let v = t.identities(at(now));
     assert_eq!(v.len(), 1, "{v:?}");
     v.into_iter().next().unwrap()
 }
@@ -154,7 +160,7 @@ fn restart_policy_counts_each_start_after_the_first() {
     assert_eq!(v.restarts, 3);
     assert_eq!(v.last_exit_code, Some(3));
     assert_eq!(v.last_terminated_reason, Some(TerminationReason::Error));
-    assert_eq!(t.restarts_last_hour(60 * S), 3);
+    assert_eq!(t.restarts_last_hour(at(60 * S)), 3);
 }
 
 #[test]
@@ -168,11 +174,11 @@ fn replayed_events_count_once() {
     ];
     apply_all(&mut t, &events);
     for e in &events {
-        assert_eq!(t.apply(e, 5 * S), Applied::Duplicate);
+        assert_eq!(t.apply(e, at(5 * S)), Applied::Duplicate);
     }
     assert_eq!(only(&t, 5 * S).restarts, 1);
     assert_eq!(t.history().len(), 4);
-    assert_eq!(t.cursor(), Some(4 * S));
+    assert_eq!(t.cursor(), Some(at(4 * S)));
 }
 
 #[test]
@@ -181,13 +187,13 @@ fn snapshot_overlapping_live_events_counts_once() {
     t.reconcile(
         &[snap("a", SnapshotState::Running, Some(2 * S), None)],
         true,
-        3 * S,
+        at(3 * S),
     );
     // Unseen: died and started again; the snapshot shows the new session first.
     let r = t.reconcile(
         &[snap("a", SnapshotState::Running, Some(10 * S), Some(9 * S))],
         true,
-        11 * S,
+        at(11 * S),
     );
     assert_eq!(r.inferred_restarts, 1);
     // The same transitions then arrive on the stream: no state change, no recount.
@@ -215,13 +221,13 @@ fn first_sight_starts_from_the_runtime_lower_bound() {
     let s = snapshot("a", SnapshotState::Running, Some(2 * S), None)
         .restart_count(4)
         .build();
-    t.reconcile(&[s], true, 3 * S);
+    t.reconcile(&[s], true, at(3 * S));
     assert_eq!(only(&t, 3 * S).restarts, 4);
     let k = snapshot("k", SnapshotState::Running, Some(2 * S), None)
         .labels(pod_labels(Some(7)))
         .build();
     let mut t = tracker();
-    t.reconcile(&[k], true, 3 * S);
+    t.reconcile(&[k], true, at(3 * S));
     assert_eq!(only(&t, 3 * S).restarts, 7);
     assert_eq!(t.node_counts().restarts_total, 7);
     assert!(t.history().is_empty(), "inferred restarts are not history");
@@ -265,7 +271,7 @@ fn kubelet_replacement_is_one_restart_of_the_same_identity() {
             in_pod(ev(13 * S, "c", "destroy", EventKind::Destroyed), 4),
         ],
     );
-    assert!(t.identities(14 * S).is_empty());
+    assert!(t.identities(at(14 * S)).is_empty());
     assert_eq!(t.node_counts().restarts_total, 4);
 }
 
@@ -289,7 +295,7 @@ fn oom_counts_once_with_its_reason() {
         .oom_killed()
         .exit_code(137)
         .build();
-    t.reconcile(&[s], true, 5 * S);
+    t.reconcile(&[s], true, at(5 * S));
     assert_eq!(only(&t, 5 * S).oom_kills, 1);
 }
 
@@ -297,22 +303,22 @@ fn oom_counts_once_with_its_reason() {
 fn repeated_health_reports_are_not_events() {
     let mut t = tracker();
     run(&mut t, "a");
-    let health = |at, h| {
+    let health = |t, h| {
         EventBuilder::new(EventKind::HealthStatus, "a")
-            .at(at)
+            .at(at(t))
             .health(h)
             .build()
     };
     assert_eq!(
-        t.apply(&health(3 * S, Health::Healthy), 3 * S),
+        t.apply(&health(3 * S, Health::Healthy), at(3 * S)),
         Applied::Recorded
     );
     assert_eq!(
-        t.apply(&health(4 * S, Health::Healthy), 4 * S),
+        t.apply(&health(4 * S, Health::Healthy), at(4 * S)),
         Applied::Unchanged
     );
     assert_eq!(
-        t.apply(&health(5 * S, Health::Unhealthy), 5 * S),
+        t.apply(&health(5 * S, Health::Unhealthy), at(5 * S)),
         Applied::Recorded
     );
     let v = only(&t, 6 * S);
@@ -345,9 +351,9 @@ fn removed_containers_are_forgotten_but_node_restarts_remain() {
             ev(4 * S, "a", "start", EventKind::Started),
         ],
     );
-    let r = t.reconcile(&[], true, 5 * S);
+    let r = t.reconcile(&[], true, at(5 * S));
     assert_eq!(r.removed, 1);
-    assert!(t.identities(5 * S).is_empty());
+    assert!(t.identities(at(5 * S)).is_empty());
     let n = t.node_counts();
     assert_eq!((n.tracked, n.restarts_total), (0, 1));
 }
@@ -357,14 +363,14 @@ fn sandboxes_are_not_tracked() {
     let mut t = tracker();
     let mut e = ev(S, "p", "start", EventKind::Started);
     e.subject_mut().labels.sandbox = true;
-    assert_eq!(t.apply(&e, S), Applied::Ignored);
-    assert!(t.identities(S).is_empty());
+    assert_eq!(t.apply(&e, at(S)), Applied::Ignored);
+    assert!(t.identities(at(S)).is_empty());
     // Hidden from every series, but counted.
     assert_eq!(t.node_counts().sandboxes, 1);
     assert_eq!(t.node_counts().tracked, 0);
     let mut gone = ev(2 * S, "p", "destroy", EventKind::Destroyed);
     gone.subject_mut().labels.sandbox = true;
-    t.apply(&gone, 2 * S);
+    t.apply(&gone, at(2 * S));
     assert_eq!(t.node_counts().sandboxes, 0);
     // A reconciliation counts what the runtime lists.
     let mut s = snap("q", SnapshotState::Running, Some(S), None);
@@ -372,7 +378,7 @@ fn sandboxes_are_not_tracked() {
     t.reconcile(
         &[s, snap("a", SnapshotState::Running, Some(S), None)],
         true,
-        3 * S,
+        at(3 * S),
     );
     assert_eq!(t.node_counts().sandboxes, 1);
     assert_eq!(t.node_counts().tracked, 1);
@@ -384,12 +390,12 @@ fn restart_policy_restarts_seen_only_by_reconciliation_use_restart_count() {
     t.reconcile(
         &[snap("a", SnapshotState::Running, Some(2 * S), None)],
         true,
-        3 * S,
+        at(3 * S),
     );
     let s = snapshot("a", SnapshotState::Running, Some(20 * S), Some(19 * S))
         .restart_count(3)
         .build();
-    let r = t.reconcile(&[s], true, 21 * S);
+    let r = t.reconcile(&[s], true, at(21 * S));
     assert_eq!(r.inferred_restarts, 3);
     assert_eq!(only(&t, 21 * S).restarts, 3);
 }
@@ -417,7 +423,7 @@ fn a_container_docker_is_restarting_counts_its_pending_restart_once() {
     let s = snapshot("a", SnapshotState::Restarting, Some(2 * S), Some(3 * S))
         .restart_count(3)
         .build();
-    t.reconcile(&[s], true, 4 * S);
+    t.reconcile(&[s], true, at(4 * S));
     assert_eq!(
         only(&t, 4 * S).restarts,
         2,
@@ -453,17 +459,17 @@ fn a_kubelet_container_not_started_yet_counts_its_ordinal_once_in_any_order() {
         let both = [created(pod_labels(Some(2))), exited(pod_labels(Some(1)))];
         let snaps: Vec<_> = order.iter().map(|&i| both[i].clone()).collect();
         let mut t = tracker();
-        t.reconcile(&snaps, true, 3 * S);
+        t.reconcile(&snaps, true, at(3 * S));
         assert_eq!(
             only(&t, 3 * S).restarts,
             1,
             "the start of attempt 2 counts when seen; order {order:?}"
         );
         let start = EventBuilder::new(EventKind::Started, "b")
-            .at(4 * S)
+            .at(at(4 * S))
             .labels(pod_labels(Some(2)))
             .build();
-        t.apply(&start, 4 * S);
+        t.apply(&start, at(4 * S));
         assert_eq!(only(&t, 5 * S).restarts, 2, "order {order:?}");
         assert_eq!(t.node_counts().restarts_total, 2, "order {order:?}");
     }
@@ -500,7 +506,7 @@ fn first_sight_through_an_event_counts_the_ordinal_once() {
         ],
     );
     assert_eq!(only(&t, 4 * S).restarts, 1);
-    assert_eq!(t.restarts_last_hour(4 * S), 1);
+    assert_eq!(t.restarts_last_hour(at(4 * S)), 1);
 }
 
 #[test]
@@ -520,7 +526,7 @@ fn attempts_skipped_unseen_count_as_recent_inferred_restarts() {
     assert_eq!(only(&t, 12 * S).restarts, 3);
     assert_eq!(t.inferred_restarts(), 2);
     assert_eq!(
-        t.restarts_last_hour(12 * S),
+        t.restarts_last_hour(at(12 * S)),
         3,
         "the unseen restarts are recent"
     );
@@ -534,7 +540,7 @@ fn lookups(t: &mut Tracker) -> Vec<Lookup> {
 
 fn rename(t: i64, id: &str, name: &str) -> Rename {
     Rename {
-        time_nanos: t,
+        time_nanos: at(t),
         container_id: id.into(),
         name: name.into(),
     }
@@ -578,7 +584,7 @@ fn containers_from_a_snapshot_or_already_gone_are_not_looked_up() {
     t.reconcile(
         &[snap("a", SnapshotState::Running, Some(S), None)],
         true,
-        2 * S,
+        at(2 * S),
     );
     apply_all(&mut t, &[die(3 * S, "a", 0)]);
     run(&mut t, "b");
@@ -647,7 +653,7 @@ fn reconciliation_refreshes_the_image_id_and_name_of_known_containers() {
     let s = snapshot("a", SnapshotState::Running, Some(2 * S), None)
         .name("renamed-unseen")
         .build();
-    t.reconcile(&[s], true, 3 * S);
+    t.reconcile(&[s], true, at(3 * S));
     let v = only(&t, 3 * S);
     assert_eq!(
         (v.name.as_str(), v.image_id.as_str(), v.restarts),
@@ -678,7 +684,7 @@ fn first_sight_of_an_identity_does_not_depend_on_the_order_of_the_list() {
     let attempt = |id: &str, n: u64, state, started, finished: Option<i64>, code| {
         let mut s = snap(id, state, Some(started), finished);
         s.labels = pod_labels(Some(n));
-        s.created_at = Some(started - 1);
+        s.created_at = Some(at(started - 1));
         s.exit_code = finished.map(|_| code);
         s
     };
@@ -698,7 +704,7 @@ fn first_sight_of_an_identity_does_not_depend_on_the_order_of_the_list() {
     for order in orders {
         let snaps: Vec<_> = order.iter().map(|&i| all[i].clone()).collect();
         let mut t = tracker();
-        t.reconcile(&snaps, true, 30 * S);
+        t.reconcile(&snaps, true, at(30 * S));
         let v = only(&t, 30 * S);
         assert_eq!(v.restarts, 2, "order {order:?}");
         // 10 s + 3 s of the exited sessions, 10 s of the running one.
@@ -710,7 +716,7 @@ fn first_sight_of_an_identity_does_not_depend_on_the_order_of_the_list() {
         );
         assert_eq!(t.inferred_restarts(), 2, "order {order:?}");
         assert_eq!(
-            t.restarts_last_day(30 * S),
+            t.restarts_last_day(at(30 * S)),
             0,
             "restarts of unknown time are not recent; order {order:?}"
         );
@@ -732,16 +738,16 @@ fn a_container_first_met_in_a_partial_replay_gets_restart_count_as_its_lower_bou
     assert_eq!(only(&t, 12 * S).restarts, 1);
     let mut s = snap("a", SnapshotState::Running, Some(11 * S), Some(10 * S));
     s.restart_count = 4;
-    let r = t.reconcile(&[s.clone()], true, 12 * S);
+    let r = t.reconcile(&[s.clone()], true, at(12 * S));
     assert_eq!(r.inferred_restarts, 3);
     assert_eq!(only(&t, 12 * S).restarts, 4);
     assert_eq!(
-        t.restarts_last_day(12 * S),
+        t.restarts_last_day(at(12 * S)),
         1,
         "only the observed one has a time"
     );
     // Later reconciliations of the same state add nothing.
-    t.reconcile(&[s], true, 13 * S);
+    t.reconcile(&[s], true, at(13 * S));
     assert_eq!(only(&t, 13 * S).restarts, 4);
     assert_eq!(t.node_counts().restarts_total, 4);
 }
@@ -763,13 +769,13 @@ fn restarts_seen_live_are_not_counted_again_by_restart_count() {
     assert_eq!(only(&t, 20 * S).restarts, 3);
     let mut s = snap("a", SnapshotState::Running, Some(15 * S), Some(14 * S));
     s.restart_count = 3;
-    t.reconcile(&[s], true, 20 * S);
+    t.reconcile(&[s], true, at(20 * S));
     assert_eq!(only(&t, 20 * S).restarts, 3);
     // Caught in Docker's back-off: RestartCount already counts the start to come.
     apply_all(&mut t, &[die(21 * S, "a", 1)]);
     let mut s = snap("a", SnapshotState::Restarting, Some(15 * S), Some(21 * S));
     s.restart_count = 4;
-    t.reconcile(&[s], true, 22 * S);
+    t.reconcile(&[s], true, at(22 * S));
     assert_eq!(only(&t, 22 * S).restarts, 3);
     apply_all(&mut t, &[ev(23 * S, "a", "start", EventKind::Started)]);
     assert_eq!(only(&t, 24 * S).restarts, 4);
@@ -782,7 +788,7 @@ fn a_container_first_met_at_its_death_and_reconciled_in_docker_back_off_counts_o
     apply_all(&mut t, &[die(10 * S, "a", 1)]);
     let mut s = snap("a", SnapshotState::Restarting, Some(9 * S), Some(10 * S));
     s.restart_count = 4;
-    t.reconcile(&[s], true, 11 * S);
+    t.reconcile(&[s], true, at(11 * S));
     assert_eq!(
         only(&t, 11 * S).restarts,
         3,
@@ -808,12 +814,12 @@ fn a_cri_containers_start_stamped_later_by_cri_is_the_same_start() {
     );
     let mut s = snap("a0", SnapshotState::Exited, Some(2 * S + 5), Some(3 * S));
     s.labels = pod_labels(Some(0));
-    t.reconcile(&[s.clone()], true, 4 * S);
+    t.reconcile(&[s.clone()], true, at(4 * S));
     assert_eq!(only(&t, 4 * S).restarts, 0);
     // Attempt 1 ran while the agent was away: one restart, inferred.
     let mut s1 = snap("a1", SnapshotState::Exited, Some(5 * S), Some(6 * S));
     s1.labels = pod_labels(Some(1));
-    let report = t.reconcile(&[s, s1], true, 7 * S);
+    let report = t.reconcile(&[s, s1], true, at(7 * S));
     assert_eq!(report.inferred_restarts, 1);
     assert_eq!(only(&t, 7 * S).restarts, 1);
 }

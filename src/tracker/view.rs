@@ -3,11 +3,11 @@
 
 use serde::Serialize;
 
-use super::{ContainerState, IdentityState, TerminationReason, Tracker, DAY_NANOS};
+use super::{ContainerState, IdentityState, TerminationReason, Tracker, DAY};
 use crate::event::{short_id, EventKind, Health, Identity};
-use crate::time::NANOS_PER_SEC;
+use crate::time::{Nanos, UnixNanos};
 
-const HOUR_NANOS: i64 = 3600 * NANOS_PER_SEC;
+const HOUR: Nanos = Nanos::from_secs(3600);
 
 /// A read-only view of one identity for metrics and the API, computed at `now`.
 #[derive(Debug, Clone, Serialize)]
@@ -30,7 +30,7 @@ pub struct IdentityView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_start_time: Option<String>,
     #[serde(skip)]
-    pub last_start_nanos: Option<i64>,
+    pub last_start_nanos: Option<UnixNanos>,
     pub restarts: u64,
     pub oom_kills: u64,
     pub last_exit_code: Option<i64>,
@@ -59,18 +59,18 @@ impl Tracker {
     }
 
     /// Per-identity views at `now`, for metrics and the API.
-    pub fn identities(&self, now: i64) -> Vec<IdentityView> {
+    pub fn identities(&self, now: UnixNanos) -> Vec<IdentityView> {
         self.identities
             .values()
             .map(|id| self.view(id, now))
             .collect()
     }
 
-    fn view(&self, id: &IdentityState, now: i64) -> IdentityView {
+    fn view(&self, id: &IdentityState, now: UnixNanos) -> IdentityView {
         let mut uptime = id.closed_uptime;
         let mut running = false;
         let mut paused = false;
-        let mut last_start: Option<i64> = None;
+        let mut last_start: Option<UnixNanos> = None;
         let mut latest: Option<(&String, &ContainerState)> = None;
         for cid in &id.containers {
             let Some(c) = self.containers.get(cid) else {
@@ -80,7 +80,7 @@ impl Tracker {
                 running = true;
                 paused |= c.paused;
                 if let Some(s) = c.started_at {
-                    uptime += (now - s).max(0);
+                    uptime += (now - s).max(Nanos::ZERO);
                 }
             }
             last_start = last_start.max(c.started_at);
@@ -131,11 +131,11 @@ impl Tracker {
             state,
             running,
             paused,
-            uptime_seconds: uptime as f64 / NANOS_PER_SEC as f64,
+            uptime_seconds: uptime.as_secs_f64(),
             time_since_start_seconds: last_start
                 .filter(|_| running)
-                .map(|s| (now - s).max(0) as f64 / NANOS_PER_SEC as f64),
-            last_start_time: last_start.map(crate::time::format_rfc3339),
+                .map(|s| (now - s).max(Nanos::ZERO).as_secs_f64()),
+            last_start_time: last_start.map(UnixNanos::to_rfc3339),
             last_start_nanos: last_start,
             restarts: id.restarts,
             oom_kills: id.oom_kills,
@@ -147,7 +147,7 @@ impl Tracker {
     }
 
     /// Finds an identity by container id prefix, runtime name or Kubernetes container name.
-    pub fn find(&self, key: &str, now: i64) -> Vec<IdentityView> {
+    pub fn find(&self, key: &str, now: UnixNanos) -> Vec<IdentityView> {
         if key.is_empty() {
             return Vec::new();
         }
@@ -194,19 +194,19 @@ impl Tracker {
         n
     }
 
-    /// Restarts seen on the node within `window` nanoseconds before `now`.
-    pub fn restarts_within(&self, window: i64, now: i64) -> u64 {
+    /// Restarts seen on the node within `window` before `now`.
+    pub fn restarts_within(&self, window: Nanos, now: UnixNanos) -> u64 {
         self.restart_times
             .iter()
             .filter(|&&t| t >= now - window)
             .count() as u64
     }
 
-    pub fn restarts_last_hour(&self, now: i64) -> u64 {
-        self.restarts_within(HOUR_NANOS, now)
+    pub fn restarts_last_hour(&self, now: UnixNanos) -> u64 {
+        self.restarts_within(HOUR, now)
     }
 
-    pub fn restarts_last_day(&self, now: i64) -> u64 {
-        self.restarts_within(DAY_NANOS, now)
+    pub fn restarts_last_day(&self, now: UnixNanos) -> u64 {
+        self.restarts_within(DAY, now)
     }
 }

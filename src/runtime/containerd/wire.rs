@@ -13,12 +13,15 @@ use prost::Message;
 
 use crate::event::{EventKind, RuntimeEvent};
 use crate::runtime::snapshot::{ContainerSnapshot, SnapshotState};
+use crate::time::UnixNanos;
 
-/// Unix nanoseconds of a protobuf timestamp.
-pub fn timestamp_nanos(t: &prost_types::Timestamp) -> i64 {
-    t.seconds
-        .saturating_mul(1_000_000_000)
-        .saturating_add(i64::from(t.nanos))
+/// The time a protobuf timestamp says (saturating outside the representable range).
+pub fn timestamp_nanos(t: &prost_types::Timestamp) -> UnixNanos {
+    UnixNanos::from_nanos(
+        t.seconds
+            .saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(t.nanos)),
+    )
 }
 
 /// One event of containerd's stream as the agent reads it.
@@ -28,7 +31,7 @@ pub struct Decoded {
     pub container_id: String,
     pub exit_code: Option<i64>,
     /// The event's own time where it has one (an exit's `exited_at`).
-    pub time_nanos: Option<i64>,
+    pub time_nanos: Option<UnixNanos>,
 }
 
 /// Decodes the lifecycle events among containerd's topics; `None` for the rest (task
@@ -216,7 +219,7 @@ mod test {
                 kind: EventKind::Died,
                 container_id: "c1".into(),
                 exit_code: Some(137),
-                time_nanos: Some(2_000_000_005),
+                time_nanos: Some(UnixNanos::from_nanos(2_000_000_005)),
             })
         );
         let exec_exit = TaskExit {
@@ -258,7 +261,7 @@ mod test {
 
     fn event(kind: EventKind) -> RuntimeEvent {
         RuntimeEvent {
-            time_nanos: 1,
+            time_nanos: UnixNanos::from_nanos(1),
             kind,
             action: kind.as_str().into(),
             subject: Arc::new(Subject {
@@ -306,7 +309,7 @@ mod test {
         use crate::fixtures::SnapshotBuilder;
         let running = || {
             SnapshotBuilder::new("c1", SnapshotState::Running)
-                .started(Some(2_000_000_000))
+                .started(Some(UnixNanos::from_nanos(2_000_000_000)))
                 .build()
         };
         let task = |status: TaskStatus| Process {
@@ -322,7 +325,7 @@ mod test {
         let mut snap = running();
         exited_since(&mut snap, Some(&task(TaskStatus::Stopped)));
         assert_eq!(snap.state, SnapshotState::Exited);
-        assert_eq!(snap.finished_at, Some(3_000_000_000));
+        assert_eq!(snap.finished_at, Some(UnixNanos::from_nanos(3_000_000_000)));
         assert_eq!(snap.exit_code, Some(4));
         for (task, what) in [
             (Some(task(TaskStatus::Running)), "a running task"),

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::event::snapshot::{ContainerSnapshot, SnapshotState};
 use crate::event::{ContainerLabels, EventKind, Health, Rename, RuntimeEvent, Subject};
 use crate::runtime::{map_action, RENAME_ACTION};
-use crate::time::{format_rfc3339, parse_rfc3339, NANOS_PER_SEC};
+use crate::time::{Nanos, UnixNanos};
 
 /// One line of libpod's event stream (the Docker-shaped JSON Podman 4 answers).
 #[derive(Debug, Deserialize)]
@@ -73,10 +73,11 @@ pub(super) fn to_rename(ev: &PodmanEvent) -> Option<Rename> {
     })
 }
 
-pub(super) fn event_time(ev: &PodmanEvent) -> Option<i64> {
+pub(super) fn event_time(ev: &PodmanEvent) -> Option<UnixNanos> {
     ev.time_nano
         .filter(|&t| t > 0)
-        .or_else(|| ev.time.map(|s| s.saturating_mul(NANOS_PER_SEC)))
+        .map(UnixNanos::from_nanos)
+        .or_else(|| ev.time.map(UnixNanos::from_secs))
 }
 
 /// A libpod event as a runtime event, before the pod-infra check. Non-container events and
@@ -239,9 +240,17 @@ pub(super) fn to_snapshot(i: Inspect) -> ContainerSnapshot {
         image_id: i.image_id,
         labels: l,
         state: SnapshotState::parse(&i.state.status),
-        started_at: i.state.started_at.as_deref().and_then(parse_rfc3339),
-        finished_at: i.state.finished_at.as_deref().and_then(parse_rfc3339),
-        created_at: i.created.as_deref().and_then(parse_rfc3339),
+        started_at: i
+            .state
+            .started_at
+            .as_deref()
+            .and_then(UnixNanos::parse_rfc3339),
+        finished_at: i
+            .state
+            .finished_at
+            .as_deref()
+            .and_then(UnixNanos::parse_rfc3339),
+        created_at: i.created.as_deref().and_then(UnixNanos::parse_rfc3339),
         exit_code: i.state.exit_code,
         // Podman 4 never sets it (it sees no OOM kill); kept for runtimes that do.
         oom_killed: i.state.oom_killed,
@@ -253,6 +262,6 @@ pub(super) fn to_snapshot(i: Inspect) -> ContainerSnapshot {
 
 /// `since` for Podman: RFC 3339 with nanoseconds, one nanosecond early (Podman's `since` is
 /// exclusive; the watch loop's replays are inclusive).
-pub fn format_podman_since(nanos: i64) -> String {
-    format_rfc3339(nanos.saturating_sub(1))
+pub fn format_podman_since(t: UnixNanos) -> String {
+    t.saturating_sub(Nanos::from_nanos(1)).to_rfc3339()
 }
