@@ -618,7 +618,6 @@ impl Source for ContainerdSource {
 }
 
 impl ContainerdSource {
-    /// Containers of a namespace outside CRI, from containerd's own records and tasks.
     /// CRI's status of a container once CRI has caught up with its exit ([`cri_lags`]), or
     /// as it is after [`CRI_LAG_WAIT`] (or when it is gone).
     async fn settled_status(
@@ -671,6 +670,7 @@ impl ContainerdSource {
             .collect())
     }
 
+    /// Containers of a namespace outside CRI, from containerd's own records and tasks.
     async fn native_snapshot(
         &self,
         namespace: &str,
