@@ -40,20 +40,20 @@ impl Recorder {
             .spawn()
             .unwrap();
         let r = Recorder { child, file };
-        // Proves the subscription is live before the test acts.
-        let marker = d.create("marker", &["--label", label], "true");
-        wait_for(
-            "docker events to record the marker",
-            Duration::from_secs(20),
-            || {
+        // Proves the subscription is live before the test acts. A marker made before the
+        // client subscribed is never reported, so another is made until one is (bounded).
+        for _ in 0..10 {
+            let marker = d.create("marker", &["--label", label], "true");
+            let seen = common::wait_for_result(Duration::from_secs(2), || {
                 r.events()
                     .iter()
                     .any(|e| e["Actor"]["Attributes"]["name"] == marker.name.as_str())
-                    .then_some(())
-            },
-        );
-        drop(marker);
-        r
+            });
+            if seen {
+                return r;
+            }
+        }
+        panic!("docker events recorded none of 10 markers within 20 s");
     }
 
     fn events(&self) -> Vec<Value> {
