@@ -16,6 +16,12 @@ use prometheus_client::registry::Registry;
 /// The labels of node-wide series at the moment of a scrape: `[("node", ..), ("runtime", ..)]`.
 pub type NodeLabels = Arc<dyn Fn() -> [(&'static str, String); 2] + Send + Sync>;
 
+/// The node's labels of the moment as the encoder takes them, borrowed from `owned` (what
+/// a [`NodeLabels`] call returned).
+pub fn borrowed<'a>(owned: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    owned.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 /// One counter: its name (without `_total`, which the encoder adds), help and value.
 pub type Described = (&'static str, &'static str, Counter);
 
@@ -35,7 +41,7 @@ impl std::fmt::Debug for CounterSet {
 impl Collector for CounterSet {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let owned = (self.labels)();
-        let labels: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let labels = borrowed(&owned);
         for (name, help, counter) in &self.counters {
             let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             counter.encode(family.encode_family(&labels)?)?;

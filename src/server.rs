@@ -43,7 +43,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::self_metrics::{register_counters, NodeLabels};
+use crate::self_metrics::{self, register_counters, NodeLabels};
 
 /// Connection limits and timeouts of the HTTP server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +140,7 @@ impl std::fmt::Debug for ConnectionSeries {
 impl Collector for ConnectionSeries {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let owned = (self.labels)();
-        let labels: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let labels = self_metrics::borrowed(&owned);
         let mut family = enc.encode_descriptor(
             "lifecycle_agent_http_connections",
             "HTTP connections open now.",

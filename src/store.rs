@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{EventKind, Health, Identity, RuntimeKind};
 use crate::history::{HistoryEvent, SubjectInterner, SubjectRef};
-use crate::self_metrics::NodeLabels;
+use crate::self_metrics::{self, NodeLabels};
 use crate::time::UnixNanos;
 use crate::tracker::persist::{Delta, Saved, TrackerMeta};
 use crate::tracker::{ContainerState, IdentityState};
@@ -428,7 +428,7 @@ impl std::fmt::Debug for StoreUp {
 impl Collector for StoreUp {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let owned = (self.labels)();
-        let labels: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let labels = self_metrics::borrowed(&owned);
         let mut family = enc.encode_descriptor(
             "lifecycle_agent_store_up",
             "1 while the state store takes writes, 0 while they fail (changes are kept in memory and retried with backoff).",

@@ -13,7 +13,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::{KubeState, WatchErrorReason};
-use crate::self_metrics::NodeLabels;
+use crate::self_metrics::{self, NodeLabels};
 
 impl KubeState {
     /// Registers `lifecycle_agent_kube_up`, `_pods` and `_watch_errors_total`, read at scrape
@@ -47,7 +47,7 @@ impl Collector for KubeHealth {
             return Ok(());
         }
         let owned = (self.labels)();
-        let l: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let l = self_metrics::borrowed(&owned);
         let gauges = [
             (
                 "lifecycle_agent_kube_up",
