@@ -180,9 +180,7 @@ fn wait_listening(run: &mut Run, ready: &Path) -> u16 {
             "the agent exited at start; log:\n{}",
             run.rest_of_log()
         );
-        std::fs::read_to_string(ready)
-            .ok()
-            .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
+        common::agent::ready_addr(ready)
     })
     .port()
 }

@@ -228,10 +228,7 @@ impl Agent {
         let ready_file = self.dir.join(READY_FILE);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(addr) = std::fs::read_to_string(&ready_file)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-            {
+            if let Some(addr) = ready_addr(&ready_file) {
                 return addr;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -420,6 +417,14 @@ impl Drop for Agent {
 }
 
 /// Waits until `/readyz` on `port` answers 200; `what` names the agent (and its log).
+/// The address an agent wrote to its `--ready-file`, once it has (the file is written whole,
+/// through a rename).
+pub fn ready_addr(ready_file: &Path) -> Option<SocketAddr> {
+    std::fs::read_to_string(ready_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
 pub fn wait_ready_at(port: u16, what: &str) {
     wait_for(
         &format!("{what}: /readyz to answer 200"),
