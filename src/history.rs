@@ -183,6 +183,11 @@ impl Interner {
         t
     }
 
+    /// The shared copy of `s`, if any event may hold it.
+    pub fn get(&self, s: &str) -> Option<&Text> {
+        self.set.get(s)
+    }
+
     pub fn len(&self) -> usize {
         self.set.len()
     }
@@ -608,7 +613,7 @@ mod test {
                     ..Default::default()
                 };
                 let indexed = h.query(&q);
-                let scanned = h.collect(h.events.iter().rev(), &q);
+                let scanned = h.scan(&q);
                 assert_eq!(indexed.events, scanned.events, "{c} {limit}");
                 assert_eq!(indexed.truncated, scanned.truncated, "{c} {limit}");
             }
@@ -618,6 +623,70 @@ mod test {
         h.restore(h.events.iter().cloned().collect(), 0);
         total = h.by_container.values().map(|p| p.seqs.len()).sum();
         assert_eq!(total, h.len());
+    }
+
+    /// Namespace and pod are matched by the interner's shared copy (history/query.rs,
+    /// `Filter`): the answers must equal a plain string filter while containers churn
+    /// through the interner's sweeps, and after a restore from unshared events.
+    #[test]
+    fn namespace_and_pod_queries_equal_a_string_filter() {
+        let mut h = history(300);
+        let check = |h: &History| {
+            for ns in ["ns-0", "ns-3", "ns-6", "ns-7", ""] {
+                for pod in [None, Some("c5-pod"), Some("c1000-pod")] {
+                    let q = EventQuery {
+                        namespace: Some(ns.into()),
+                        pod: pod.map(Into::into),
+                        types: Some(parse_types("started,died").expect("types")),
+                        limit: 50,
+                        ..Default::default()
+                    };
+                    let want: Vec<u64> = h
+                        .iter()
+                        .rev()
+                        .filter(|e| {
+                            *e.subject.namespace == *ns
+                                && pod.is_none_or(|p| *e.subject.pod == *p)
+                                && matches!(e.kind, EventKind::Started | EventKind::Died)
+                        })
+                        .map(|e| e.seq)
+                        .collect();
+                    let got = h.query(&q);
+                    let seqs: Vec<u64> = got.events.iter().map(|e| e.seq).collect();
+                    assert_eq!(seqs, want.iter().copied().take(50).collect::<Vec<_>>());
+                    assert_eq!(got.truncated, want.len() > 50, "{ns} {pod:?}");
+                }
+            }
+        };
+        for t in 0..4000 {
+            let name = format!("c{}", t % 700);
+            h.push(ev(
+                t,
+                EventKind::ALL[(t % 11) as usize],
+                &name,
+                &format!("ns-{}", t % 7),
+            ));
+            if t % 500 == 0 {
+                check(&h);
+            }
+        }
+        check(&h);
+        let unshared: Vec<HistoryEvent> = h
+            .iter()
+            .map(|e| HistoryEvent {
+                subject: Arc::new(EventSubject::clone(&e.subject)),
+                ..e.clone()
+            })
+            .map(|mut e| {
+                let s = Arc::make_mut(&mut e.subject);
+                s.namespace = Arc::from(&*s.namespace);
+                s.pod = Arc::from(&*s.pod);
+                e
+            })
+            .collect();
+        let mut restored = history(300);
+        restored.restore(unshared, 0);
+        check(&restored);
     }
 
     #[test]
@@ -691,7 +760,7 @@ mod test {
             };
             assert!(h.candidates(name).is_some(), "{name}: the index answers");
             let indexed = h.query(&q).events;
-            let scanned = h.collect(h.events.iter().rev(), &q).events;
+            let scanned = h.scan(&q).events;
             let seqs = |v: &[HistoryEvent]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
             assert_eq!(seqs(&indexed), seqs(&scanned), "{name}");
             assert_eq!(indexed.len(), want, "{name}");

@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{EventSubject, History, HistoryEvent, INDEX_SHARE};
+use std::sync::Arc;
+
+use super::{EventSubject, History, HistoryEvent, Text, INDEX_SHARE};
 use crate::event::EventKind;
 use crate::time::{parse_time_or_ago, TimeError, UnixNanos};
 
@@ -134,14 +136,44 @@ impl EventQuery {
             limit,
         })
     }
+}
 
-    /// Whether `e` passes every filter. A query without a usable index scans the history and
-    /// asks this once per event, so it is forced inline into the scan (`History::collect`, a
-    /// `try_for_each` over the ring buffer). Left to the compiler once the query code moved to
-    /// this file, it became a call per event: 45 % more instructions for the benchmark's
-    /// time-window query, about 60 % more for namespace + type (benches/scrape.rs).
+/// The per-event tests of an [`EventQuery`], as a `Copy` value the scan keeps in registers.
+/// Namespace and pod are the history's own shared copies of the strings asked for (every
+/// event's subject strings come from [`History`]'s interner), so an event is tested by a
+/// pointer compare instead of a string compare, and a namespace or pod no event has answers
+/// at once. Measured with benches/scrape.rs, `history_query_100k`.
+#[derive(Clone, Copy)]
+struct Filter<'h> {
+    types: Option<u16>,
+    since: Option<UnixNanos>,
+    until: Option<UnixNanos>,
+    namespace: Option<&'h Text>,
+    pod: Option<&'h Text>,
+    container: Option<&'h str>,
+}
+
+impl<'h> Filter<'h> {
+    /// `None` when a namespace or pod is asked that no event in `h` has.
+    fn of(q: &'h EventQuery, h: &'h History) -> Option<Self> {
+        let shared = |s: &Option<String>| match s {
+            None => Some(None),
+            Some(s) => h.interner.get(s).map(Some),
+        };
+        Some(Filter {
+            types: q.types,
+            since: q.since,
+            until: q.until,
+            namespace: shared(&q.namespace)?,
+            pod: shared(&q.pod)?,
+            container: q.container.as_deref(),
+        })
+    }
+
+    /// Forced inline into the scan: left to the compiler once the query code moved to this
+    /// file, it became a call per event (45 % more instructions for the time-window query).
     #[inline(always)]
-    pub fn matches(&self, e: &HistoryEvent) -> bool {
+    fn matches(self, e: &HistoryEvent) -> bool {
         if let Some(mask) = self.types {
             if mask & (1 << e.kind.index()) == 0 {
                 return false;
@@ -156,23 +188,23 @@ impl EventQuery {
     }
 
     #[inline(always)]
-    fn matches_subject(&self, s: &EventSubject) -> bool {
-        if self.namespace.as_ref().is_some_and(|n| **n != *s.namespace)
-            || self.pod.as_ref().is_some_and(|p| **p != *s.pod)
+    fn matches_subject(self, s: &EventSubject) -> bool {
+        if self
+            .namespace
+            .is_some_and(|n| !Arc::ptr_eq(n, &s.namespace))
+            || self.pod.is_some_and(|p| !Arc::ptr_eq(p, &s.pod))
         {
             return false;
         }
-        match &self.container {
+        match self.container {
             None => true,
-            Some(c) => {
-                **c == *s.name || **c == *s.container || s.container_id.starts_with(c.as_str())
-            }
+            Some(c) => c == &*s.name || c == &*s.container || s.container_id.starts_with(c),
         }
     }
 }
 
 /// The answer to a query: newest first, and whether more events matched than were returned.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct QueryResult {
     pub events: Vec<HistoryEvent>,
     pub truncated: bool,
@@ -182,7 +214,7 @@ impl History {
     pub fn query(&self, q: &EventQuery) -> QueryResult {
         match q.container.as_deref().and_then(|c| self.candidates(c)) {
             Some(seqs) => self.collect(seqs.into_iter().filter_map(|s| self.get(s)), q),
-            None => self.collect(self.events.iter().rev(), q),
+            None => self.scan(q),
         }
     }
 
@@ -210,27 +242,78 @@ impl History {
         self.events.get(i)
     }
 
-    pub(super) fn collect<'a>(
+    /// Every event, newest first, through the filter: the path of queries the index cannot
+    /// narrow. The ring buffer's two halves are walked as plain slices so the whole loop stays
+    /// in one function with the filter in registers; through the ring buffer's iterator (a
+    /// `for` loop, `filter` or `try_for_each`) the loop was a separate function reading the
+    /// filter from memory at every event (benches/scrape.rs, `history_query_100k`).
+    pub(super) fn scan(&self, q: &EventQuery) -> QueryResult {
+        let Some(filter) = Filter::of(q, self) else {
+            return QueryResult::default();
+        };
+        let mut found = Found::new(q.limit, self.events.len());
+        let (older, newer) = self.events.as_slices();
+        'halves: for half in [newer, older] {
+            for e in half.iter().rev() {
+                if filter.matches(e) && !found.offer(e) {
+                    break 'halves;
+                }
+            }
+        }
+        found.into_result()
+    }
+
+    /// The events of the index's candidates (newest first) that pass the filter.
+    fn collect<'a>(
         &self,
-        mut it: impl Iterator<Item = &'a HistoryEvent>,
+        it: impl Iterator<Item = &'a HistoryEvent>,
         q: &EventQuery,
     ) -> QueryResult {
-        let mut events = Vec::with_capacity(q.limit.min(self.events.len()).min(1024));
-        let mut truncated = false;
-        // A fold (`try_for_each`) steps the ring buffer's two halves directly; a `for` loop
-        // or a `filter` closure measured slower here.
-        let _ = it.try_for_each(|e| {
-            if !q.matches(e) {
-                return std::ops::ControlFlow::Continue(());
+        let Some(filter) = Filter::of(q, self) else {
+            return QueryResult::default();
+        };
+        let mut found = Found::new(q.limit, self.events.len());
+        for e in it {
+            if filter.matches(e) && !found.offer(e) {
+                break;
             }
-            if events.len() == q.limit {
-                truncated = true;
-                return std::ops::ControlFlow::Break(());
-            }
-            events.push(e.clone());
-            std::ops::ControlFlow::Continue(())
-        });
-        QueryResult { events, truncated }
+        }
+        found.into_result()
+    }
+}
+
+/// The matches of a query so far, up to its limit.
+struct Found {
+    events: Vec<HistoryEvent>,
+    limit: usize,
+    truncated: bool,
+}
+
+impl Found {
+    fn new(limit: usize, history_len: usize) -> Self {
+        Found {
+            events: Vec::with_capacity(limit.min(history_len).min(1024)),
+            limit,
+            truncated: false,
+        }
+    }
+
+    /// Keeps a match; false once one more than the limit matched (the answer is truncated).
+    #[inline(always)]
+    fn offer(&mut self, e: &HistoryEvent) -> bool {
+        if self.events.len() == self.limit {
+            self.truncated = true;
+            return false;
+        }
+        self.events.push(e.clone());
+        true
+    }
+
+    fn into_result(self) -> QueryResult {
+        QueryResult {
+            events: self.events,
+            truncated: self.truncated,
+        }
     }
 }
 
