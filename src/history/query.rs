@@ -340,6 +340,97 @@ mod test {
         r
     }
 
+    fn event(t: i64, kind: EventKind, name: &str, ns: &str) -> HistoryEvent {
+        HistoryEvent {
+            seq: 0,
+            time_nanos: UnixNanos::from_nanos(t),
+            kind,
+            action: kind.as_str().into(),
+            runtime: crate::event::RuntimeKind::Docker,
+            subject: Arc::new(EventSubject {
+                container_id: format!("{name}-0123456789abcdef").into(),
+                name: name.into(),
+                image: "busybox".into(),
+                namespace: ns.into(),
+                pod: format!("{name}-pod").into(),
+                container: name.into(),
+            }),
+            exit_code: None,
+            health: None,
+        }
+    }
+
+    fn history(max: usize) -> History {
+        History::new(crate::history::HistoryLimits {
+            max_events: max,
+            retention: None,
+        })
+    }
+
+    /// Namespace and pod are matched by the interner's shared copy (history/query.rs,
+    /// `Filter`): the answers must equal a plain string filter while containers churn
+    /// through the interner's sweeps, and after a restore from unshared events.
+    #[test]
+    fn namespace_and_pod_queries_equal_a_string_filter() {
+        let mut h = history(300);
+        let check = |h: &History| {
+            for ns in ["ns-0", "ns-3", "ns-6", "ns-7", ""] {
+                for pod in [None, Some("c5-pod"), Some("c1000-pod")] {
+                    let q = EventQuery {
+                        namespace: Some(ns.into()),
+                        pod: pod.map(Into::into),
+                        types: Some(parse_types("started,died").expect("types")),
+                        limit: 50,
+                        ..Default::default()
+                    };
+                    let want: Vec<u64> = h
+                        .iter()
+                        .rev()
+                        .filter(|e| {
+                            *e.subject.namespace == *ns
+                                && pod.is_none_or(|p| *e.subject.pod == *p)
+                                && matches!(e.kind, EventKind::Started | EventKind::Died)
+                        })
+                        .map(|e| e.seq)
+                        .collect();
+                    let got = h.query(&q);
+                    let seqs: Vec<u64> = got.events.iter().map(|e| e.seq).collect();
+                    assert_eq!(seqs, want.iter().copied().take(50).collect::<Vec<_>>());
+                    assert_eq!(got.truncated, want.len() > 50, "{ns} {pod:?}");
+                }
+            }
+        };
+        for t in 0..4000 {
+            let name = format!("c{}", t % 700);
+            h.push(event(
+                t,
+                EventKind::ALL[(t % 11) as usize],
+                &name,
+                &format!("ns-{}", t % 7),
+            ));
+            if t % 500 == 0 {
+                check(&h);
+            }
+        }
+        check(&h);
+        let unshared: Vec<HistoryEvent> = h
+            .iter()
+            .map(|e| HistoryEvent {
+                subject: Arc::new(EventSubject::clone(&e.subject)),
+                ..e.clone()
+            })
+            .map(|mut e| {
+                let s = Arc::make_mut(&mut e.subject);
+                s.namespace = Arc::from(&*s.namespace);
+                s.pod = Arc::from(&*s.pod);
+                e
+            })
+            .collect();
+        let mut restored = history(300);
+        restored.restore(unshared, 0);
+        check(&restored);
+    }
+
     #[test]
     fn bad_parameters_name_themselves() {
         let now = UnixNanos::from_secs(1_000_000);
