@@ -512,7 +512,7 @@ mod test {
         UnixNanos::from_nanos(t)
     }
 
-    fn ev(t: i64, kind: EventKind, name: &str, ns: &str) -> HistoryEvent {
+    pub(super) fn ev(t: i64, kind: EventKind, name: &str, ns: &str) -> HistoryEvent {
         HistoryEvent {
             seq: 0,
             time_nanos: at(t),
@@ -536,7 +536,7 @@ mod test {
         }
     }
 
-    fn history(max: usize) -> History {
+    pub(super) fn history(max: usize) -> History {
         History::new(HistoryLimits {
             max_events: max,
             retention: Some(Nanos::from_secs(60)),

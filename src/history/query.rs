@@ -319,6 +319,7 @@ impl Found {
 
 #[cfg(test)]
 mod test {
+    use super::super::test::{ev, history};
     use super::*;
     use crate::time::Nanos;
 
@@ -340,36 +341,9 @@ mod test {
         r
     }
 
-    fn event(t: i64, kind: EventKind, name: &str, ns: &str) -> HistoryEvent {
-        HistoryEvent {
-            seq: 0,
-            time_nanos: UnixNanos::from_nanos(t),
-            kind,
-            action: kind.as_str().into(),
-            runtime: crate::event::RuntimeKind::Docker,
-            subject: Arc::new(EventSubject {
-                container_id: format!("{name}-0123456789abcdef").into(),
-                name: name.into(),
-                image: "busybox".into(),
-                namespace: ns.into(),
-                pod: format!("{name}-pod").into(),
-                container: name.into(),
-            }),
-            exit_code: None,
-            health: None,
-        }
-    }
-
-    fn history(max: usize) -> History {
-        History::new(crate::history::HistoryLimits {
-            max_events: max,
-            retention: None,
-        })
-    }
-
-    /// Namespace and pod are matched by the interner's shared copy (history/query.rs,
-    /// `Filter`): the answers must equal a plain string filter while containers churn
-    /// through the interner's sweeps, and after a restore from unshared events.
+    /// Namespace and pod are matched by the interner's shared copy (`Filter`): the answers
+    /// must equal a plain string filter while containers churn through the interner's
+    /// sweeps, and after a restore from unshared events.
     #[test]
     fn namespace_and_pod_queries_equal_a_string_filter() {
         let mut h = history(300);
@@ -402,7 +376,7 @@ mod test {
         };
         for t in 0..4000 {
             let name = format!("c{}", t % 700);
-            h.push(event(
+            h.push(ev(
                 t,
                 EventKind::ALL[(t % 11) as usize],
                 &name,
